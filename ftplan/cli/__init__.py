@@ -1,0 +1,20 @@
+"""The ``ftplan`` command (typer). One file per command; the logic lives in the library."""
+
+from __future__ import annotations
+
+import typer
+
+from .fit import fit_callback
+from .gpus import gpus_command
+from .models import models_command
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Will this fine-tune fit, how should it be configured, how long and what will it cost?")
+app.callback(invoke_without_command=True)(fit_callback)
+app.command("gpus")(gpus_command)
+app.command("models")(models_command)
+
+
+def main() -> None:  # console script entry point
+    app()

@@ -1,0 +1,84 @@
+"""``ftplan --model M --gpu G [knobs]``: does it fit, the best configuration, memory, speed, cost.
+
+Exit codes: 0 fits, 1 nothing fits, 2 bad input.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ..planner.search import DEFAULT_MARGIN
+from ._common import echo_json, user_errors
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .._version import __version__
+
+        typer.echo(f"ftplan {__version__}")
+        raise typer.Exit(0)
+
+
+def fit_callback(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="alias (8b, 70b, llama3.1-8b; see `ftplan models`), HF id, or path to config.json / model folder"),
+    gpu: str = typer.Option("auto", "--gpu", "-g", help="GPU name or alias (rtx4090, 4090, h100; see `ftplan gpus`), or auto (NVML)"),
+    method: Optional[str] = typer.Option(None, help="full | lora | qlora (searched: lora, qlora)"),
+    quant: Optional[str] = typer.Option(None, help="base weights: nf4 | fp4 | int8 | bf16 | fp16 | fp32 (searched)"),
+    double_quant: Optional[bool] = typer.Option(None, "--double-quant/--no-double-quant", help="4-bit double quantization (searched)"),
+    rank: Optional[int] = typer.Option(None, "--rank", "-r", help="LoRA rank [default: 16; searched with --objective quality]"),
+    alpha: Optional[int] = typer.Option(None, "--alpha", help="LoRA alpha [default: 2 x rank]"),
+    targets: Optional[str] = typer.Option(None, "--targets", help="all-linear | attention | mlp | q_proj,v_proj,... [default: all-linear]"),
+    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="LoRA dropout [default: 0]"),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", "-b", help="per-GPU micro-batch (searched)"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", "-s", help="tokens per sequence [default: 2048]"),
+    effective_batch: Optional[int] = typer.Option(None, "--effective-batch", help="sequences per optimizer step [default: 16]"),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="gradient accumulation steps (else from --effective-batch)"),
+    grad_ckpt: Optional[bool] = typer.Option(None, "--grad-ckpt/--no-grad-ckpt", help="gradient checkpointing (searched)"),
+    optimizer: Optional[str] = typer.Option(None, help="adamw | adamw_torch | adamw_8bit | paged_adamw_8bit | paged_adamw_32bit | sgd | adafactor (searched: AdamW family)"),
+    attention: Optional[str] = typer.Option(None, help="sdpa | eager | flash_attention_2 (searched)"),
+    loss: Optional[str] = typer.Option(None, "--loss", help="standard | chunked (fused cross-entropy, e.g. Liger) (searched)"),
+    gpus: int = typer.Option(1, "--gpus", help="number of GPUs"),
+    sharding: Optional[str] = typer.Option(None, help="ddp | fsdp (with --gpus > 1) [default: ddp]"),
+    tokens: Optional[str] = typer.Option(None, help="training tokens per epoch, e.g. 50M [default: 10M]"),
+    epochs: float = typer.Option(1.0, help="epochs over --tokens"),
+    price: Optional[float] = typer.Option(None, help="override $ per GPU-hour"),
+    spot_discount: float = typer.Option(0.0, "--spot-discount", help="fraction off the on-demand price, e.g. 0.6"),
+    objective: str = typer.Option("throughput", help="throughput | cost | quality"),
+    margin: float = typer.Option(DEFAULT_MARGIN, help="fraction of usable memory kept free"),
+    top: int = typer.Option(6, help="how many configurations to show (recommendation + runner-ups)"),
+    gpu_file: Optional[str] = typer.Option(None, "--gpu-file", help="CSV/JSON adding or overriding GPUs and prices"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+) -> None:
+    """Will this fine-tune fit, how should it be configured, how long will it take, what will it cost?
+
+    ftplan --model 8b --gpu rtx4090
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None:
+        typer.echo(ctx.get_help())
+        typer.echo("\nerror: --model is required (e.g. ftplan --model 8b --gpu rtx4090)", err=True)
+        raise typer.Exit(2)
+    from ..fit import run_fit
+    from ..render import dumps, fit_json, render_fit
+
+    with user_errors():
+        if top < 1:
+            from ..errors import FtplanError
+
+            raise FtplanError(f"--top={top} must be at least 1")
+        result = run_fit(model, gpu, objective=objective, tokens=tokens, epochs=epochs, price=price, margin=margin,
+                         top=top, gpu_file=gpu_file, spot_discount=spot_discount, method=method, quant=quant,
+                         double_quant=double_quant, lora_rank=rank, lora_alpha=alpha, lora_targets=targets,
+                         lora_dropout=lora_dropout, micro_batch=micro_batch, seq_len=seq_len,
+                         effective_batch=effective_batch, grad_accum=grad_accum, gradient_checkpointing=grad_ckpt,
+                         optimizer=optimizer, attention=attention, loss_impl=loss, num_gpus=gpus, sharding=sharding)
+    if json_out:
+        echo_json(dumps(fit_json(result)))
+    else:
+        typer.echo(render_fit(result))
+    raise typer.Exit(0 if result.fits else 1)

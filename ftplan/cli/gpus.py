@@ -1,0 +1,32 @@
+"""``ftplan gpus``: the GPU catalog."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Optional
+
+import typer
+
+from ..profiles.gpus import list_gpus
+from ._common import echo_json, user_errors
+
+
+def gpus_command(json_out: bool = typer.Option(False, "--json", help="one JSON document"),
+                 gpu_file: Optional[str] = typer.Option(None, "--gpu-file", help="CSV/JSON adding or overriding GPUs and prices")) -> None:
+    """List the GPUs ftplan knows: usable memory, bandwidth, dense bf16 rate, price (unknown = '?')."""
+    with user_errors():
+        gpus = list_gpus(gpu_file)
+    if json_out:
+        echo_json(json.dumps([{**asdict(g), "aliases": list(g.aliases)} for g in gpus], indent=2))
+        return
+    typer.echo(f"{'key':<16}{'name':<44}{'usable GiB':>11}{'GB/s':>7}{'bf16 TF':>9}{'$/h':>8}  aliases")
+    for g in gpus:
+        tf = g.bf16_tflops if g.bf16 and g.bf16_tflops else None
+        tf_s = f"{tf:g}" if tf else ("fp16 " + f"{g.fp16_tflops:g}" if g.fp16_tflops else "?")
+        price = f"{g.price_per_hour:.2f}" if g.price_per_hour is not None else "?"
+        bw = f"{g.bandwidth_gbs:g}" if g.bandwidth_gbs else "?"
+        est = "*" if g.usable_source.startswith("estimated") else " "
+        typer.echo(f"{g.key:<16}{g.name[:43]:<44}{g.usable_gib:>10.1f}{est}{bw:>7}{tf_s:>9}{price:>8}  {', '.join(g.aliases)}")
+    typer.echo("* usable memory estimated from the marketing size; ? = unknown (no source read). "
+               "Prices: on-demand $/GPU-hour with provider and date in --json.")

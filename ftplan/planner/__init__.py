@@ -1,0 +1,1 @@
+"""Analytical planner: pure stdlib (no torch, no numpy)."""

@@ -1,0 +1,41 @@
+"""``estimate``: memory (per phase, peak, fit), time and cost for one fully specified configuration."""
+
+from __future__ import annotations
+
+from .cost import job_cost
+from .memory.phases import memory_model
+from .memory.precision import precision
+from .timing import step_time, work_per_token
+from .types import Estimate, GPUSpec, ModelSpec, TrainConfig
+
+ASSUMPTIONS = (
+    "HF Trainer + PEFT + bitsandbytes with bf16 autocast; steady state (step >= 2, optimizer state exists)",
+    "QLoRA/8-bit: peft.prepare_model_for_kbit_training upcasts embeddings, lm_head, norms and biases to fp32",
+    "LoRA adapters in fp32 (PEFT default); loss = transformers ForCausalLMLoss unless loss_impl=chunked",
+    "SDPA/flash attention without padding masks (packed or equal-length batches)",
+)
+
+
+def optimizer_traffic_bytes(spec: ModelSpec, cfg: TrainConfig) -> float:
+    """Bytes the optimizer step reads and writes: params r/w, grads r, two states r/w."""
+    n = work_per_token(spec, cfg)[3]
+    p = precision(cfg).trainable
+    state = {"adamw": 2 * p, "adamw_torch": 2 * p, "paged_adamw_32bit": 8, "adamw_8bit": 2,
+             "paged_adamw_8bit": 2, "sgd": 0, "adafactor": 1}[cfg.optimizer]
+    return n * (2 * p + p + 2 * state)
+
+
+def build_estimate(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, tokens: float | None = None,
+                   epochs: float = 1.0, price: float | None = None, warnings: tuple[str, ...] = (),
+                   spot_discount: float = 0.0, margin: float = 0.0) -> Estimate:
+    mem = memory_model(spec, cfg, gpu)
+    usable = gpu.usable_bytes if gpu is not None else None
+    fits = None if usable is None else mem.device_bytes <= usable * (1.0 - margin)
+    t = step_time(spec, cfg, gpu, optimizer_traffic_bytes(spec, cfg))
+    cost = job_cost(t, gpu, cfg.num_gpus, tokens, epochs, price, spot_discount) if tokens else None
+    return Estimate(model=spec.name, gpu=gpu.key if gpu else None, config=cfg,
+                    peak_allocated_bytes=mem.peak_allocated, peak_reserved_bytes=mem.peak_reserved,
+                    device_bytes=mem.device_bytes, breakdown=mem.breakdown, peak_phase=mem.peak_phase,
+                    phases=mem.phases, overheads=mem.overheads, usable_bytes=usable, fits=fits,
+                    trainable_params=mem.trainable_params, total_params=mem.total_params, time=t, cost=cost,
+                    warnings=warnings, assumptions=ASSUMPTIONS)

@@ -1,0 +1,1 @@
+"""Memory terms (one small function each) and their assembly into the phases of a training step."""

@@ -1,0 +1,249 @@
+"""The live set of each phase of a training step, and the peak.
+
+A sum of all terms is wrong: the peak is the largest live set over the phases (DESIGN.md):
+1. resident: weights by format, LoRA weights, optimizer state (steady state, step >= 2), workspaces;
+2. forward_end: + saved activations + the loss computation's logits buffers;
+3. backward: the larger of its start (logits gradient buffers) and the top layer (recompute under
+   checkpointing, gradient buffers, dequantized weights) and, without accumulation, its end (all
+   gradients, no activations);
+4. optimizer_step: + all gradients + the optimizer's temporaries.
+With gradient accumulation > 1 the gradients of the previous micro-batch are live in every phase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..arch import embedding_params, layer_linears, lm_head_params, n_layers_of, total_params
+from ..types import GPUSpec, ModelSpec, TrainConfig
+from .activations import activation_memory
+from .logits import loss_memory
+from .optimizer import OptimizerMemory, gradient_bytes, optimizer_memory
+from .overhead import allocator_overhead_bytes, cublas_workspace_bytes, cuda_context_bytes
+from .params import base_linear_terms, lora_tensors, numel, trainable_tensors, unquantized_bytes
+from .precision import Precision, precision
+
+PHASES = ("forward_end", "backward", "optimizer_step")
+
+
+@dataclass(frozen=True)
+class MemoryResult:
+    phases: dict[str, dict[str, int]]
+    peak_phase: str
+    peak_allocated: int
+    peak_reserved: int
+    device_bytes: int
+    overheads: dict[str, int]
+    trainable_params: int
+    total_params: int
+
+    @property
+    def breakdown(self) -> dict[str, int]:
+        return self.phases[self.peak_phase]
+
+
+def dequant_transient_bytes(spec: ModelSpec, prec: Precision) -> int:
+    """bitsandbytes ``MatMul4Bit`` dequantizes the whole weight to the compute dtype for each matmul
+    in forward and backward (``dequantize_4bit(B, state).to(A.dtype)``): the largest layer linear,
+    ``out * in * cb`` bytes, is live for a moment. 0 for unquantized bases."""
+    if not prec.quantized:
+        return 0
+    return max(lin.weight_params for lin in layer_linears(spec)) * prec.compute
+
+
+def autocast_copy_bytes(spec: ModelSpec, cfg: TrainConfig, prec: Precision) -> tuple[int, int]:
+    """(lm_head copy, other weight copies) that autocast makes for bf16 matmuls.
+
+    An fp32 ``lm_head`` (after the kbit upcast, or an fp32 model) is cast to bf16 for its matmul and the
+    copy is saved for the input gradient until lm_head's backward: ``V*h*cb``. Trainable fp32 leaves
+    (LoRA adapters, fp32 master weights) are cast once per forward and cached (torch autocast weight
+    cache): ``2 B`` per linear weight element.
+    """
+    if not cfg.autocast:
+        return 0, 0
+    cb = prec.compute
+    head = spec.vocab * spec.hidden * cb if prec.unquantized != cb else 0
+    if cfg.is_lora:
+        others = numel(lora_tensors(spec, cfg)) * cb
+    elif prec.trainable != cb:
+        others = sum(lin.weight_params * lin.count * n_layers_of(spec, lin) for lin in layer_linears(spec)) * cb
+    else:
+        others = 0
+    return head, others
+
+
+def _sharded(x: int, n: int) -> int:
+    return -(-x // n)
+
+
+@dataclass(frozen=True)
+class Components:
+    """Every memory term of a configuration, before the phases combine them."""
+
+    resident: dict[str, int]
+    grads: int
+    opt_temp: int
+    opt_paged: int
+    gathered: int
+    act_layers: int  # saved by the decoder layers (or their checkpoints)
+    act_model: int  # saved outside the layers (final norm, rotary tables, ids...)
+    act_rest: int  # the part of act_model that outlives the final norm's backward
+    recompute: int
+    last_layer: int
+    backward_transient: int
+    forward_transient: int
+    loss_forward: int
+    loss_backward: int
+    head_copy: int
+    other_copies: int
+    dequant: int
+    n_train: int
+
+
+def _static_key(cfg: TrainConfig) -> tuple:
+    return (cfg.method, cfg.quant, cfg.double_quant, cfg.prepare_kbit, cfg.autocast, cfg.lora_rank,
+            cfg.lora_targets, cfg.optimizer, cfg.num_gpus, cfg.sharding)
+
+
+def _dynamic_key(cfg: TrainConfig) -> tuple:
+    return (cfg.method, cfg.quant, cfg.prepare_kbit, cfg.autocast, cfg.lora_rank, cfg.lora_targets,
+            cfg.lora_dropout, cfg.micro_batch, cfg.seq_len, cfg.gradient_checkpointing, cfg.attention,
+            cfg.loss_impl)
+
+
+def _static(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | None) -> tuple:
+    """Terms that do not depend on batch or sequence (cached on ``_static_key``)."""
+    gpu_like = None if device == "none" else GPUSpec(device, "", 0, 0, "", None, None, None, None, cc, True, True, None)
+    prec = precision(cfg)
+    tensors = trainable_tensors(spec, cfg)
+    n_train = numel(tensors)
+    fsdp = cfg.sharding == "fsdp" and cfg.num_gpus > 1
+    ddp = cfg.sharding in (None, "ddp") and cfg.num_gpus > 1
+    N = cfg.num_gpus if fsdp else 1
+    resident: dict[str, int] = {}
+    base = base_linear_terms(spec, cfg, prec)
+    for k, v in base.items():
+        resident[k] = _sharded(v, N)
+    resident["weights_unquantized"] = _sharded(unquantized_bytes(spec, prec), N)
+    if cfg.is_lora:
+        resident["lora_weights"] = _sharded(n_train * prec.trainable, N)
+    opt = optimizer_memory(cfg.optimizer, tensors, prec.trainable)
+    if device == "cpu":  # bitsandbytes falls back to plain tensors on the CPU
+        opt = OptimizerMemory(opt.state + opt.state_paged, 0, opt.temp)
+    resident["optimizer_state"] = _sharded(opt.state, N)
+    resident["cuda_workspace"] = cublas_workspace_bytes(gpu_like)
+    grads = _sharded(gradient_bytes(tensors, prec.trainable), N)
+    if ddp:
+        resident["ddp_buckets"] = grads  # DDP reducer buckets (gradient_as_bucket_view=False)
+    gathered = 0
+    if fsdp:  # two decoder layers in flight (current + prefetch) and the root unit (embeddings, head)
+        layer_w = sum(base.values()) // spec.layers
+        if cfg.is_lora:
+            layer_w += n_train * prec.trainable // spec.layers
+        gathered = 2 * layer_w + (embedding_params(spec) + lm_head_params(spec)) * prec.unquantized
+    head_copy, other_copies = autocast_copy_bytes(spec, cfg, prec)
+    return (resident, grads, _sharded(opt.temp, N), _sharded(opt.state_paged, N), gathered, head_copy,
+            other_copies, dequant_transient_bytes(spec, prec), n_train)
+
+
+def _dynamic(spec: ModelSpec, cfg: TrainConfig) -> tuple:
+    """Terms that depend on batch and sequence (cached on ``_dynamic_key``)."""
+    prec = precision(cfg)
+    act = activation_memory(spec, cfg, prec)
+    loss = loss_memory(spec, cfg, prec)
+    model_saved = sum(act.model_saved.values())
+    rest = model_saved - act.model_saved["final_norm"] - act.model_saved.get("lm_head_input", 0)
+    return (act.layer_saved, model_saved, rest, act.layer_recompute, act.last_layer, act.backward_transient,
+            act.forward_transient, loss.forward_peak, loss.backward_peak)
+
+
+_STATIC_CACHE: dict = {}
+_DYNAMIC_CACHE: dict = {}
+_CACHE_LIMIT = 100_000
+
+
+def components(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> Components:
+    device = "none" if gpu is None else ("cpu" if gpu.key == "cpu" else "cuda")
+    cc = gpu.compute_capability if gpu is not None else None
+    skey = (spec, _static_key(cfg), device, cc)
+    s = _STATIC_CACHE.get(skey)
+    if s is None:
+        if len(_STATIC_CACHE) > _CACHE_LIMIT:
+            _STATIC_CACHE.clear()
+        s = _STATIC_CACHE[skey] = _static(spec, cfg, device, cc)
+    dkey = (spec, _dynamic_key(cfg))
+    d = _DYNAMIC_CACHE.get(dkey)
+    if d is None:
+        if len(_DYNAMIC_CACHE) > _CACHE_LIMIT:
+            _DYNAMIC_CACHE.clear()
+        d = _DYNAMIC_CACHE[dkey] = _dynamic(spec, cfg)
+    resident, grads, temp, paged, gathered, head_copy, other_copies, dequant, n_train = s
+    return Components(resident, grads, temp, paged, gathered, *d, head_copy, other_copies, dequant, n_train)
+
+
+def _phases(c: Components, cfg: TrainConfig, layers: int) -> dict[str, dict[str, int]]:
+    accum = cfg.grad_accum > 1
+    grads_live = c.grads if accum else 0
+
+    def phase(**terms: int) -> dict[str, int]:
+        d = dict(c.resident)
+        for k, v in terms.items():
+            if v:
+                d[k] = d.get(k, 0) + v
+        return d
+
+    fwd_logits = c.loss_forward >= c.forward_transient
+    forward_end = phase(
+        gradients=grads_live, activations=c.act_layers + c.act_model,
+        autocast_weight_copies=c.head_copy + c.other_copies,
+        fsdp_gathered=c.gathered, logits_loss=c.loss_forward if fwd_logits else 0,
+        forward_transient=0 if fwd_logits else c.forward_transient)
+    bwd_start = phase(
+        gradients=grads_live, activations=c.act_layers + c.act_model,
+        autocast_weight_copies=c.head_copy + c.other_copies, fsdp_gathered=c.gathered, logits_loss=c.loss_backward)
+    bwd_top = phase(
+        gradients=c.grads if accum else c.grads // max(layers, 1), activations=c.act_layers + c.act_rest,
+        recompute=c.recompute, backward_transient=c.backward_transient, dequant_transient=c.dequant,
+        autocast_weight_copies=c.other_copies, fsdp_gathered=c.gathered)
+    bwd_end = phase(gradients=c.grads, backward_transient=c.backward_transient, activations=c.last_layer,
+                    dequant_transient=c.dequant, fsdp_gathered=c.gathered)
+    backward = max((bwd_start, bwd_top, bwd_end), key=lambda d: sum(d.values()))
+    step = phase(gradients=c.grads, optimizer_temp=c.opt_temp)
+    return {"forward_end": forward_end, "backward": backward, "optimizer_step": step}
+
+
+def _overheads(c: Components, peak_alloc: int, gpu: GPUSpec | None) -> dict[str, int]:
+    static = sum(c.resident.values())
+    return {"allocator_overhead": allocator_overhead_bytes(peak_alloc - static, gpu),
+            "cuda_context": cuda_context_bytes(gpu), "paged_optimizer_state": c.opt_paged}
+
+
+def memory_model(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> MemoryResult:
+    c = components(spec, cfg, gpu)
+    phases = _phases(c, cfg, spec.layers)
+    totals = {k: sum(v.values()) for k, v in phases.items()}
+    peak_phase = max(PHASES, key=lambda k: totals[k])
+    peak_alloc = totals[peak_phase]
+    overheads = _overheads(c, peak_alloc, gpu)
+    reserved = peak_alloc + overheads["allocator_overhead"]
+    device = reserved + overheads["cuda_context"] + overheads["paged_optimizer_state"]
+    return MemoryResult(phases, peak_phase, peak_alloc, reserved, device, overheads, c.n_train, total_params(spec))
+
+
+def device_bytes_fast(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> int:
+    """``memory_model(...).device_bytes`` from the same components, without building the phase dicts
+    (the search's feasibility filter). A test holds the two equal."""
+    c = components(spec, cfg, gpu)
+    accum = cfg.grad_accum > 1
+    static = sum(c.resident.values())
+    grads_live = c.grads if accum else 0
+    copies = c.head_copy + c.other_copies
+    saved = c.act_layers + c.act_model
+    fwd = grads_live + saved + copies + c.gathered + max(c.loss_forward, c.forward_transient)
+    start = grads_live + saved + copies + c.gathered + c.loss_backward
+    top = ((c.grads if accum else c.grads // max(spec.layers, 1)) + c.act_layers + c.act_rest + c.recompute
+           + c.backward_transient + c.dequant + c.other_copies + c.gathered)
+    end = c.grads + c.backward_transient + c.last_layer + c.dequant + c.gathered
+    step = c.grads + c.opt_temp
+    peak = static + max(fwd, start, top, end, step)
+    return (peak + allocator_overhead_bytes(peak - static, gpu) + cuda_context_bytes(gpu) + c.opt_paged)

@@ -1,0 +1,175 @@
+"""Knob spellings and validation: the same names and values on the CLI and in the library.
+
+Every error names the value and what would be valid (``FtplanError``; the CLI exits 2 on it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import FtplanError, UnknownNameError
+from .arch import resolve_targets
+from .memory.optimizer import OPTIMIZERS
+from .types import GPUSpec, ModelSpec, TrainConfig
+
+METHODS = ("full", "lora", "qlora")
+QUANTS = ("nf4", "fp4", "int8", "bf16", "fp16", "fp32")
+ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
+OBJECTIVES = ("throughput", "cost", "quality")
+SHARDINGS = ("ddp", "fsdp")
+LOSS_IMPLS = ("standard", "chunked")
+
+_ALIASES = {
+    "method": {"full-finetune": "full", "full_finetune": "full", "ft": "full", "q-lora": "qlora"},
+    "quant": {"4bit": "nf4", "4-bit": "nf4", "8bit": "int8", "8-bit": "int8", "llm.int8": "int8",
+              "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "none": "bf16",
+              "16bit": "bf16"},
+    "optimizer": {"adamw_torch_fused": "adamw", "adam": "adamw", "adamw_fused": "adamw",
+                  "adamw_hf": "adamw_torch", "adamw_foreach": "adamw_torch", "adamw_bnb_8bit": "adamw_8bit",
+                  "adamw8bit": "adamw_8bit", "paged_adamw": "paged_adamw_32bit", "paged_adamw_8bit": "paged_adamw_8bit",
+                  "paged_adamw32bit": "paged_adamw_32bit", "paged_adamw8bit": "paged_adamw_8bit"},
+    "attention": {"flash": "flash_attention_2", "fa2": "flash_attention_2", "flash_attn": "flash_attention_2",
+                  "flash-attention-2": "flash_attention_2", "math": "eager"},
+    "objective": {"speed": "throughput", "tokens/s": "throughput", "price": "cost", "dollars": "cost"},
+    "sharding": {"zero3": "fsdp", "deepspeed": "fsdp", "none": "ddp"},
+    "loss_impl": {"hf": "standard", "fused": "chunked", "liger": "chunked", "chunked_ce": "chunked"},
+}
+_VALID = {"method": METHODS, "quant": QUANTS, "optimizer": OPTIMIZERS, "attention": ATTENTIONS,
+          "objective": OBJECTIVES, "sharding": SHARDINGS, "loss_impl": LOSS_IMPLS}
+
+# the knobs estimate()/plan() take; effective_batch is turned into grad_accum
+KNOBS = ("method", "quant", "double_quant", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout",
+         "micro_batch", "seq_len", "grad_accum", "effective_batch", "gradient_checkpointing", "optimizer",
+         "attention", "num_gpus", "sharding", "prepare_kbit", "autocast", "loss_impl")
+
+DEFAULTS: dict[str, Any] = {
+    "method": "qlora", "quant": "nf4", "double_quant": True, "lora_rank": 16, "lora_targets": "all-linear",
+    "lora_dropout": 0.0, "micro_batch": 1, "seq_len": 2048, "effective_batch": 16,
+    "gradient_checkpointing": True, "optimizer": "paged_adamw_8bit", "attention": "sdpa", "num_gpus": 1,
+    "prepare_kbit": True, "autocast": True, "loss_impl": "standard",
+}
+
+
+def choice(kind: str, value: Any) -> str:
+    """Normalise one categorical knob ('Flash' -> 'flash_attention_2'), or raise naming the valid ones."""
+    v = str(value).strip().lower().replace(" ", "_")
+    v = _ALIASES.get(kind, {}).get(v, v)
+    v = v.replace("-", "_") if kind in ("optimizer", "attention") else v
+    if v not in _VALID[kind]:
+        raise UnknownNameError(kind.replace("_", " "), value, _VALID[kind])
+    return v
+
+
+def positive_int(name: str, value: Any) -> int:
+    try:
+        if isinstance(value, bool) or float(value) != int(float(value)):
+            raise ValueError
+        v = int(float(value))
+    except (TypeError, ValueError):
+        raise FtplanError(f"{name}={value!r} must be a whole number") from None
+    if v <= 0:
+        raise FtplanError(f"{name}={v} must be greater than 0")
+    return v
+
+
+def parse_targets(value: Any) -> tuple[str, ...]:
+    """'all-linear', 'q_proj,v_proj' or a list -> tuple of names."""
+    if value is None:
+        return ("all-linear",)
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = tuple(str(t).strip() for t in items if str(t).strip())
+    if not out:
+        raise FtplanError("lora targets are empty; use all-linear or names such as q_proj,v_proj")
+    return out
+
+
+def method_quant(method: str | None, quant: str | None) -> tuple[str, str]:
+    """Make method and quantization consistent: QLoRA is LoRA on a 4-bit base."""
+    m = choice("method", method) if method is not None else None
+    q = choice("quant", quant) if quant is not None else None
+    if m is None:
+        m = "qlora" if q in (None, "nf4", "fp4") else "lora"
+    if m == "qlora":
+        q = q or "nf4"
+        if q not in ("nf4", "fp4"):
+            raise FtplanError(f"--method qlora needs a 4-bit base (--quant nf4 or fp4), not --quant {q}; "
+                              f"use --method lora --quant {q}")
+    elif m == "lora":
+        q = q or "bf16"
+        if q in ("nf4", "fp4"):
+            m = "qlora"  # LoRA on a 4-bit base is QLoRA
+    else:
+        q = q or "bf16"
+        if q in ("nf4", "fp4", "int8"):
+            raise FtplanError(f"--method full trains every weight and cannot use a quantized base (--quant {q}); "
+                              "valid: bf16, fp16, fp32; or use --method qlora")
+    return m, q
+
+
+@dataclass(frozen=True)
+class Resolved:
+    config: TrainConfig
+    warnings: tuple[str, ...]
+
+
+def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> Resolved:
+    """A validated ``TrainConfig`` from user knobs (``None`` = default), with warnings for adjustments."""
+    unknown = set(knobs) - set(KNOBS)
+    if unknown:
+        raise FtplanError(f"unknown option(s) {sorted(unknown)}; valid: {', '.join(KNOBS)}")
+    k = {n: v for n, v in knobs.items() if v is not None}
+    warnings: list[str] = []
+    method, quant = method_quant(k.get("method"), k.get("quant"))
+    if gpu is not None and gpu.key != "cpu" and not gpu.bf16 and quant == "bf16":
+        quant = "fp16"
+        warnings.append(f"{gpu.name} has no bf16: 16-bit weights and compute use fp16")
+    rank = positive_int("lora_rank", k.get("lora_rank", DEFAULTS["lora_rank"]))
+    alpha = positive_int("lora_alpha", k.get("lora_alpha", 2 * rank))
+    targets = parse_targets(k.get("lora_targets", DEFAULTS["lora_targets"]))
+    dropout = float(k.get("lora_dropout", DEFAULTS["lora_dropout"]))
+    if not 0.0 <= dropout < 1.0:
+        raise FtplanError(f"lora_dropout={dropout} must be in [0, 1)")
+    mb = positive_int("micro_batch", k.get("micro_batch", DEFAULTS["micro_batch"]))
+    seq = positive_int("seq_len", k.get("seq_len", DEFAULTS["seq_len"]))
+    if seq > model.max_positions:
+        warnings.append(f"seq_len={seq} is beyond {model.name}'s max_position_embeddings={model.max_positions}")
+    n_gpus = positive_int("num_gpus", k.get("num_gpus", DEFAULTS["num_gpus"]))
+    sharding = choice("sharding", k["sharding"]) if k.get("sharding") is not None else None
+    if n_gpus > 1 and sharding is None:
+        sharding = "ddp"
+    if n_gpus == 1:
+        sharding = None
+    accum = _grad_accum(k, mb, n_gpus, warnings)
+    optimizer = choice("optimizer", k.get("optimizer", DEFAULTS["optimizer"]))
+    attention = choice("attention", k.get("attention", DEFAULTS["attention"]))
+    if gpu is not None and attention == "flash_attention_2" and not gpu.flash_attention_2:
+        warnings.append(f"flash_attention_2 does not support {gpu.name}; HF would fail to load it (use sdpa)")
+    loss_impl = choice("loss_impl", k.get("loss_impl", DEFAULTS["loss_impl"]))
+    cfg = TrainConfig(method=method, quant=quant, double_quant=bool(k.get("double_quant", True)),
+                      lora_rank=rank, lora_alpha=alpha, lora_targets=targets, lora_dropout=dropout,
+                      micro_batch=mb, seq_len=seq, grad_accum=accum,
+                      gradient_checkpointing=bool(k.get("gradient_checkpointing", True)), optimizer=optimizer,
+                      attention=attention, num_gpus=n_gpus, sharding=sharding,
+                      prepare_kbit=bool(k.get("prepare_kbit", True)), autocast=bool(k.get("autocast", True)),
+                      loss_impl=loss_impl)
+    if cfg.is_lora:
+        resolve_targets(model, targets)  # raises on a name the model does not have
+    return Resolved(cfg, tuple(warnings))
+
+
+def _grad_accum(k: dict, mb: int, n_gpus: int, warnings: list[str]) -> int:
+    per_step = mb * n_gpus
+    if "grad_accum" in k:
+        accum = positive_int("grad_accum", k["grad_accum"])
+        if "effective_batch" in k and positive_int("effective_batch", k["effective_batch"]) != accum * per_step:
+            raise FtplanError(f"effective_batch={k['effective_batch']} != micro_batch {mb} x grad_accum {accum} x "
+                              f"gpus {n_gpus}; give one of effective_batch or grad_accum")
+        return accum
+    eff = positive_int("effective_batch", k.get("effective_batch", DEFAULTS["effective_batch"]))
+    accum = max(1, math.ceil(eff / per_step))
+    if accum * per_step != eff:
+        warnings.append(f"effective_batch={eff} is not a multiple of micro_batch x gpus = {per_step}; "
+                        f"using grad_accum={accum} (effective batch {accum * per_step})")
+    return accum

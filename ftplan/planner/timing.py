@@ -1,0 +1,161 @@
+"""Time model: FLOPs per token, achievable rates, step time, tokens/s.
+
+FLOPs per token (``N`` linear weight elements a token touches, incl. lm_head; MoE counts the
+``top-k`` experts):
+- forward: ``2N`` + causal attention ``2*s*a*d`` per layer (QK^T and AV at ``2*s*a*d`` each, halved
+  by causality) + LoRA ``2*r*(in+out)`` per targeted module;
+- backward: full fine-tuning ``4N`` (input and weight gradients); LoRA/QLoRA ``2N`` (frozen weights:
+  input gradients only) + LoRA ``4*r*(in+out)``; attention backward twice its forward;
+- gradient checkpointing recomputes the decoder layers' forward.
+QLoRA dequantizes every 4-bit weight before each matmul, in forward, backward and recompute: the
+kernel reads the packed weight and constants and writes bf16 (``~2.5 B/param``), then the matmul reads
+the bf16 weight (``2 B/param``). That traffic is memory-bound and serialised with the matmuls.
+
+Step time = ``max(compute, weight reads) + dequantization + optimizer + communication``.
+Achievable rates: the datasheet dense bf16 rate (fp16 on GPUs without bf16, the fp32 CUDA-core
+rate where no tensor rate is known) times ``MFU_PRIOR``; memory at ``BANDWIDTH_EFFICIENCY`` of the
+datasheet bandwidth. Both are priors until a calibration from measured runs replaces them.
+"""
+
+from __future__ import annotations
+
+from ..errors import FtplanError
+from .arch import layer_linears, n_layers_of, resolve_targets
+from .memory.params import numel, trainable_tensors
+from .memory.weights import four_bit_constant_bytes, four_bit_packed_bytes
+from .types import GPUSpec, ModelSpec, TimeEstimate, TrainConfig
+
+# LLM training on A100 reached about 150 of 312 dense bf16 TFLOPS before FlashAttention (stas00,
+# ml-engineering, compute/accelerator README): 0.48 of the datasheet rate.
+MFU_PRIOR = 0.48
+# Achievable fraction of datasheet memory bandwidth for large streaming kernels (prior).
+BANDWIDTH_EFFICIENCY = 0.80
+# Gradient all-reduce links (GB/s): NVLink-class and PCIe 4.0 x16 (32 GB/s theoretical), effective.
+NVLINK_GBS = 300.0
+PCIE_GBS = 25.0
+
+
+def linear_flop_params(spec: ModelSpec) -> int:
+    """Weight elements a token multiplies through: active layer linears plus lm_head (``V*h``)."""
+    n = 0
+    for lin in layer_linears(spec):
+        copies = spec.experts_per_token if lin.count > 1 else 1
+        n += lin.weight_params * copies * n_layers_of(spec, lin)
+    return n + spec.vocab * spec.hidden
+
+
+def lora_flop_params(spec: ModelSpec, cfg: TrainConfig) -> int:
+    if not cfg.is_lora:
+        return 0
+    n = 0
+    for lin in resolve_targets(spec, cfg.lora_targets):
+        copies = spec.experts_per_token if lin.count > 1 else 1
+        n += cfg.lora_rank * (lin.in_features + lin.out_features) * copies * n_layers_of(spec, lin)
+    return n
+
+
+def flops_per_token(spec: ModelSpec, cfg: TrainConfig) -> float:
+    """Training FLOPs per token (forward + backward + recompute), see module docstring."""
+    N = linear_flop_params(spec)
+    attn = 2.0 * cfg.seq_len * spec.heads * spec.head_dim * spec.layers
+    lora = lora_flop_params(spec, cfg)
+    fwd = 2.0 * N + attn + 2.0 * lora
+    if cfg.method == "full":
+        bwd = 4.0 * N + 2 * attn
+    else:
+        bwd = 2.0 * N + 2 * attn + 4.0 * lora
+    recompute = (2.0 * (N - spec.vocab * spec.hidden) + attn + 2.0 * lora) if cfg.gradient_checkpointing else 0.0
+    return fwd + bwd + recompute
+
+
+def passes(cfg: TrainConfig) -> int:
+    """Weight passes per micro-batch: forward, backward, and the recompute under checkpointing."""
+    return 3 if cfg.gradient_checkpointing else 2
+
+
+def base_linear_weights(spec: ModelSpec) -> int:
+    return sum(lin.weight_params * lin.count * n_layers_of(spec, lin) for lin in layer_linears(spec))
+
+
+def dequant_bytes_per_pass(spec: ModelSpec, cfg: TrainConfig) -> float:
+    """Bytes the dequantization kernels move in one pass over the 4-bit/8-bit weights: read the stored
+    weight and constants, write the bf16 copy (``2 B/param``). 0 for 16/32-bit bases."""
+    if cfg.quant in ("nf4", "fp4"):
+        stored = sum((four_bit_packed_bytes(lin.weight_params) + four_bit_constant_bytes(lin.weight_params, cfg.double_quant))
+                     * lin.count * n_layers_of(spec, lin) for lin in layer_linears(spec))
+        return stored + 2.0 * base_linear_weights(spec)
+    if cfg.quant == "int8":
+        return 3.0 * base_linear_weights(spec)
+    return 0.0
+
+
+def weight_read_bytes_per_pass(spec: ModelSpec, cfg: TrainConfig) -> float:
+    """The matmuls' own weight reads per pass (bf16 copy for quantized bases)."""
+    b = 4 if cfg.quant == "fp32" else 2
+    return float(b) * base_linear_weights(spec)
+
+
+def achievable_tflops(gpu: GPUSpec) -> tuple[float | None, str]:
+    """(dense TFLOPS a training step can use, which datasheet figure it starts from)."""
+    if gpu.bf16 and gpu.bf16_tflops:
+        return gpu.bf16_tflops * MFU_PRIOR, "bf16 tensor"
+    if gpu.fp16_tflops:
+        return gpu.fp16_tflops * MFU_PRIOR, "fp16 tensor"
+    if gpu.fp32_tflops:
+        return gpu.fp32_tflops * MFU_PRIOR, "fp32 CUDA-core (tensor rate unknown: a lower bound)"
+    return None, "no compute rate known"
+
+
+_WORK_CACHE: dict = {}
+
+
+def work_per_token(spec: ModelSpec, cfg: TrainConfig) -> tuple[float, float, float, float]:
+    """(FLOPs per token, weight-read bytes per pass, dequantization bytes per pass, trainable elements),
+    cached on the knobs they depend on."""
+    key = (spec, cfg.method, cfg.quant, cfg.double_quant, cfg.lora_rank, cfg.lora_targets, cfg.seq_len,
+           cfg.gradient_checkpointing)
+    w = _WORK_CACHE.get(key)
+    if w is None:
+        if len(_WORK_CACHE) > 100_000:
+            _WORK_CACHE.clear()
+        w = _WORK_CACHE[key] = (flops_per_token(spec, cfg), weight_read_bytes_per_pass(spec, cfg),
+                                dequant_bytes_per_pass(spec, cfg), float(numel(trainable_tensors(spec, cfg))))
+    return w
+
+
+def step_time(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes: float = 0.0) -> TimeEstimate | None:
+    """One optimizer step (``grad_accum`` micro-batches on each of ``num_gpus`` GPUs)."""
+    if gpu is None or gpu.key == "cpu":
+        return None
+    tflops, rate_src = achievable_tflops(gpu)
+    if tflops is None or not gpu.bandwidth_gbs:
+        return None
+    bw = gpu.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY
+    tokens_micro = cfg.micro_batch * cfg.seq_len
+    fpt, read_bytes, dequant_bytes, n_train = work_per_token(spec, cfg)
+    shard = cfg.num_gpus if (cfg.sharding == "fsdp" and cfg.num_gpus > 1) else 1
+    compute = fpt * tokens_micro / (tflops * 1e12)
+    reads = read_bytes * passes(cfg) / bw
+    dequant = dequant_bytes * passes(cfg) / bw
+    micro = max(compute, reads) + dequant
+    optimizer = opt_bytes / shard / bw
+    comm = 0.0
+    notes = [f"compute from the {rate_src} rate x {MFU_PRIOR} (prior)"]
+    if cfg.num_gpus > 1:
+        link = (NVLINK_GBS if gpu.nvlink else PCIE_GBS) * 1e9
+        n = cfg.num_gpus
+        grad_bytes = n_train * (4 if cfg.is_lora else 2)
+        comm = 2 * (n - 1) / n * grad_bytes / link
+        if cfg.sharding == "fsdp":  # all-gather weights in forward and backward, per micro-batch
+            weights = base_linear_weights(spec) * (0.5 if cfg.quant in ("nf4", "fp4") else 2)
+            comm += cfg.grad_accum * 2 * (n - 1) / n * weights / link
+        notes.append(f"gradient sync over {'NVLink' if gpu.nvlink else 'PCIe'} at {link / 1e9:.0f} GB/s")
+    step = cfg.grad_accum * micro + optimizer + comm
+    if step <= 0:
+        raise FtplanError("step time is zero: check the model and GPU figures")
+    tokens_step = tokens_micro * cfg.grad_accum * cfg.num_gpus
+    bound = "compute" if compute >= reads + dequant else "memory"
+    return TimeEstimate(tokens_per_s=tokens_step / step, step_time_s=step, flops_per_token=fpt,
+                        compute_s=cfg.grad_accum * compute, memory_s=cfg.grad_accum * (reads + dequant),
+                        overhead_s=optimizer + comm, bound=bound, achievable_tflops=tflops,
+                        efficiency=MFU_PRIOR, notes=tuple(notes))

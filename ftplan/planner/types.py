@@ -1,0 +1,251 @@
+"""Core value types of the planner: pure data, frozen, stdlib only.
+
+Every size is in bytes (int) unless a name says otherwise; rates are per second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture facts of a decoder-only transformer (what ``config.json`` says, no weights).
+
+    ``head_dim`` is explicit because several families (Gemma, Qwen3, Mistral-Nemo) do not use
+    ``hidden // heads``. MoE fields are zero for dense models.
+    """
+
+    name: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    max_positions: int
+    hf_id: str = ""
+    family: str = "llama"
+    aliases: tuple[str, ...] = ()
+    tied_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    lm_head_bias: bool = False  # Phi-2
+    mlp: str = "gated"  # "gated" (SwiGLU/GeGLU: gate, up, down) or "plain" (fc1, act, fc2)
+    norm: str = "rmsnorm"  # or "layernorm" (has a bias)
+    norms_per_layer: int = 2  # Gemma 2/3 and OLMo 2 use 4 ("sandwich"); parallel blocks 1
+    qk_norm: bool = False  # Qwen3, Gemma 3, OLMo 2: RMSNorm over q and k
+    parallel_block: bool = False  # Falcon, Phi-2: attention and MLP read the same normed input
+    fused_qkv: bool = False  # Phi-3, Falcon: one qkv projection
+    fused_gate_up: bool = False  # Phi-3: one gate_up projection
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate: int = 0
+    shared_expert_intermediate: int = 0
+    moe_layers: int = 0  # how many of the layers are MoE (0 with num_experts>0 means all)
+    final_logit_softcap: bool = False  # Gemma 2: tanh softcap on the logits keeps one more b*s*V
+    attn_logit_softcap: bool = False  # Gemma 2: eager attention only (SDPA cannot softcap)
+    source: str = ""
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def n_moe_layers(self) -> int:
+        if not self.is_moe:
+            return 0
+        return self.moe_layers or self.layers
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """One GPU model. ``None`` means the figure is unknown (never zero-filled)."""
+
+    key: str
+    name: str
+    memory_gb: float  # marketing size
+    usable_bytes: int  # what a process can budget from (see profiles.gpus.usable_bytes)
+    usable_source: str  # "torch total_memory", "nvidia-smi total - 600 MiB", "estimated from marketing size"
+    bandwidth_gbs: float | None
+    bf16_tflops: float | None  # dense tensor rate, fp32 accumulate
+    fp16_tflops: float | None
+    fp32_tflops: float | None
+    compute_capability: float | None
+    bf16: bool
+    flash_attention_2: bool
+    price_per_hour: float | None
+    price_provider: str = ""
+    price_date: str = ""
+    aliases: tuple[str, ...] = ()
+    nvlink: bool = False
+    vendor: str = "NVIDIA"
+    sources: str = ""
+    notes: str = ""
+
+    @property
+    def usable_gib(self) -> float:
+        return self.usable_bytes / GiB
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of one fine-tuning configuration, normalised (see ``planner.options``)."""
+
+    method: str = "qlora"  # full | lora | qlora
+    quant: str = "nf4"  # nf4 | fp4 | int8 | bf16 | fp16 | fp32 (the base weights' format)
+    double_quant: bool = True
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_targets: tuple[str, ...] = ("all-linear",)
+    lora_dropout: float = 0.0
+    micro_batch: int = 1
+    seq_len: int = 2048
+    grad_accum: int = 16
+    gradient_checkpointing: bool = True
+    optimizer: str = "paged_adamw_8bit"
+    attention: str = "sdpa"  # sdpa | eager | flash_attention_2
+    num_gpus: int = 1
+    sharding: str | None = None  # None | ddp | fsdp
+    prepare_kbit: bool = True  # peft.prepare_model_for_kbit_training (fp32 upcast of unquantized params)
+    autocast: bool = True  # HF Trainer bf16=True / fp16=True
+    loss_impl: str = "standard"  # standard (HF ForCausalLMLoss) | chunked (fused/chunked cross-entropy)
+
+    @property
+    def effective_batch(self) -> int:
+        return self.micro_batch * self.grad_accum * self.num_gpus
+
+    @property
+    def is_lora(self) -> bool:
+        return self.method in ("lora", "qlora")
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.quant in ("nf4", "fp4", "int8")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        d["effective_batch"] = self.effective_batch
+        return d
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured/predicted ratios applied to an estimate (filled by the calibration store)."""
+
+    gpu: str
+    versions: str
+    factors: Mapping[str, float]
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    tokens_per_s: float
+    step_time_s: float  # one optimizer step (all micro-batches, all GPUs in parallel)
+    flops_per_token: float
+    compute_s: float  # per optimizer step
+    memory_s: float  # per optimizer step (dequantization and weight traffic)
+    overhead_s: float
+    bound: str  # "compute" or "memory"
+    achievable_tflops: float
+    efficiency: float
+    calibrated: bool = False
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    tokens: float  # training tokens over all epochs
+    hours: float  # wall-clock hours
+    gpu_hours: float
+    price_per_gpu_hour: float | None
+    dollars: float | None
+    price_provider: str = ""
+    price_date: str = ""
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What ``ftplan.estimate`` returns: memory per phase, the peak, fit, and optionally time and cost.
+
+    - ``peak_allocated_bytes``: what ``torch.cuda.max_memory_allocated()`` would report.
+    - ``peak_reserved_bytes``: what ``torch.cuda.max_memory_reserved()`` would report.
+    - ``device_bytes``: what nvidia-smi would show for the process (reserved + CUDA context).
+    - ``breakdown``: {term: bytes} of the live set at the peak phase (sums to allocated).
+    """
+
+    model: str
+    gpu: str | None
+    config: TrainConfig
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    device_bytes: int
+    breakdown: Mapping[str, int]
+    peak_phase: str
+    phases: Mapping[str, Mapping[str, int]]
+    overheads: Mapping[str, int]
+    usable_bytes: int | None
+    fits: bool | None
+    trainable_params: int
+    total_params: int
+    time: TimeEstimate | None = None
+    cost: CostEstimate | None = None
+    calibration: Calibration | None = None
+    warnings: tuple[str, ...] = ()
+    assumptions: tuple[str, ...] = field(default=())
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        if self.usable_bytes is None:
+            return None
+        return self.usable_bytes - self.device_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "model": self.model,
+            "gpu": self.gpu,
+            "config": self.config.to_dict(),
+            "fits": self.fits,
+            "peak_phase": self.peak_phase,
+            "peak_allocated_bytes": self.peak_allocated_bytes,
+            "peak_reserved_bytes": self.peak_reserved_bytes,
+            "device_bytes": self.device_bytes,
+            "usable_bytes": self.usable_bytes,
+            "headroom_bytes": self.headroom_bytes,
+            "breakdown": dict(self.breakdown),
+            "overheads": dict(self.overheads),
+            "phases": {k: dict(v) for k, v in self.phases.items()},
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "time": asdict(self.time) if self.time else None,
+            "cost": asdict(self.cost) if self.cost else None,
+            "calibration": asdict(self.calibration) if self.calibration else None,
+            "warnings": list(self.warnings),
+            "assumptions": list(self.assumptions),
+        }
+        if d["calibration"]:
+            d["calibration"]["factors"] = dict(self.calibration.factors)  # type: ignore[union-attr]
+        return d
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One ranked candidate of ``ftplan.plan``: every knob and its full estimate."""
+
+    config: TrainConfig
+    estimate: Estimate
+    score: float
+    rank: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "score": self.score, "config": self.config.to_dict(),
+                "estimate": self.estimate.to_dict()}

@@ -1,0 +1,1 @@
+"""GPU and model profiles: data files, loaders, HF config reading and local GPU detection."""

@@ -1,0 +1,165 @@
+"""The GPU catalog: ``data/gpus.csv`` (from the project's sourced reference table), user overrides,
+and the budget a process can really use.
+
+Usable memory (what ``device_bytes`` must fit in), in order of preference:
+1. ``torch_total_memory_bytes`` (``cudaDeviceProp.totalGlobalMem``), where it was read;
+2. nvidia-smi's total minus 600 MiB: CUDA reports a few hundred MiB less than nvidia-smi
+   (RTX 3090: 24,115 vs 24,576 MiB; RTX 6000 Ada: 48,509 vs 49,140 MiB);
+3. the marketing size read as GB = 1e9 B, minus 600 MiB: conservative (GeForce "24 GB" is 24 GiB), and
+   flagged as estimated.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import FtplanError, UnknownNameError
+from ..planner.types import GPUSpec, MiB
+from ._names import norm_name
+
+DATA = Path(__file__).parent / "data" / "gpus.csv"
+SMI_TO_CUDA_MIB = 600
+GPU_FILE_ENV = "FTPLAN_GPUS"
+FIELDS = ("key", "name", "aliases", "vendor", "architecture", "compute_capability", "memory_gb",
+          "nvidia_smi_total_mib", "torch_total_memory_bytes", "bandwidth_gbs", "bf16_tflops", "fp16_tflops",
+          "fp32_tflops", "bf16", "flash_attention_2", "nvlink", "price_per_hour", "price_provider",
+          "price_date", "sources", "notes")
+NUMERIC = ("compute_capability", "memory_gb", "nvidia_smi_total_mib", "torch_total_memory_bytes",
+           "bandwidth_gbs", "bf16_tflops", "fp16_tflops", "fp32_tflops", "price_per_hour")
+
+
+def _num(row: dict, key: str, where: str) -> float | None:
+    v = str(row.get(key) or "").strip()
+    if not v:
+        return None
+    try:
+        x = float(v)
+    except ValueError:
+        raise FtplanError(f"{where}: {key}={v!r} is not a number") from None
+    if x < 0:
+        raise FtplanError(f"{where}: {key}={v} is negative; give a value >= 0 or leave it empty (unknown)")
+    return x
+
+
+def usable_bytes(row: dict) -> tuple[int, str]:
+    """The budget of one process on this GPU, and where the figure came from (module docstring)."""
+    where = f"GPU {row.get('key')}"
+    torch_total = _num(row, "torch_total_memory_bytes", where)
+    if torch_total:
+        return int(torch_total), "torch total_memory"
+    smi = _num(row, "nvidia_smi_total_mib", where)
+    if smi:
+        return int((smi - SMI_TO_CUDA_MIB) * MiB), "nvidia-smi total - 600 MiB"
+    gb = _num(row, "memory_gb", where)
+    if not gb:
+        raise FtplanError(f"{where}: no memory size (memory_gb, nvidia_smi_total_mib or torch_total_memory_bytes)")
+    return int(gb * 1e9 - SMI_TO_CUDA_MIB * MiB), "estimated from the marketing size (GB = 1e9 B)"
+
+
+def _yes(v: str | None) -> bool:
+    return str(v or "").strip().lower() in ("yes", "true", "1", "y")
+
+
+def _spec(row: dict) -> GPUSpec:
+    where = f"GPU {row.get('key')}"
+    usable, src = usable_bytes(row)
+    return GPUSpec(
+        key=row["key"], name=row.get("name") or row["key"], memory_gb=_num(row, "memory_gb", where) or usable / 1e9,
+        usable_bytes=usable, usable_source=src, bandwidth_gbs=_num(row, "bandwidth_gbs", where),
+        bf16_tflops=_num(row, "bf16_tflops", where), fp16_tflops=_num(row, "fp16_tflops", where),
+        fp32_tflops=_num(row, "fp32_tflops", where), compute_capability=_num(row, "compute_capability", where),
+        bf16=_yes(row.get("bf16")), flash_attention_2=_yes(row.get("flash_attention_2")),
+        price_per_hour=_num(row, "price_per_hour", where), price_provider=row.get("price_provider") or "",
+        price_date=row.get("price_date") or "",
+        aliases=tuple(a for a in (row.get("aliases") or "").split(";") if a), nvlink=_yes(row.get("nvlink")),
+        vendor=row.get("vendor") or "NVIDIA", sources=row.get("sources") or "", notes=row.get("notes") or "")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        raise FtplanError(f"GPU file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            rows = data if isinstance(data, list) else data.get("gpus", [])
+        else:
+            with path.open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+    except (OSError, ValueError, csv.Error) as e:
+        raise FtplanError(f"cannot read GPU file {str(path)!r}: {e}") from None
+    for i, r in enumerate(rows, start=2):
+        if not isinstance(r, dict) or not str(r.get("key") or "").strip():
+            raise FtplanError(f"GPU file {str(path)!r}: row {i} has no 'key'")
+        unknown = set(r) - set(FIELDS)
+        if unknown:
+            raise FtplanError(f"GPU file {str(path)!r}: unknown column(s) {sorted(unknown)}; valid: {', '.join(FIELDS)}")
+    return rows
+
+
+@lru_cache(maxsize=8)
+def load_catalog(extra: str | None = None) -> dict[str, GPUSpec]:
+    """Built-in GPUs, then rows of ``extra`` (or ``$FTPLAN_GPUS``): a CSV/JSON with a ``key`` column and
+    any of the other columns. A known key overrides only the columns given (e.g. a price); a new key adds
+    a GPU (it then needs a memory size)."""
+    with DATA.open(newline="") as fh:
+        rows = {r["key"]: r for r in csv.DictReader(fh)}
+    extra = extra or os.environ.get(GPU_FILE_ENV) or None
+    if extra:
+        for r in _read_rows(Path(extra)):
+            key = r["key"].strip()
+            given = {k: v for k, v in r.items() if v not in (None, "")}
+            if key in rows:
+                rows[key] = {**rows[key], **given}
+            else:
+                rows[key] = {"name": key, **given}
+            if "price_per_hour" in given and "price_date" not in given:
+                rows[key]["price_date"] = "user file"
+                rows[key]["price_provider"] = given.get("price_provider", "user file")
+    return {k: _spec(r) for k, r in rows.items()}
+
+
+def cpu_spec() -> GPUSpec:
+    """The CPU as a device: its RAM is the budget; no CUDA context, no allocator rounding."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 16 * 1024**3
+    return GPUSpec(key="cpu", name="CPU (host memory)", memory_gb=ram / 1e9, usable_bytes=ram,
+                   usable_source="physical RAM", bandwidth_gbs=None, bf16_tflops=None, fp16_tflops=None,
+                   fp32_tflops=None, compute_capability=None, bf16=True, flash_attention_2=False,
+                   price_per_hour=None)
+
+
+def _index(catalog: dict[str, GPUSpec]) -> dict[str, str]:
+    idx: dict[str, str] = {}
+    for key, g in catalog.items():
+        for n in (key, g.name, *g.aliases):
+            idx.setdefault(norm_name(n), key)
+    return idx
+
+
+def get_gpu(name: str | GPUSpec, extra: str | None = None) -> GPUSpec:
+    """A GPU by key, alias or name ('4090', 'rtx4090', 'RTX 4090', 'h100', 'h100-sxm'); 'cpu' for the
+    host. ``auto`` is resolved by ``profiles.detect``."""
+    if isinstance(name, GPUSpec):
+        return name
+    if norm_name(str(name)) == "cpu":
+        return cpu_spec()
+    if str(name).strip().lower() == "auto":
+        from .detect import detect_gpu
+
+        return detect_gpu()
+    catalog = load_catalog(extra)
+    key = _index(catalog).get(norm_name(str(name)))
+    if key is None:
+        valid = list(catalog) + [a for g in catalog.values() for a in g.aliases]
+        raise UnknownNameError("GPU", name, valid, "see `ftplan gpus`")
+    return catalog[key]
+
+
+def list_gpus(extra: str | None = None) -> list[GPUSpec]:
+    return sorted(load_catalog(extra).values(), key=lambda g: (g.usable_bytes, g.key))

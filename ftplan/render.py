@@ -1,0 +1,190 @@
+"""Plain-text and JSON renderings of a fit result (the CLI prints these)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ._version import __version__
+from .fit import FitResult
+from .planner.arch import resolve_targets, total_params
+from .planner.memory.overhead import FRAGMENTATION_PRIOR
+from .planner.timing import MFU_PRIOR
+from .planner.types import Estimate, GiB, Plan
+
+TERM_LABELS = {
+    "weights_quantized": "base weights, quantized (packed)",
+    "quant_constants": "quantization constants (absmax)",
+    "weights_dense": "base weights, 16/32-bit",
+    "weights_unquantized": "embeddings, lm_head, norms, biases",
+    "lora_weights": "LoRA adapters (fp32)",
+    "optimizer_state": "optimizer state",
+    "cuda_workspace": "cuBLAS workspace",
+    "ddp_buckets": "DDP gradient buckets",
+    "gradients": "gradients",
+    "activations": "saved activations",
+    "autocast_weight_copies": "autocast bf16 weight copies",
+    "logits_loss": "logits and loss buffers",
+    "forward_transient": "layer forward intermediates",
+    "recompute": "recomputed layer (checkpointing)",
+    "backward_transient": "backward gradient buffers",
+    "dequant_transient": "dequantized weight (transient)",
+    "optimizer_temp": "optimizer step temporaries",
+    "fsdp_gathered": "FSDP gathered parameters",
+}
+OVERHEAD_LABELS = {
+    "allocator_overhead": "allocator overhead (reserved - allocated)",
+    "cuda_context": "CUDA context",
+    "paged_optimizer_state": "paged optimizer state (managed memory)",
+}
+METHOD_LABELS = {"qlora": "QLoRA", "lora": "LoRA", "full": "full fine-tuning"}
+
+
+def gib(x: float | None) -> str:
+    return "?" if x is None else f"{x / GiB:.2f}"
+
+
+def _fmt_tokens(t: float) -> str:
+    for div, suf in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if t >= div:
+            return f"{t / div:g}{suf}"
+    return f"{t:g}"
+
+
+def describe_config(plan: Plan, spec) -> list[tuple[str, str]]:
+    c = plan.config
+    base = {"nf4": "4-bit NF4", "fp4": "4-bit FP4", "int8": "8-bit LLM.int8", "bf16": "bf16", "fp16": "fp16",
+            "fp32": "fp32"}[c.quant]
+    if c.quant in ("nf4", "fp4"):
+        base += ", double quant" if c.double_quant else ", no double quant"
+    rows = [("method", f"{METHOD_LABELS[c.method]} on a {base} base")]
+    if c.is_lora:
+        mods = sorted({lin.role for lin in resolve_targets(spec, c.lora_targets)})
+        rows.append(("LoRA", f"rank {c.lora_rank}, alpha {c.lora_alpha}, targets {','.join(c.lora_targets)} "
+                             f"({', '.join(mods)}), dropout {c.lora_dropout:g}"))
+    gpus = f" x {c.num_gpus} GPUs ({c.sharding})" if c.num_gpus > 1 else " x 1 GPU"
+    rows += [("batch", f"micro-batch {c.micro_batch} x accumulation {c.grad_accum}{gpus} = {c.effective_batch} "
+                       f"sequences of {c.seq_len} tokens"),
+             ("checkpointing", "on" if c.gradient_checkpointing else "off"),
+             ("optimizer", c.optimizer), ("attention", c.attention),
+             ("loss", "chunked/fused cross-entropy" if c.loss_impl == "chunked" else "standard (HF ForCausalLMLoss)")]
+    return rows
+
+
+def breakdown_lines(est: Estimate) -> list[str]:
+    lines = [f"Memory at the peak (phase: {est.peak_phase}){'GiB':>22}"]
+    for k, v in sorted(est.breakdown.items(), key=lambda kv: -kv[1]):
+        if v:
+            lines.append(f"  {TERM_LABELS.get(k, k):<44}{gib(v):>10}")
+    lines.append(f"  {'= allocated (torch max_memory_allocated)':<44}{gib(est.peak_allocated_bytes):>10}")
+    for k, v in est.overheads.items():
+        if v:
+            lines.append(f"  {'+ ' + OVERHEAD_LABELS.get(k, k):<44}{gib(v):>10}")
+    usable = ""
+    if est.usable_bytes:
+        usable = f"  of {gib(est.usable_bytes)} usable ({est.device_bytes / est.usable_bytes:.0%})"
+    lines.append(f"  {'= device (nvidia-smi)':<44}{gib(est.device_bytes):>10}{usable}")
+    return lines
+
+
+def speed_lines(est: Estimate) -> list[str]:
+    t, c = est.time, est.cost
+    if t is None:
+        return ["Speed: unknown (no compute rate or bandwidth for this GPU in the catalog)"]
+    out = [f"  tokens/s     {t.tokens_per_s:,.0f}  ({t.bound}-bound; step {t.step_time_s:.2f} s; "
+           f"{t.flops_per_token / 1e9:.1f} GFLOP/token; {t.notes[0]})"]
+    if c is not None:
+        money = f"${c.dollars:,.2f}" if c.dollars is not None else "$ unknown"
+        price = (f"at ${c.price_per_gpu_hour:.4g}/GPU-hour ({c.price_provider}, {c.price_date})"
+                 if c.price_per_gpu_hour is not None else "; ".join(c.notes))
+        out.append(f"  job          {_fmt_tokens(c.tokens)} tokens: {c.hours:,.2f} h, {c.gpu_hours:,.2f} GPU-hours, "
+                   f"{money} {price}")
+    return out
+
+
+def render_fit(r: FitResult) -> str:
+    spec, g = r.model, r.gpu
+    lines = [f"ftplan {__version__}: {spec.name} ({spec.hf_id or spec.source}, {total_params(spec) / 1e9:.2f}B params) "
+             f"on {g.name} ({gib(g.usable_bytes)} GiB usable: {g.usable_source})"]
+    job = f"Job: {_fmt_tokens(r.tokens)} tokens x {r.epochs:g} epoch(s); objective {r.objective}"
+    if r.defaults_used:
+        job += "; defaults: " + ", ".join(f"{k}={v}" for k, v in r.defaults_used.items())
+    lines.append(job)
+    for w in r.warnings:
+        lines.append(f"warning: {w}")
+    lines.append("")
+    if not r.plans:
+        lines += _nothing_fits(r)
+        return "\n".join(lines)
+    best = r.plans[0]
+    est = best.estimate
+    lines.append(f"FITS. Recommended configuration ({r.feasible} of {r.candidates} candidates fit with a "
+                 f"{r.margin:.0%} margin):")
+    for k, v in describe_config(best, spec):
+        lines.append(f"  {k:<15}{v}")
+    lines.append("")
+    lines += breakdown_lines(est)
+    lines.append("")
+    lines.append("Speed and cost")
+    lines += speed_lines(est)
+    if len(r.plans) > 1:
+        lines.append("")
+        lines.append("Runner-ups")
+        lines.append(f"  {'#':<3}{'method':<7}{'base':<10}{'mb x acc':<10}{'ckpt':<6}{'optimizer':<19}{'attn':<19}"
+                     f"{'loss':<10}{'GiB':>7}{'tok/s':>9}{'$':>10}")
+        for p in r.plans[1:]:
+            c, e = p.config, p.estimate
+            base = c.quant + ("+dq" if c.double_quant and c.quant in ("nf4", "fp4") else "")
+            dollars = f"{e.cost.dollars:,.2f}" if e.cost and e.cost.dollars is not None else "?"
+            tps = f"{e.time.tokens_per_s:,.0f}" if e.time else "?"
+            lines.append(f"  {p.rank:<3}{c.method:<7}{base:<10}{f'{c.micro_batch} x {c.grad_accum}':<10}"
+                         f"{'on' if c.gradient_checkpointing else 'off':<6}{c.optimizer:<19}{c.attention:<19}"
+                         f"{c.loss_impl:<10}{gib(e.device_bytes):>7}{tps:>9}{dollars:>10}")
+    lines.append("")
+    lines.append(f"Uncalibrated priors: compute at {MFU_PRIOR} of the datasheet rate, allocator fragmentation "
+                 f"{FRAGMENTATION_PRIOR:.0%} of transient memory. --json for every figure.")
+    return "\n".join(lines)
+
+
+def _nothing_fits(r: FitResult) -> list[str]:
+    s = r.suggestion
+    lines = [f"DOES NOT FIT: none of {r.candidates} configurations of {r.model.name} fits {r.gpu.name} "
+             f"({gib(r.gpu.usable_bytes)} GiB usable, {r.margin:.0%} margin)."]
+    if s.get("lean_bytes") is not None:
+        lines.append(f"  the leanest allowed configuration needs {gib(s['lean_bytes'])} GiB on the device")
+    if s.get("smallest_gpu"):
+        lines.append(f"  smallest GPU that fits it: {s['smallest_gpu']}")
+    else:
+        lines.append("  no single GPU in the catalog fits it")
+    if s.get("gpu_count"):
+        lines.append(f"  or {s['gpu_count']} x {r.gpu.key} with FSDP (--gpus {s['gpu_count']} --sharding fsdp)")
+    return lines
+
+
+def fit_json(r: FitResult) -> dict[str, Any]:
+    sugg = dict(r.suggestion)
+    if sugg.get("lean_config") is not None:
+        sugg["lean_config"] = sugg["lean_config"].to_dict()
+    return {
+        "ftplan_version": __version__,
+        "model": {"name": r.model.name, "hf_id": r.model.hf_id, "total_params": total_params(r.model)},
+        "gpu": {"key": r.gpu.key, "name": r.gpu.name, "usable_bytes": r.gpu.usable_bytes,
+                "usable_source": r.gpu.usable_source},
+        "fits": r.fits,
+        "objective": r.objective,
+        "tokens": r.tokens,
+        "epochs": r.epochs,
+        "margin": r.margin,
+        "defaults_used": r.defaults_used,
+        "fixed": {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.fixed.items()},
+        "candidates": r.candidates,
+        "feasible": r.feasible,
+        "recommendation": r.plans[0].to_dict() if r.plans else None,
+        "runner_ups": [p.to_dict() for p in r.plans[1:]],
+        "suggestion": sugg or None,
+        "warnings": list(r.warnings),
+    }
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False, default=str)

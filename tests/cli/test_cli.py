@@ -1,0 +1,112 @@
+"""The ftplan command: output, JSON, exit codes (0 fits, 1 nothing fits, 2 bad input), catalogs."""
+
+import json
+import sys
+import types
+
+import pytest
+from typer.testing import CliRunner
+
+import ftplan
+from ftplan.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_fit_prints_everything_the_user_needs():
+    r = run("--model", "8b", "--gpu", "rtx4090")
+    assert r.exit_code == 0, r.output
+    out = r.output
+    for needle in ("FITS", "Recommended configuration", "micro-batch", "checkpointing", "optimizer",
+                   "Memory at the peak (phase:", "= device (nvidia-smi)", "tokens/s", "GPU-hours", "$",
+                   "Runner-ups", "defaults:"):
+        assert needle in out, needle
+
+
+def test_json_matches_the_library():
+    r = run("--model", "8b", "--gpu", "rtx4090", "--json", "--tokens", "20M")
+    assert r.exit_code == 0
+    doc = json.loads(r.stdout)
+    rec = doc["recommendation"]
+    cfg = rec["config"]
+    knobs = {k: cfg[k] for k in ("method", "quant", "double_quant", "lora_rank", "micro_batch", "seq_len",
+                                  "grad_accum", "gradient_checkpointing", "optimizer", "attention", "loss_impl")}
+    est = ftplan.estimate("8b", "rtx4090", tokens=20e6, lora_targets=cfg["lora_targets"], **knobs)
+    assert rec["estimate"]["device_bytes"] == est.device_bytes
+    assert rec["estimate"]["cost"]["tokens"] == 20e6
+    assert doc["fits"] is True and doc["candidates"] >= doc["feasible"] > 0
+
+
+def test_fixed_knobs_are_honoured():
+    r = run("-m", "8b", "-g", "4090", "--method", "qlora", "--no-grad-ckpt", "--micro-batch", "1",
+            "--optimizer", "paged_adamw_8bit", "--rank", "64", "--targets", "q_proj,v_proj", "--json")
+    doc = json.loads(r.stdout)
+    if doc["fits"]:
+        cfg = doc["recommendation"]["config"]
+        assert (cfg["method"], cfg["gradient_checkpointing"], cfg["lora_rank"]) == ("qlora", False, 64)
+        assert cfg["lora_targets"] == ["q_proj", "v_proj"]
+    else:
+        assert r.exit_code == 1
+
+
+def test_nothing_fits_exits_1_and_names_a_gpu():
+    r = run("--model", "70b", "--gpu", "rtx4090")
+    assert r.exit_code == 1
+    assert "DOES NOT FIT" in r.output and "smallest GPU that fits" in r.output
+    doc = json.loads(run("--model", "70b", "--gpu", "rtx4090", "--json").stdout)
+    assert doc["fits"] is False and doc["suggestion"]["smallest_gpu"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--model", "8b", "--gpu", "rtx4091"), "rtx4090"),
+    (("--model", "nope-model", "--gpu", "rtx4090"), "unknown model"),
+    (("--model", "8b", "--gpu", "rtx4090", "--rank", "0"), "lora_rank=0"),
+    (("--model", "8b", "--gpu", "rtx4090", "--micro-batch", "-1"), "micro_batch=-1"),
+    (("--model", "8b", "--gpu", "rtx4090", "--seq-len", "0"), "seq_len=0"),
+    (("--model", "8b", "--gpu", "rtx4090", "--price", "-2"), "price=-2"),
+    (("--model", "8b", "--gpu", "rtx4090", "--optimizer", "lion"), "unknown optimizer"),
+    (("--model", "8b", "--gpu", "rtx4090", "--tokens", "lots"), "tokens='lots'"),
+    (("--model", "8b", "--gpu", "rtx4090", "--targets", "qkv_proj"), "q_proj"),
+    (("--model", "8b", "--gpu", "auto"), "no NVIDIA GPU"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle, monkeypatch):
+    nvml = types.ModuleType("pynvml")  # a machine without an NVIDIA driver
+
+    def init():
+        raise RuntimeError("NVML Shared Library Not Found")
+    nvml.nvmlInit = init
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    assert needle in r.output
+    assert "Traceback" not in r.output
+
+
+def test_malformed_config_json(tmp_path):
+    p = tmp_path / "config.json"
+    p.write_text('{"hidden_size": 10,')
+    r = run("--model", str(p), "--gpu", "rtx4090")
+    assert r.exit_code == 2 and "not valid JSON" in r.output
+
+
+def test_missing_model_is_usage_error():
+    r = run()
+    assert r.exit_code == 2
+
+
+def test_catalog_commands():
+    g = run("gpus")
+    assert g.exit_code == 0 and "rtx4090" in g.output and "h200" in g.output
+    m = run("models")
+    assert m.exit_code == 0 and "llama3.1-8b" in m.output and "meta-llama/Llama-3.1-8B" in m.output
+    assert len(json.loads(run("gpus", "--json").stdout)) >= 35
+    assert len(json.loads(run("models", "--json").stdout)) >= 40
+
+
+def test_version():
+    r = run("--version")
+    assert r.exit_code == 0 and ftplan.__version__ in r.output
