@@ -50,6 +50,8 @@ HF_NAMES: dict[str, dict[str, str]] = {
     "phi": {**LLAMA_NAMES, "o": "dense", "fc1": "fc1", "fc2": "fc2"},
     "falcon": {"qkv": "query_key_value", "o": "dense", "fc1": "dense_h_to_4h", "fc2": "dense_4h_to_h"},
     "gpt2": {"qkv": "c_attn", "o": "c_proj", "fc1": "c_fc", "fc2": "c_proj"},
+    # Qwen (1.x, remote code): a1 = w1(x); a2 = w2(x); c_proj(a1 * silu(a2)) -> w2 is the gate
+    "qwen": {"qkv": "c_attn", "o": "c_proj", "gate": "w2", "up": "w1", "down": "c_proj"},
 }
 
 

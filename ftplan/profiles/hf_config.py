@@ -35,6 +35,7 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "falcon": ("falcon", {"mlp": "plain", "norm": "layernorm", "parallel_block": True, "fused_qkv": True}),
     "stablelm": ("llama", {"norm": "layernorm"}),
     "olmo2": ("llama", {"qk_norm": True}), "olmoe": ("llama", {"qk_norm": True}),
+    "qwen": ("qwen", {"fused_qkv": True, "qkv_bias": True}),
 }
 
 
@@ -72,6 +73,8 @@ def spec_from_config(cfg: dict, name: str, hf_id: str = "", where: str = "config
     else:
         kv = _int(cfg, where, "num_key_value_heads", default=heads)
         f = _int(cfg, where, "intermediate_size", "n_inner", default=4 * h)
+        if mtype == "qwen":  # Qwen 1.x: intermediate_size spans w1 and w2 together
+            f //= 2
     head_dim = cfg.get("head_dim")
     if head_dim is None:
         if h % heads:
