@@ -31,7 +31,7 @@ def cold_cli(runs: int) -> list[float]:
 def search_times(runs: int, **kwargs) -> tuple[list[float], int, int]:
     import ftplan
     from ftplan.planner.memory import phases
-    from ftplan.planner import timing
+    from ftplan.planner import estimate, timing
 
     times = []
     res = None
@@ -39,6 +39,7 @@ def search_times(runs: int, **kwargs) -> tuple[list[float], int, int]:
         phases._STATIC_CACHE.clear()  # measure a cold search, not a cache hit
         phases._DYNAMIC_CACHE.clear()
         timing._WORK_CACHE.clear()
+        estimate._TRAFFIC_CACHE.clear()
         t = time.perf_counter()
         res = ftplan.plan_search(**kwargs)
         times.append(time.perf_counter() - t)

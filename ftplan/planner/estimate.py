@@ -16,8 +16,21 @@ ASSUMPTIONS = (
 )
 
 
+_TRAFFIC_CACHE: dict = {}
+
+
 def optimizer_traffic_bytes(spec: ModelSpec, cfg: TrainConfig) -> float:
     """Bytes the optimizer step reads and writes: params r/w, grads r, two states r/w."""
+    key = (spec, cfg.method, cfg.quant, cfg.lora_rank, cfg.lora_targets, cfg.optimizer)
+    hit = _TRAFFIC_CACHE.get(key)
+    if hit is None:
+        if len(_TRAFFIC_CACHE) > 100_000:
+            _TRAFFIC_CACHE.clear()
+        hit = _TRAFFIC_CACHE[key] = _optimizer_traffic(spec, cfg)
+    return hit
+
+
+def _optimizer_traffic(spec: ModelSpec, cfg: TrainConfig) -> float:
     n = work_per_token(spec, cfg)[3]
     p = precision(cfg).trainable
     state = {"adamw": 2 * p, "adamw_torch": 2 * p, "paged_adamw_32bit": 8, "adamw_8bit": 2,

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from .estimate import build_estimate, optimizer_traffic_bytes
 from .memory.phases import device_bytes_fast
-from .timing import step_time
+from .timing import tokens_per_s
 from .options import DEFAULTS, choice, make_config, method_quant, parse_targets, positive_int
 from .types import GPUSpec, ModelSpec, Plan, TrainConfig
 
@@ -94,15 +94,24 @@ def enumerate_configs(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any
         targets = [cfg0.lora_targets] if "lora_targets" in fixed else list(QUALITY_TARGETS)
     else:
         ranks, targets = [cfg0.lora_rank], [cfg0.lora_targets]
+    base_fields = dict(cfg0.__dict__)
     for (method, quant, dq), mb, ckpt, opt, attn, loss, rank, tg in itertools.product(
             _formats(fixed, gpu), mbs, ckpts, opts, attns, losses, ranks, targets):
         if method == "full" and (rank != ranks[0] or tg != targets[0]):
             continue  # rank and targets mean nothing without LoRA
         accum = cfg0.grad_accum if per_gpu_eff is None else per_gpu_eff // mb
-        yield replace(cfg0, method=method, quant=quant, double_quant=dq, micro_batch=mb, grad_accum=accum,
-                      gradient_checkpointing=ckpt, optimizer=opt, attention=attn, loss_impl=loss,
-                      lora_rank=rank, lora_alpha=rank * 2 if "lora_alpha" not in fixed else cfg0.lora_alpha,
-                      lora_targets=tg), base.warnings
+        yield _with(base_fields, method=method, quant=quant, double_quant=dq, micro_batch=mb, grad_accum=accum,
+                    gradient_checkpointing=ckpt, optimizer=opt, attention=attn, loss_impl=loss, lora_rank=rank,
+                    lora_alpha=rank * 2 if "lora_alpha" not in fixed else cfg0.lora_alpha,
+                    lora_targets=tg), base.warnings
+
+
+def _with(fields: dict, **changes: Any) -> TrainConfig:
+    """A TrainConfig from validated fields without re-running the dataclass machinery (hot loop)."""
+    cfg = object.__new__(TrainConfig)
+    cfg.__dict__.update(fields)
+    cfg.__dict__.update(changes)
+    return cfg
 
 
 def _tokens_per_s(est) -> float:
@@ -115,9 +124,10 @@ def _speed_bucket(tps: float) -> int:
     return -int(math.log(tps) / math.log(1.005)) if tps > 0 else 0
 
 
-def _light_key(objective: str, cfg: TrainConfig, t, device_bytes: int, gpu: GPUSpec | None, price: float | None) -> tuple:
-    """Sort key (smaller is better) from the configuration, its time and its device bytes."""
-    tps = t.tokens_per_s if t else 0.0
+def _light_key(objective: str, cfg: TrainConfig, tps: float | None, device_bytes: int, gpu: GPUSpec | None,
+               price: float | None) -> tuple:
+    """Sort key (smaller is better) from the configuration, its tokens/s and its device bytes."""
+    tps = tps or 0.0
     simple = (cfg.loss_impl != "standard", cfg.attention != "sdpa")
     if objective == "cost":
         p = price if price is not None else (gpu.price_per_hour if gpu is not None else None)
@@ -154,8 +164,8 @@ def search(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], objectiv
         dev = device_bytes_fast(spec, cfg, gpu)
         if usable is not None and dev > usable:
             continue
-        t = step_time(spec, cfg, gpu, optimizer_traffic_bytes(spec, cfg))
-        scored.append((_light_key(objective, cfg, t, dev, gpu, price), cfg))
+        tps = tokens_per_s(spec, cfg, gpu, optimizer_traffic_bytes(spec, cfg))
+        scored.append((_light_key(objective, cfg, tps, dev, gpu, price), cfg))
     scored.sort(key=lambda x: x[0])
     if diverse:
         scored = _diverse(scored)

@@ -123,24 +123,18 @@ def work_per_token(spec: ModelSpec, cfg: TrainConfig) -> tuple[float, float, flo
     return w
 
 
-def step_time(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes: float = 0.0) -> TimeEstimate | None:
-    """One optimizer step (``grad_accum`` micro-batches on each of ``num_gpus`` GPUs)."""
-    if gpu is None or gpu.key == "cpu":
-        return None
-    tflops, rate_src = achievable_tflops(gpu)
-    if tflops is None or not gpu.bandwidth_gbs:
-        return None
+def _step_parts(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec, opt_bytes: float, tflops: float):
     bw = gpu.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY
     tokens_micro = cfg.micro_batch * cfg.seq_len
     fpt, read_bytes, dequant_bytes, n_train = work_per_token(spec, cfg)
     shard = cfg.num_gpus if (cfg.sharding == "fsdp" and cfg.num_gpus > 1) else 1
+    n_pass = 3 if cfg.gradient_checkpointing else 2
     compute = fpt * tokens_micro / (tflops * 1e12)
-    reads = read_bytes * passes(cfg) / bw
-    dequant = dequant_bytes * passes(cfg) / bw
+    reads = read_bytes * n_pass / bw
+    dequant = dequant_bytes * n_pass / bw
     micro = max(compute, reads) + dequant
     optimizer = opt_bytes / shard / bw
     comm = 0.0
-    notes = [f"compute from the {rate_src} rate x {MFU_PRIOR} (prior)"]
     if cfg.num_gpus > 1:
         link = (NVLINK_GBS if gpu.nvlink else PCIE_GBS) * 1e9
         n = cfg.num_gpus
@@ -149,11 +143,36 @@ def step_time(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes:
         if cfg.sharding == "fsdp":  # all-gather weights in forward and backward, per micro-batch
             weights = base_linear_weights(spec) * (0.5 if cfg.quant in ("nf4", "fp4") else 2)
             comm += cfg.grad_accum * 2 * (n - 1) / n * weights / link
-        notes.append(f"gradient sync over {'NVLink' if gpu.nvlink else 'PCIe'} at {link / 1e9:.0f} GB/s")
     step = cfg.grad_accum * micro + optimizer + comm
+    tokens_step = tokens_micro * cfg.grad_accum * cfg.num_gpus
+    return tokens_step, step, fpt, compute, reads, dequant, optimizer, comm
+
+
+def tokens_per_s(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes: float = 0.0) -> float | None:
+    """``step_time(...).tokens_per_s`` without building the estimate object (the search's hot loop)."""
+    if gpu is None or gpu.key == "cpu" or not gpu.bandwidth_gbs:
+        return None
+    tflops = achievable_tflops(gpu)[0]
+    if tflops is None:
+        return None
+    tokens_step, step = _step_parts(spec, cfg, gpu, opt_bytes, tflops)[:2]
+    return tokens_step / step
+
+
+def step_time(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes: float = 0.0) -> TimeEstimate | None:
+    """One optimizer step (``grad_accum`` micro-batches on each of ``num_gpus`` GPUs)."""
+    if gpu is None or gpu.key == "cpu":
+        return None
+    tflops, rate_src = achievable_tflops(gpu)
+    if tflops is None or not gpu.bandwidth_gbs:
+        return None
+    tokens_step, step, fpt, compute, reads, dequant, optimizer, comm = _step_parts(spec, cfg, gpu, opt_bytes, tflops)
     if step <= 0:
         raise FtplanError("step time is zero: check the model and GPU figures")
-    tokens_step = tokens_micro * cfg.grad_accum * cfg.num_gpus
+    notes = [f"compute from the {rate_src} rate x {MFU_PRIOR} (prior)"]
+    if cfg.num_gpus > 1:
+        link = NVLINK_GBS if gpu.nvlink else PCIE_GBS
+        notes.append(f"gradient sync over {'NVLink' if gpu.nvlink else 'PCIe'} at {link:.0f} GB/s")
     bound = "compute" if compute >= reads + dequant else "memory"
     return TimeEstimate(tokens_per_s=tokens_step / step, step_time_s=step, flops_per_token=fpt,
                         compute_s=cfg.grad_accum * compute, memory_s=cfg.grad_accum * (reads + dequant),

@@ -53,6 +53,13 @@ class ModelSpec:
     attn_logit_softcap: bool = False  # Gemma 2: eager attention only (SDPA cannot softcap)
     source: str = ""
 
+    def __hash__(self) -> int:  # the generated hash walks 30 fields on every call; cache it
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f) for f in self.__dataclass_fields__))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0

@@ -95,3 +95,21 @@ def test_every_plan_fits_with_the_exact_effective_batch(model, gpu, eff, seq, ob
         assert p.config.effective_batch == eff
     ranks = [p.rank for p in plans]
     assert ranks == list(range(1, len(plans) + 1))
+
+
+@settings(max_examples=80, deadline=None)
+@given(models, configs, st.sampled_from(["t4", "rtx4090", "h100", "gtx1650", "b200"]), st.integers(1, 4))
+def test_fast_tokens_per_s_equals_step_time(model, cfg, gpu, n_gpus):
+    from dataclasses import replace as _r
+
+    from ftplan.planner.estimate import optimizer_traffic_bytes
+    from ftplan.planner.timing import step_time, tokens_per_s
+
+    g = get_gpu(gpu)
+    cfg = _r(cfg, num_gpus=n_gpus, sharding="fsdp" if n_gpus > 2 else ("ddp" if n_gpus > 1 else None))
+    opt = optimizer_traffic_bytes(model, cfg)
+    full = step_time(model, cfg, g, opt)
+    fast = tokens_per_s(model, cfg, g, opt)
+    assert (full is None) == (fast is None)
+    if full is not None:
+        assert fast == full.tokens_per_s > 0

@@ -143,7 +143,7 @@ def _static(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | None) ->
         gathered = 2 * layer_w + (embedding_params(spec) + lm_head_params(spec)) * prec.unquantized
     head_copy, other_copies = autocast_copy_bytes(spec, cfg, prec)
     return (resident, grads, _sharded(opt.temp, N), _sharded(opt.state_paged, N), gathered, head_copy,
-            other_copies, dequant_transient_bytes(spec, prec), n_train)
+            other_copies, dequant_transient_bytes(spec, prec), n_train, sum(resident.values()))
 
 
 def _dynamic(spec: ModelSpec, cfg: TrainConfig) -> tuple:
@@ -162,7 +162,7 @@ _DYNAMIC_CACHE: dict = {}
 _CACHE_LIMIT = 100_000
 
 
-def components(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> Components:
+def _cached(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> tuple[tuple, tuple]:
     device = "none" if gpu is None else ("cpu" if gpu.key == "cpu" else "cuda")
     cc = gpu.compute_capability if gpu is not None else None
     skey = (spec, _static_key(cfg), device, cc)
@@ -177,7 +177,12 @@ def components(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> Compon
         if len(_DYNAMIC_CACHE) > _CACHE_LIMIT:
             _DYNAMIC_CACHE.clear()
         d = _DYNAMIC_CACHE[dkey] = _dynamic(spec, cfg)
-    resident, grads, temp, paged, gathered, head_copy, other_copies, dequant, n_train = s
+    return s, d
+
+
+def components(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> Components:
+    s, d = _cached(spec, cfg, gpu)
+    resident, grads, temp, paged, gathered, head_copy, other_copies, dequant, n_train, _ = s
     return Components(resident, grads, temp, paged, gathered, *d, head_copy, other_copies, dequant, n_train)
 
 
@@ -233,17 +238,18 @@ def memory_model(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> Memo
 def device_bytes_fast(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> int:
     """``memory_model(...).device_bytes`` from the same components, without building the phase dicts
     (the search's feasibility filter). A test holds the two equal."""
-    c = components(spec, cfg, gpu)
+    s, d = _cached(spec, cfg, gpu)
+    _, grads, temp, paged, gathered, head_copy, other_copies, dequant, _, static = s
+    act_layers, act_model, act_rest, recompute, last_layer, bwd_transient, fwd_transient, loss_fwd, loss_bwd = d
     accum = cfg.grad_accum > 1
-    static = sum(c.resident.values())
-    grads_live = c.grads if accum else 0
-    copies = c.head_copy + c.other_copies
-    saved = c.act_layers + c.act_model
-    fwd = grads_live + saved + copies + c.gathered + max(c.loss_forward, c.forward_transient)
-    start = grads_live + saved + copies + c.gathered + c.loss_backward
-    top = ((c.grads if accum else c.grads // max(spec.layers, 1)) + c.act_layers + c.act_rest + c.recompute
-           + c.backward_transient + c.dequant + c.other_copies + c.gathered)
-    end = c.grads + c.backward_transient + c.last_layer + c.dequant + c.gathered
-    step = c.grads + c.opt_temp
+    grads_live = grads if accum else 0
+    copies = head_copy + other_copies
+    saved = act_layers + act_model
+    fwd = grads_live + saved + copies + gathered + max(loss_fwd, fwd_transient)
+    start = grads_live + saved + copies + gathered + loss_bwd
+    top = ((grads if accum else grads // max(spec.layers, 1)) + act_layers + act_rest + recompute
+           + bwd_transient + dequant + other_copies + gathered)
+    end = grads + bwd_transient + last_layer + dequant + gathered
+    step = grads + temp
     peak = static + max(fwd, start, top, end, step)
-    return (peak + allocator_overhead_bytes(peak - static, gpu) + cuda_context_bytes(gpu) + c.opt_paged)
+    return peak + allocator_overhead_bytes(peak - static, gpu) + cuda_context_bytes(gpu) + paged
