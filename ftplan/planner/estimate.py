@@ -6,7 +6,7 @@ from .cost import job_cost
 from .memory.phases import memory_model
 from .memory.precision import precision
 from .timing import step_time, work_per_token
-from .types import Estimate, GPUSpec, ModelSpec, TrainConfig
+from .types import Estimate, GPUSpec, ModelSpec, TrainConfig, spec_id
 
 ASSUMPTIONS = (
     "HF Trainer + PEFT + bitsandbytes with bf16 autocast; steady state (step >= 2, optimizer state exists)",
@@ -21,7 +21,7 @@ _TRAFFIC_CACHE: dict = {}
 
 def optimizer_traffic_bytes(spec: ModelSpec, cfg: TrainConfig) -> float:
     """Bytes the optimizer step reads and writes: params r/w, grads r, two states r/w."""
-    key = (spec, cfg.method, cfg.quant, cfg.lora_rank, cfg.lora_targets, cfg.optimizer)
+    key = (spec_id(spec), cfg.method, cfg.quant, cfg.lora_rank, cfg.lora_targets, cfg.optimizer)
     hit = _TRAFFIC_CACHE.get(key)
     if hit is None:
         if len(_TRAFFIC_CACHE) > 100_000:

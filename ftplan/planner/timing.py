@@ -23,7 +23,7 @@ from ..errors import FtplanError
 from .arch import layer_linears, n_layers_of, resolve_targets
 from .memory.params import numel, trainable_tensors
 from .memory.weights import four_bit_constant_bytes, four_bit_packed_bytes
-from .types import GPUSpec, ModelSpec, TimeEstimate, TrainConfig
+from .types import GPUSpec, ModelSpec, TimeEstimate, TrainConfig, spec_id
 
 # LLM training on A100 reached about 150 of 312 dense bf16 TFLOPS before FlashAttention (stas00,
 # ml-engineering, compute/accelerator README): 0.48 of the datasheet rate.
@@ -112,7 +112,7 @@ _WORK_CACHE: dict = {}
 def work_per_token(spec: ModelSpec, cfg: TrainConfig) -> tuple[float, float, float, float]:
     """(FLOPs per token, weight-read bytes per pass, dequantization bytes per pass, trainable elements),
     cached on the knobs they depend on."""
-    key = (spec, cfg.method, cfg.quant, cfg.double_quant, cfg.lora_rank, cfg.lora_targets, cfg.seq_len,
+    key = (spec_id(spec), cfg.method, cfg.quant, cfg.double_quant, cfg.lora_rank, cfg.lora_targets, cfg.seq_len,
            cfg.gradient_checkpointing)
     w = _WORK_CACHE.get(key)
     if w is None:

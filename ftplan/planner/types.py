@@ -71,6 +71,17 @@ class ModelSpec:
         return self.moe_layers or self.layers
 
 
+_SPEC_REGISTRY: dict[int, ModelSpec] = {}
+
+
+def spec_id(spec: ModelSpec) -> int:
+    """A cheap cache key for a model: its id, with the spec kept alive so the id is never reused."""
+    i = id(spec)
+    if _SPEC_REGISTRY.get(i) is not spec:
+        _SPEC_REGISTRY[i] = spec
+    return i
+
+
 @dataclass(frozen=True)
 class GPUSpec:
     """One GPU model. ``None`` means the figure is unknown (never zero-filled)."""

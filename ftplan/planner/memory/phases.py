@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..arch import embedding_params, layer_linears, lm_head_params, n_layers_of, total_params
-from ..types import GPUSpec, ModelSpec, TrainConfig
+from ..types import GPUSpec, ModelSpec, TrainConfig, spec_id
 from .activations import activation_memory
 from .logits import loss_memory
 from .optimizer import OptimizerMemory, gradient_bytes, optimizer_memory
@@ -165,13 +165,14 @@ _CACHE_LIMIT = 100_000
 def _cached(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> tuple[tuple, tuple]:
     device = "none" if gpu is None else ("cpu" if gpu.key == "cpu" else "cuda")
     cc = gpu.compute_capability if gpu is not None else None
-    skey = (spec, _static_key(cfg), device, cc)
+    sid = spec_id(spec)
+    skey = (sid, _static_key(cfg), device, cc)
     s = _STATIC_CACHE.get(skey)
     if s is None:
         if len(_STATIC_CACHE) > _CACHE_LIMIT:
             _STATIC_CACHE.clear()
         s = _STATIC_CACHE[skey] = _static(spec, cfg, device, cc)
-    dkey = (spec, _dynamic_key(cfg))
+    dkey = (sid, _dynamic_key(cfg))
     d = _DYNAMIC_CACHE.get(dkey)
     if d is None:
         if len(_DYNAMIC_CACHE) > _CACHE_LIMIT:
