@@ -167,12 +167,13 @@ def search(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], objectiv
         tps = tokens_per_s(spec, cfg, gpu, optimizer_traffic_bytes(spec, cfg))
         scored.append((_light_key(objective, cfg, tps, dev, gpu, price), cfg))
     scored.sort(key=lambda x: x[0])
+    feasible = len(scored)
     if diverse:
         scored = _diverse(scored)
     chosen = scored if not top else scored[:top]
     ests = [build_estimate(spec, c, gpu, tokens, epochs, price, warnings, spot_discount, margin) for _, c in chosen]
     plans = [Plan(config=e.config, estimate=e, score=score_of(objective, e), rank=i + 1) for i, e in enumerate(ests)]
-    return SearchResult(plans, n, len(scored), warnings)
+    return SearchResult(plans, n, feasible, warnings)
 
 
 def _signature(cfg: TrainConfig) -> tuple:

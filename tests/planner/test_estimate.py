@@ -80,3 +80,13 @@ def test_fsdp_shards_weights():
 def test_to_dict_is_json_ready():
     import json
     json.dumps(ftplan.estimate("8b", "rtx4090", tokens=1e6).to_dict())
+
+
+def test_diverse_runner_ups_keep_the_feasible_count():
+    plain = ftplan.plan_search("8b", "rtx4090", top=6)
+    diverse = ftplan.plan_search("8b", "rtx4090", top=6, diverse=True)
+    assert diverse.feasible == plain.feasible and diverse.candidates == plain.candidates
+    sigs = {(p.config.method, p.config.quant, p.config.double_quant, p.config.micro_batch,
+             p.config.gradient_checkpointing, p.config.loss_impl) for p in diverse.plans}
+    assert len(sigs) == len(diverse.plans)
+    assert diverse.plans[0].config == plain.plans[0].config
