@@ -128,7 +128,7 @@ def _step_parts(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec, opt_bytes: floa
     tokens_micro = cfg.micro_batch * cfg.seq_len
     fpt, read_bytes, dequant_bytes, n_train = work_per_token(spec, cfg)
     shard = cfg.num_gpus if (cfg.sharding == "fsdp" and cfg.num_gpus > 1) else 1
-    n_pass = 3 if cfg.gradient_checkpointing else 2
+    n_pass = passes(cfg)
     compute = fpt * tokens_micro / (tflops * 1e12)
     reads = read_bytes * n_pass / bw
     dequant = dequant_bytes * n_pass / bw
