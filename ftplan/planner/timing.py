@@ -148,24 +148,29 @@ def _step_parts(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec, opt_bytes: floa
     return tokens_step, step, fpt, compute, reads, dequant, optimizer, comm
 
 
-def tokens_per_s(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes: float = 0.0) -> float | None:
-    """``step_time(...).tokens_per_s`` without building the estimate object (the search's hot loop)."""
+def _rate(gpu: GPUSpec | None) -> tuple[float, str] | None:
+    """(achievable TFLOPS, its source) when a step time can be computed for ``gpu``, else None."""
     if gpu is None or gpu.key == "cpu" or not gpu.bandwidth_gbs:
         return None
-    tflops = achievable_tflops(gpu)[0]
-    if tflops is None:
+    tflops, src = achievable_tflops(gpu)
+    return None if tflops is None else (tflops, src)
+
+
+def tokens_per_s(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes: float = 0.0) -> float | None:
+    """``step_time(...).tokens_per_s`` without building the estimate object (the search's hot loop)."""
+    rate = _rate(gpu)
+    if rate is None:
         return None
-    tokens_step, step = _step_parts(spec, cfg, gpu, opt_bytes, tflops)[:2]
+    tokens_step, step = _step_parts(spec, cfg, gpu, opt_bytes, rate[0])[:2]
     return tokens_step / step
 
 
 def step_time(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes: float = 0.0) -> TimeEstimate | None:
     """One optimizer step (``grad_accum`` micro-batches on each of ``num_gpus`` GPUs)."""
-    if gpu is None or gpu.key == "cpu":
+    rate = _rate(gpu)
+    if rate is None:
         return None
-    tflops, rate_src = achievable_tflops(gpu)
-    if tflops is None or not gpu.bandwidth_gbs:
-        return None
+    tflops, rate_src = rate
     tokens_step, step, fpt, compute, reads, dequant, optimizer, comm = _step_parts(spec, cfg, gpu, opt_bytes, tflops)
     if step <= 0:
         raise FtplanError("step time is zero: check the model and GPU figures")
