@@ -1,0 +1,227 @@
+"""Measured training steps: forward + loss, backward, optimizer step, as HF Trainer runs them.
+
+The loop mirrors ``transformers.Trainer.training_step``: the forward and the loss run under autocast
+(``bf16=True``), the model computes the loss from ``labels`` and only the loss is kept (the logits
+leave with the model output before ``backward``), ``backward`` runs outside autocast, then
+``optimizer.step()`` and ``zero_grad(set_to_none=True)``. With gradient accumulation the memory of
+every micro-step after the first is the same, so a step runs ``min(grad_accum, 2)`` micro-steps.
+
+Memory per phase: on CUDA the allocator's peak counters (``reset_peak_memory_stats`` at the start
+of each phase) and NVML's figure for the process; on the CPU (or under fake tensors) the
+``LiveStorageTracker``, whose breakdown names each live tensor's term.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..planner.types import TrainConfig
+from .tracker import LiveStorageTracker
+
+PHASES = ("forward_end", "backward", "optimizer_step")
+LR = 2e-4
+
+
+def make_optimizer(name: str, params: list, device: str):
+    """The optimizer HF Trainer builds for ``optim=<name>`` (learning rate and decay do not change memory)."""
+    import torch
+
+    if name == "adamw":  # adamw_torch_fused
+        return torch.optim.AdamW(params, lr=LR, weight_decay=0.0, fused=True)
+    if name == "adamw_torch":
+        return torch.optim.AdamW(params, lr=LR, weight_decay=0.0, foreach=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=LR)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=LR, scale_parameter=False, relative_step=False, warmup_init=False)
+    import bitsandbytes as bnb
+
+    cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+           "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}[name]
+    return cls(params, lr=LR, weight_decay=0.0)
+
+
+def classify_params(model) -> dict[str, list]:
+    """Parameters and buffers by memory term, as the analytical model names them."""
+    import torch
+
+    out: dict[str, list] = {"weights_quantized": [], "quant_constants": [], "weights_dense": [],
+                            "weights_unquantized": [], "lora_weights": [], "buffers": []}
+    linear_weights = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}." and "lora_" not in name:
+            linear_weights.add(id(mod.weight))
+    for name, p in model.named_parameters():
+        cls = type(p).__name__
+        if cls in ("Params4bit", "Int8Params"):
+            out["weights_quantized"].append(p)
+            qs = getattr(p, "quant_state", None)
+            if qs is not None:
+                out["quant_constants"] += [qs.absmax, getattr(qs, "offset", None), qs.code]
+                if getattr(qs, "state2", None) is not None:
+                    out["quant_constants"] += [qs.state2.absmax, qs.state2.code]
+            scb = getattr(p, "SCB", None)
+            if scb is not None:
+                out["quant_constants"].append(scb)
+        elif "lora_" in name:
+            out["lora_weights"].append(p)
+        elif id(p) in linear_weights:
+            out["weights_dense"].append(p)
+        else:
+            out["weights_unquantized"].append(p)
+    out["buffers"] = list(model.buffers())
+    return {k: [t for t in v if isinstance(t, torch.Tensor)] for k, v in out.items()}
+
+
+def optimizer_tensors(opt) -> list:
+    import torch
+
+    ts = []
+    for st in opt.state.values():
+        for v in st.values():
+            if isinstance(v, torch.Tensor):
+                ts.append(v)
+    return ts
+
+
+@dataclass
+class StepRecord:
+    step: int
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    time_s: float = 0.0
+    tokens: int = 0
+
+
+class Meter:
+    """Phase-by-phase memory on the CPU/fake (tracker) or CUDA (allocator counters + NVML)."""
+
+    def __init__(self, device: str, tracker: LiveStorageTracker | None) -> None:
+        self.device, self.tracker = device, tracker
+
+    def start(self) -> None:
+        if self.tracker is not None:
+            self.tracker.start_phase()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def stop(self, name: str, model, opt) -> dict[str, Any]:
+        rec: dict[str, Any] = {}
+        if self.tracker is not None:
+            self.tracker.labels.clear()
+            self.tracker.label([p.grad for p in model.parameters() if p.grad is not None], "gradients")
+            self.tracker.label(optimizer_tensors(opt), "optimizer_state")
+            r = self.tracker.phase_report(name)
+            rec.update(peak_allocated_bytes=r.peak_bytes, end_allocated_bytes=r.end_bytes, breakdown=r.breakdown)
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            cuda = {"peak_allocated_bytes": torch.cuda.max_memory_allocated(),
+                    "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+                    "end_allocated_bytes": torch.cuda.memory_allocated(),
+                    "device_bytes": nvml_process_bytes()}
+            if self.tracker is not None:
+                rec["tensor_peak_bytes"] = rec.pop("peak_allocated_bytes")
+                rec.pop("end_allocated_bytes")
+            rec.update(cuda)
+        return rec
+
+
+def nvml_process_bytes() -> int | None:
+    """Device memory NVML attributes to this process (what nvidia-smi shows), or None."""
+    import os
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        import torch
+
+        h = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+            if p.pid == os.getpid() and p.usedGpuMemory is not None:
+                return int(p.usedGpuMemory)
+        return int(pynvml.nvmlDeviceGetMemoryInfo(h).used)  # containers hide pids: whole-device figure
+    except Exception:  # noqa: BLE001 - NVML missing or unsupported: the figure stays unknown
+        return None
+
+
+def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, tracker: LiveStorageTracker | None,
+              on_step: Callable[[StepRecord], None] | None = None, make_batch: Callable | None = None) -> list[StepRecord]:
+    """``steps`` optimizer steps of ``min(grad_accum, 2)`` micro-batches each, measured by phase."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(cfg.optimizer, params, device)
+    meter = Meter(device, tracker)
+    micro = min(cfg.grad_accum, 2)
+    head = model.get_output_embeddings()
+    dtype = torch.float16 if cfg.quant == "fp16" else torch.bfloat16
+    b, s = cfg.micro_batch, cfg.seq_len
+    hooks = []
+    if tracker is not None and head is not None:
+        def pre(mod, args):
+            tracker.tag = "logits_loss"
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.requires_grad:
+                x.register_hook(lambda g: setattr(tracker, "tag", "activations"))
+        hooks.append(head.register_forward_pre_hook(pre))
+    records = []
+    gen = torch.Generator(device="cpu").manual_seed(1234)
+    try:
+        for i in range(steps):
+            rec = StepRecord(i + 1)
+            t0 = time.perf_counter()
+            for _ in range(micro):
+                with _scope(tracker, "activations"):
+                    if make_batch is not None:
+                        ids = make_batch(b, s)
+                    else:
+                        ids = torch.randint(0, vocab, (b, s), generator=gen).to(device)
+                    meter.start()
+                    with torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=dtype,
+                                        enabled=cfg.autocast):
+                        loss = model(input_ids=ids, labels=ids).loss
+                    rec.phases["forward_end"] = _max(rec.phases.get("forward_end"), meter.stop("forward_end", model, opt))
+                    meter.start()
+                    loss.backward()
+                    del loss
+                    rec.phases["backward"] = _max(rec.phases.get("backward"), meter.stop("backward", model, opt))
+                    if tracker is not None:
+                        tracker.tag = "activations"
+                rec.tokens += b * s
+            with _scope(tracker, "optimizer_temp"):
+                meter.start()
+                opt.step()
+                rec.phases["optimizer_step"] = meter.stop("optimizer_step", model, opt)
+                opt.zero_grad(set_to_none=True)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            rec.time_s = time.perf_counter() - t0
+            records.append(rec)
+            if on_step is not None:
+                on_step(rec)
+    finally:
+        for h in hooks:
+            h.remove()
+    return records
+
+
+def _scope(tracker, tag):
+    from contextlib import nullcontext
+
+    return tracker.scope(tag) if tracker is not None else nullcontext()
+
+
+def _max(old: dict | None, new: dict) -> dict:
+    if old is None:
+        return new
+    key = "peak_allocated_bytes"
+    return new if new.get(key, 0) >= old.get(key, 0) else old
