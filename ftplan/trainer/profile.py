@@ -1,0 +1,157 @@
+"""``ftplan profile``: a short real training run, measured phase by phase.
+
+The result names its figures as ``ftplan.estimate`` does (``status``, ``peak_allocated_bytes``,
+``peak_reserved_bytes``, ``device_bytes``, ``tokens_per_s``, ``phases``, ``breakdown``,
+``peak_phase``) so that a prediction and its measurement line up by name. The headline figures are
+those of the last step (step >= 2: optimizer state exists). An out-of-memory error, real or from a
+simulated cap (``max_memory_bytes``), is a result with ``status: "oom"``, never an exception.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from typing import Any, Callable
+
+from ..errors import FtplanError
+from ..planner.options import make_config
+from ..planner.types import ModelSpec
+from ..profiles.models import get_model
+
+MEMORY_SOURCE = {"cpu": "live-storage tracker (tensor level; stands in for allocated)",
+                 "cuda": "CUDA caching allocator counters and NVML"}
+OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def require_stack() -> None:
+    """Fail early, with the install command, when the training stack is missing."""
+    from . import quiet
+
+    quiet()
+    missing = []
+    for mod in ("torch", "transformers", "peft"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise FtplanError(f"this command needs {', '.join(missing)}: pip install 'ftplan[train]' "
+                          "(CPU torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise FtplanError(f"--device {device!r} is not valid; use cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FtplanError("--device cuda: no CUDA GPU is visible to torch (use --device cpu)")
+    return device
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or any(t in str(exc).lower() for t in OOM_TEXT)
+
+
+def profile(model: str | ModelSpec, *, steps: int = 3, device: str | None = "cpu", synthetic_weights: bool = True,
+            max_memory_bytes: int | None = None, breakdown: bool | None = None, seed: int = 0,
+            on_step: Callable | None = None, argv: list[str] | None = None, **knobs: Any) -> dict[str, Any]:
+    """Run ``steps`` measured training steps of ``model`` with the configuration ``knobs`` describe
+    (the knobs of ``ftplan.estimate``) and return the measurement as a JSON-able dict."""
+    if steps < 2:
+        raise FtplanError(f"--steps={steps} must be at least 2 (the first step creates the optimizer state)")
+    if max_memory_bytes is not None and max_memory_bytes <= 0:
+        raise FtplanError(f"--max-memory={max_memory_bytes} must be greater than 0")
+    require_stack()
+    spec = get_model(model)
+    cfg = make_config(spec, None, **knobs).config
+    if cfg.num_gpus > 1:
+        raise FtplanError("profile runs one process on one device; --gpus > 1 is planned with accelerate launch")
+    dev = resolve_device(device)
+    from .env import provenance
+
+    track = dev == "cpu" if breakdown is None else breakdown
+    out: dict[str, Any] = {"status": "ok", "model": spec.name, "device": dev, "config": cfg.to_dict(),
+                           "memory_source": MEMORY_SOURCE[dev], "provenance": provenance(dev, argv),
+                           "synthetic_weights": synthetic_weights}
+    try:
+        records = _run(model, spec, cfg, dev, steps, synthetic_weights, max_memory_bytes, track, seed, on_step)
+    except Exception as e:  # noqa: BLE001 - classified below; never a traceback for an OOM
+        if not is_oom(e):
+            raise
+        out.update(status="oom", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        _free(dev)
+        return out
+    out.update(summarize(records, dev))
+    return out
+
+
+def _run(model, spec, cfg, dev, steps, synthetic, cap, track, seed, on_step):
+    import torch
+
+    from .build import build_model
+    from .step import classify_params, run_steps
+    from .tracker import LiveStorageTracker
+
+    if dev == "cuda" and cap is not None:
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total))
+    m = build_model(str(model) if not isinstance(model, ModelSpec) else spec.name, spec, cfg, dev,
+                    synthetic=synthetic, seed=seed)
+    tracker = None
+    if track:
+        tracker = LiveStorageTracker(cap_bytes=cap if dev == "cpu" else None)
+        for tag, ts in classify_params(m).items():
+            tracker.track(ts, tag, weight=tag != "buffers")
+    vocab = m.get_input_embeddings().weight.shape[0]
+    if tracker is None:
+        return run_steps(m, cfg, vocab, dev, steps, None, on_step)
+    with tracker:
+        return run_steps(m, cfg, vocab, dev, steps, tracker, on_step)
+
+
+def _free(dev: str) -> None:
+    gc.collect()
+    if dev == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def summarize(records, dev: str) -> dict[str, Any]:
+    """Headline figures from the last step; every step kept under ``steps``."""
+    last = records[-1]
+    peaks = {ph: last.phases[ph] for ph in ("forward_end", "backward", "optimizer_step")}
+    peak_phase = max(peaks, key=lambda ph: peaks[ph].get("peak_allocated_bytes", 0))
+    timed = records[1:] if len(records) > 1 else records
+    step_time = sorted(r.time_s for r in timed)[len(timed) // 2]
+    tokens = last.tokens
+    res: dict[str, Any] = {
+        "measured_step": last.step,
+        "peak_phase": peak_phase,
+        "peak_allocated_bytes": peaks[peak_phase].get("peak_allocated_bytes"),
+        "peak_reserved_bytes": max((p.get("peak_reserved_bytes") or 0) for p in peaks.values()) or None,
+        "device_bytes": max((p.get("device_bytes") or 0) for p in peaks.values()) or None,
+        "tokens_per_s": tokens / step_time if step_time > 0 else None,
+        "step_time_s": step_time,
+        "tokens_per_step": tokens,
+        "breakdown": peaks[peak_phase].get("breakdown", {}),
+        "phases": {ph: p.get("breakdown", {}) for ph, p in peaks.items()},
+        "phase_peaks": {ph: {k: v for k, v in p.items() if k != "breakdown"} for ph, p in peaks.items()},
+        "steps": [{"step": r.step, "time_s": r.time_s, "tokens": r.tokens,
+                   "phase_peaks": {ph: {k: v for k, v in p.items() if k != "breakdown"} for ph, p in r.phases.items()}}
+                  for r in records],
+    }
+    return res
+
+
+def main_json(argv: list[str]) -> int:  # pragma: no cover - used by ``python -m ftplan.trainer.profile``
+    import json
+
+    res = profile(**json.loads(argv[0]))
+    sys.stdout.write(json.dumps(res) + "\n")
+    return 0 if res["status"] == "ok" else 1
