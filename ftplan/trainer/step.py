@@ -154,12 +154,13 @@ def nvml_process_bytes() -> int | None:
 
 
 def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, tracker: LiveStorageTracker | None,
-              on_step: Callable[[StepRecord], None] | None = None, make_batch: Callable | None = None) -> list[StepRecord]:
+              on_step: Callable[[StepRecord], None] | None = None, make_batch: Callable | None = None,
+              optimizer=None) -> list[StepRecord]:
     """``steps`` optimizer steps of ``min(grad_accum, 2)`` micro-batches each, measured by phase."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(cfg.optimizer, params, device)
+    opt = optimizer if optimizer is not None else make_optimizer(cfg.optimizer, params, device)
     meter = Meter(device, tracker)
     micro = min(cfg.grad_accum, 2)
     head = model.get_output_embeddings()

@@ -7,8 +7,8 @@ from ..arch import (Linear, embedding_params, layer_linears, lm_head_params, n_l
 from ..types import ModelSpec, TrainConfig
 from .optimizer import Tensor
 from .precision import Precision
-from .weights import (dense_bytes, four_bit_constant_bytes, four_bit_packed_bytes, int8_constant_bytes,
-                      int8_weight_bytes)
+from .weights import (dense_bytes, four_bit_code_bytes, four_bit_constant_bytes, four_bit_packed_bytes,
+                      int8_constant_bytes, int8_weight_bytes)
 
 
 def _n(spec: ModelSpec, lin: Linear) -> int:
@@ -22,7 +22,7 @@ def base_linear_terms(spec: ModelSpec, cfg: TrainConfig, prec: Precision) -> dic
         n, w = _n(spec, lin), lin.weight_params
         if cfg.quant in ("nf4", "fp4"):
             packed += four_bit_packed_bytes(w) * n
-            consts += four_bit_constant_bytes(w, cfg.double_quant) * n
+            consts += (four_bit_constant_bytes(w, cfg.double_quant) + four_bit_code_bytes(cfg.double_quant)) * n
         elif cfg.quant == "int8":
             packed += int8_weight_bytes(lin.out_features, lin.in_features) * n
             consts += int8_constant_bytes(lin.out_features) * n

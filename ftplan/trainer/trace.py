@@ -1,0 +1,214 @@
+"""``ftplan trace``: a full-size training step on the CPU with no memory, under ``FakeTensorMode``.
+
+The real HF model (any size) is built on the ``meta`` device, 4-bit linears are replaced by a
+stand-in that holds the exact packed storage (a ``uint8`` tensor of ``ceil(n/2)`` bytes and a
+``QuantState`` of the real sizes) and calls ``bitsandbytes.matmul_4bit`` (its fake kernels give the
+shapes), ``prepare_model_for_kbit_training`` and PEFT are applied there, and then every meta
+parameter and buffer is swapped for a fake CPU tensor. Real training steps (forward, loss, backward,
+optimizer step; two steps so optimizer state exists) then run while the ``LiveStorageTracker``
+counts live storages: the tensor-level peak per phase of the full-size step.
+
+What the GPU would run is modelled: transformers gets no attention mask, so SDPA runs the causal
+O(s) kernel as a GPU with packed or equal-length batches does (eager keeps its O(s^2) scores);
+bitsandbytes optimizers are built outside the fake mode (their ``step`` works inside). Limits: the
+kernels are the CPU's (CPU autocast's op lists, the CPU SDPA kernel), temporaries inside one
+operator (a fused kernel's workspace) are invisible, and 8-bit (LLM.int8) bases are not traced.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import FtplanError
+from ..planner.options import make_config
+from ..planner.types import ModelSpec
+from ..planner.memory.weights import FOUR_BIT_CODE_ENTRIES, NESTED_CODE_ENTRIES
+from ..profiles.models import get_model
+
+
+def _stand_in_class():
+    import bitsandbytes as bnb
+    import torch
+
+    class TracedLinear4bit(bnb.nn.Linear4bit):
+        """A ``Linear4bit`` whose weight is a plain packed ``uint8`` tensor (fake tensors cannot be
+        wrapped in ``Params4bit``), with a hand-built ``QuantState`` of the real sizes."""
+
+        def forward(self, x):
+            inp_dtype = x.dtype
+            x = x.to(self.compute_dtype)
+            bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+            return bnb.matmul_4bit(x, self.weight, bias=bias, quant_state=self.traced_state).to(inp_dtype)
+
+    return TracedLinear4bit, bnb, torch
+
+
+def quant_state(out_f: int, in_f: int, quant: str, double_quant: bool, device: str, blocksize: int = 64):
+    """A ``QuantState`` with tensors of the sizes ``bitsandbytes.functional.quantize_4bit`` makes."""
+    import bitsandbytes as bnb
+    import torch
+
+    n = out_f * in_f
+    blocks = -(-n // blocksize)
+    code = torch.empty(FOUR_BIT_CODE_ENTRIES, dtype=torch.float32, device=device)
+    if not double_quant:
+        return bnb.functional.QuantState(absmax=torch.empty(blocks, dtype=torch.float32, device=device),
+                                         shape=torch.Size([out_f, in_f]), code=code, blocksize=blocksize,
+                                         quant_type=quant, dtype=torch.bfloat16)
+    state2 = bnb.functional.QuantState(absmax=torch.empty(-(-blocks // 256), dtype=torch.float32, device=device),
+                                       code=torch.empty(NESTED_CODE_ENTRIES, dtype=torch.float32, device=device),
+                                       blocksize=256, dtype=torch.float32)
+    return bnb.functional.QuantState(absmax=torch.empty(blocks, dtype=torch.uint8, device=device),
+                                     shape=torch.Size([out_f, in_f]), code=code, blocksize=blocksize,
+                                     quant_type=quant, dtype=torch.bfloat16,
+                                     offset=torch.empty((), dtype=torch.float32, device=device), state2=state2)
+
+
+def _quantize_meta(model, cfg) -> None:
+    """Swap the decoder layers' ``nn.Linear`` for 4-bit stand-ins (on meta)."""
+    Traced, bnb, torch = _stand_in_class()
+    for name, lin in [(n, m) for n, m in model.named_modules()
+                      if type(m) is torch.nn.Linear and ".layers." in f".{n}"]:
+        parent = model.get_submodule(name.rsplit(".", 1)[0])
+        new = Traced(lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=torch.bfloat16,
+                     compress_statistics=cfg.double_quant, quant_type=cfg.quant, quant_storage=torch.uint8,
+                     device="meta")
+        n = lin.in_features * lin.out_features
+        w = bnb.nn.Params4bit(torch.empty(((n + 1) // 2, 1), dtype=torch.uint8, device="meta"), requires_grad=False,
+                              compress_statistics=cfg.double_quant, quant_type=cfg.quant, quant_storage=torch.uint8)
+        w.bnb_quantized = True
+        new.weight = w
+        new.traced_state = quant_state(lin.out_features, lin.in_features, cfg.quant, cfg.double_quant, "meta")
+        if lin.bias is not None:
+            new.bias = torch.nn.Parameter(torch.empty_like(lin.bias), requires_grad=False)
+        setattr(parent, name.rsplit(".", 1)[-1], new)
+    model.is_loaded_in_4bit = True
+
+
+def _fakeify(model, fake_mode) -> None:
+    """Every meta parameter, buffer and quantization-state tensor becomes a fake CPU tensor of the same
+    shape and dtype (tied parameters stay tied)."""
+    import torch
+
+    memo: dict[int, Any] = {}
+
+    def fake(t):
+        hit = memo.get(id(t))
+        if hit is None or hit[0] is not t:  # keep the source alive: ids of dead temporaries are reused
+            with fake_mode:
+                hit = memo[id(t)] = (t, torch.empty(t.shape, dtype=t.dtype, device="cpu"))
+        return hit[1]
+
+    for mod in model.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is None:
+                continue
+            hit = memo.get(id(p))
+            if hit is None or hit[0] is not p:  # tied parameters map to one fake parameter
+                new = torch.nn.Parameter(fake(p.data), requires_grad=p.requires_grad and p.is_floating_point())
+                hit = memo[id(p)] = (p, new)
+            mod._parameters[name] = hit[1]
+        for name, b in list(mod._buffers.items()):
+            if b is not None:
+                mod._buffers[name] = fake(b)
+        qs = getattr(mod, "traced_state", None)
+        if qs is not None:
+            for attr in ("absmax", "code", "offset"):
+                if getattr(qs, attr, None) is not None:
+                    setattr(qs, attr, fake(getattr(qs, attr)))
+            if qs.state2 is not None:
+                qs.state2.absmax, qs.state2.code = fake(qs.state2.absmax), fake(qs.state2.code)
+
+
+def _traced_params(model) -> dict[str, list]:
+    """``step.classify_params`` plus the stand-ins' packed weights and quantization constants."""
+    from .step import classify_params
+
+    groups = classify_params(model)
+    packed, consts = [], []
+    for mod in model.modules():
+        qs = getattr(mod, "traced_state", None)
+        if qs is None:
+            continue
+        packed.append(mod.weight)
+        consts += [t for t in (qs.absmax, qs.code, qs.offset) if t is not None]
+        if qs.state2 is not None:
+            consts += [qs.state2.absmax, qs.state2.code]
+    ids = {id(t) for t in packed}
+    for k in groups:
+        groups[k] = [t for t in groups[k] if id(t) not in ids]
+    groups["weights_quantized"] = packed
+    groups["quant_constants"] = consts
+    return groups
+
+
+@contextmanager
+def _unpacked_positions():
+    """transformers checks ``position_ids`` for packed sequences by reading their values; a fake tensor
+    has none, so it assumes packing and builds an explicit O(s^2) mask that a real run of the same
+    batch (positions ``0..s-1``, one sequence per row) would not. Answer the check as the real run does."""
+    from transformers import masking_utils
+
+    orig = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = orig
+
+
+def trace(model: str | ModelSpec, *, steps: int = 2, **knobs: Any) -> dict[str, Any]:
+    """Trace ``steps`` training steps of the full-size model; returns the ``profile``-shaped dict."""
+    if steps < 2:
+        raise FtplanError(f"steps={steps} must be at least 2 (the first step creates the optimizer state)")
+    from .profile import require_stack
+
+    require_stack()
+    spec = get_model(model)
+    cfg = make_config(spec, None, **knobs).config
+    if cfg.quant == "int8":
+        raise FtplanError("trace does not model 8-bit (LLM.int8) bases; use nf4/fp4 or a 16-bit base")
+    if cfg.num_gpus > 1:
+        raise FtplanError("trace models one device; multi-GPU sharding is analytical only")
+    import torch
+    import transformers
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from .build import attention_impl, base_dtype, load_hf_config, prepare_for_training, _dtype
+    from .env import provenance
+    from .profile import summarize
+    from .step import make_optimizer, run_steps
+    from .tracker import LiveStorageTracker
+
+    t0 = time.perf_counter()
+    hf_cfg = load_hf_config(str(model) if not isinstance(model, ModelSpec) else spec.name, spec,
+                            attention_impl(cfg.attention, "cpu"))
+    with torch.device("meta"):
+        m = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=_dtype(base_dtype(cfg)),
+                                                          attn_implementation=hf_cfg._attn_implementation)
+    if cfg.quant in ("nf4", "fp4"):
+        _quantize_meta(m, cfg)
+    m = prepare_for_training(m, spec, cfg)
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    _fakeify(m, fake_mode)
+    vocab = hf_cfg.vocab_size
+    tracker = LiveStorageTracker()
+    for tag, ts in _traced_params(m).items():
+        tracker.track(ts, tag, weight=tag != "buffers")
+    params = [p for p in m.parameters() if p.requires_grad]
+    opt = make_optimizer(cfg.optimizer, params, "cpu")  # built outside the fake mode (bitsandbytes needs it)
+
+    def batch(b, s):
+        return torch.randint(0, vocab, (b, s))
+
+    with fake_mode, tracker, _unpacked_positions():
+        records = run_steps(m, cfg, vocab, "cpu", steps, tracker, make_batch=batch, optimizer=opt)
+    out: dict[str, Any] = {"status": "ok", "model": spec.name, "device": "fake", "config": cfg.to_dict(),
+                           "memory_source": "live-storage tracker under FakeTensorMode (tensor level)",
+                           "provenance": provenance("fake")}
+    out.update(summarize(records, "cpu"))
+    out.pop("tokens_per_s"), out.pop("step_time_s")
+    out["trace_seconds"] = time.perf_counter() - t0
+    return out
