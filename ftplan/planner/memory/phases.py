@@ -72,6 +72,23 @@ def autocast_copy_bytes(spec: ModelSpec, cfg: TrainConfig, prec: Precision) -> t
     return head, others
 
 
+def backward_copies(other_copies: int, cfg: TrainConfig, layers: int) -> tuple[int, int]:
+    """(at the start of backward, at the top layer's backward) bytes of autocast copies of trainable
+    weights still alive.
+
+    Autocast caches its bf16 copies of fp32 leaves (LoRA adapters, fp32 weights) for the whole
+    forward and drops the cache when the autocast region exits, before ``backward``. Without
+    checkpointing autograd has saved every copy, so all survive into backward. Under (non-reentrant)
+    checkpointing the layers saved nothing: no copy survives the forward, and the recompute of one
+    layer inside backward makes that layer's copies again (``other / layers``). Traced: a 1B QLoRA
+    step with checkpointing holds the LoRA copies at the end of forward and only lm_head's copy at
+    the start of backward.
+    """
+    if not cfg.gradient_checkpointing:
+        return other_copies, other_copies
+    return 0, other_copies // max(layers, 1)
+
+
 def _sharded(x: int, n: int) -> int:
     return -(-x // n)
 
@@ -199,6 +216,7 @@ def _phases(c: Components, cfg: TrainConfig, layers: int) -> dict[str, dict[str,
         return d
 
     fwd_logits = c.loss_forward >= c.forward_transient
+    copies_start, copies_top = backward_copies(c.other_copies, cfg, layers)
     forward_end = phase(
         gradients=grads_live, activations=c.act_layers + c.act_model,
         autocast_weight_copies=c.head_copy + c.other_copies,
@@ -206,11 +224,11 @@ def _phases(c: Components, cfg: TrainConfig, layers: int) -> dict[str, dict[str,
         forward_transient=0 if fwd_logits else c.forward_transient)
     bwd_start = phase(
         gradients=grads_live, activations=c.act_layers + c.act_model,
-        autocast_weight_copies=c.head_copy + c.other_copies, fsdp_gathered=c.gathered, logits_loss=c.loss_backward)
+        autocast_weight_copies=c.head_copy + copies_start, fsdp_gathered=c.gathered, logits_loss=c.loss_backward)
     bwd_top = phase(
         gradients=c.grads if accum else c.grads // max(layers, 1), activations=c.act_layers + c.act_rest,
         recompute=c.recompute, backward_transient=c.backward_transient, dequant_transient=c.dequant,
-        autocast_weight_copies=c.other_copies, fsdp_gathered=c.gathered)
+        autocast_weight_copies=copies_top, fsdp_gathered=c.gathered)
     bwd_end = phase(gradients=c.grads, backward_transient=c.backward_transient, activations=c.last_layer,
                     dequant_transient=c.dequant, fsdp_gathered=c.gathered)
     backward = max((bwd_start, bwd_top, bwd_end), key=lambda d: sum(d.values()))
@@ -245,11 +263,12 @@ def device_bytes_fast(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) ->
     accum = cfg.grad_accum > 1
     grads_live = grads if accum else 0
     copies = head_copy + other_copies
+    copies_start, copies_top = backward_copies(other_copies, cfg, spec.layers)
     saved = act_layers + act_model
     fwd = grads_live + saved + copies + gathered + max(loss_fwd, fwd_transient)
-    start = grads_live + saved + copies + gathered + loss_bwd
+    start = grads_live + saved + head_copy + copies_start + gathered + loss_bwd
     top = ((grads if accum else grads // max(spec.layers, 1)) + act_layers + act_rest + recompute
-           + bwd_transient + dequant + other_copies + gathered)
+           + bwd_transient + dequant + copies_top + gathered)
     end = grads + bwd_transient + last_layer + dequant + gathered
     step = grads + temp
     peak = static + max(fwd, start, top, end, step)
