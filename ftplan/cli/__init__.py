@@ -8,6 +8,7 @@ from .fit import fit_callback
 from .gpus import gpus_command
 from .models import models_command
 from .profile import profile_command
+from .trace import trace_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -16,6 +17,7 @@ app.callback(invoke_without_command=True)(fit_callback)
 app.command("gpus")(gpus_command)
 app.command("models")(models_command)
 app.command("profile")(profile_command)
+app.command("trace")(trace_command)
 
 
 def main() -> None:  # console script entry point

@@ -51,6 +51,7 @@ def fit_callback(
     top: int = typer.Option(6, help="how many configurations to show (recommendation + runner-ups)"),
     gpu_file: Optional[str] = typer.Option(None, "--gpu-file", help="CSV/JSON adding or overriding GPUs and prices"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+    trace: bool = typer.Option(False, "--trace", help="also trace the recommended configuration at full size on the CPU (FakeTensorMode; needs torch, transformers, peft, bitsandbytes; seconds to a minute)"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
 ) -> None:
     """Will this fine-tune fit, how should it be configured, how long will it take, what will it cost?
@@ -77,8 +78,41 @@ def fit_callback(
                          lora_dropout=lora_dropout, micro_batch=micro_batch, seq_len=seq_len,
                          effective_batch=effective_batch, grad_accum=grad_accum, gradient_checkpointing=grad_ckpt,
                          optimizer=optimizer, attention=attention, loss_impl=loss, num_gpus=gpus, sharding=sharding)
+    traced = None
+    if trace and result.plans:
+        with user_errors():
+            traced = _trace_plan(model, result.plans[0])
     if json_out:
-        echo_json(dumps(fit_json(result)))
+        doc = fit_json(result)
+        if traced is not None:
+            doc["trace"] = traced
+        echo_json(dumps(doc))
     else:
         typer.echo(render_fit(result))
+        if traced is not None:
+            from ..render_measure import render_trace
+
+            typer.echo("")
+            c = result.plans[0].config
+            if c.loss_impl != "standard":
+                typer.echo("(the trace runs transformers' standard loss; the comparison uses the same)")
+            import ftplan
+
+            est = ftplan.estimate(result.model, result.gpu, **{**_knobs(c), "loss_impl": "standard"}).to_dict()
+            typer.echo(render_trace(traced, est))
     raise typer.Exit(0 if result.fits else 1)
+
+
+def _trace_plan(model: str, plan) -> dict:
+    """Trace the recommended configuration (one micro-batch pass, as the estimate's phases describe)."""
+    from ..trainer.trace import trace
+
+    return trace(model, **{**_knobs(plan.config), "loss_impl": "standard"})
+
+
+def _knobs(c) -> dict:
+    return dict(method=c.method, quant=c.quant, double_quant=c.double_quant, lora_rank=c.lora_rank,
+                lora_alpha=c.lora_alpha, lora_targets=list(c.lora_targets), lora_dropout=c.lora_dropout,
+                micro_batch=c.micro_batch, seq_len=c.seq_len, grad_accum=c.grad_accum,
+                gradient_checkpointing=c.gradient_checkpointing, optimizer=c.optimizer, attention=c.attention,
+                loss_impl=c.loss_impl)

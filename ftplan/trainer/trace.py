@@ -159,7 +159,7 @@ def _unpacked_positions():
         masking_utils.find_packed_sequence_indices = orig
 
 
-def trace(model: str | ModelSpec, *, steps: int = 2, **knobs: Any) -> dict[str, Any]:
+def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = None, **knobs: Any) -> dict[str, Any]:
     """Trace ``steps`` training steps of the full-size model; returns the ``profile``-shaped dict."""
     if steps < 2:
         raise FtplanError(f"steps={steps} must be at least 2 (the first step creates the optimizer state)")
@@ -168,6 +168,9 @@ def trace(model: str | ModelSpec, *, steps: int = 2, **knobs: Any) -> dict[str, 
     require_stack()
     spec = get_model(model)
     cfg = make_config(spec, None, **knobs).config
+    if cfg.loss_impl != "standard":
+        raise FtplanError(f"trace runs transformers' standard loss, not loss_impl={cfg.loss_impl!r} "
+                          "(fused/chunked cross-entropy comes from other packages); use --loss standard")
     if cfg.quant == "int8":
         raise FtplanError("trace does not model 8-bit (LLM.int8) bases; use nf4/fp4 or a 16-bit base")
     if cfg.num_gpus > 1:
@@ -207,7 +210,7 @@ def trace(model: str | ModelSpec, *, steps: int = 2, **knobs: Any) -> dict[str, 
         records = run_steps(m, cfg, vocab, "cpu", steps, tracker, make_batch=batch, optimizer=opt)
     out: dict[str, Any] = {"status": "ok", "model": spec.name, "device": "fake", "config": cfg.to_dict(),
                            "memory_source": "live-storage tracker under FakeTensorMode (tensor level)",
-                           "provenance": provenance("fake")}
+                           "provenance": provenance("fake", argv)}
     out.update(summarize(records, "cpu"))
     out.pop("tokens_per_s"), out.pop("step_time_s")
     out["trace_seconds"] = time.perf_counter() - t0
