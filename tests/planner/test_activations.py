@@ -43,11 +43,27 @@ def test_qlora_layer_by_hand(tiny, qlora_cfg):
     assert sum(parts.values()) == 27264
 
 
-def test_bf16_lora_shares_inputs(tiny, qlora_cfg):
+def test_bf16_lora_gives_each_adapter_its_own_copy(tiny, qlora_cfg):
+    # peft casts a plain Linear's input to the fp32 adapter dtype, autocast casts it back for lora_A:
+    # q, k, v each save a bf16 copy of the 8x64 input (measured on CPU runs: accuracy_cpu.py)
     cfg = replace(qlora_cfg, method="lora", quant="bf16")
     parts = layer_activations(tiny, cfg, precision(cfg))
-    assert parts["attn_inputs"] == 512 * 2  # one shared bf16 tensor
+    assert parts["attn_inputs"] == 3 * 512 * 2
     assert parts["mlp"] == 3 * 2 * 1024
+
+
+def test_full_finetuning_linears_share_their_input(tiny, qlora_cfg):
+    cfg = replace(qlora_cfg, method="full", quant="bf16")
+    parts = layer_activations(tiny, cfg, precision(cfg))
+    assert parts["attn_inputs"] == 512 * 2  # q, k, v save one shared bf16 tensor
+
+
+def test_dropout_mask_is_bool_on_cuda_and_input_dtype_on_cpu(tiny, qlora_cfg):
+    cfg = replace(qlora_cfg, lora_dropout=0.1)
+    gpu = layer_activations(tiny, cfg, precision(cfg, "cuda"))["attn_inputs"]
+    cpu = layer_activations(tiny, cfg, precision(cfg, "cpu"))["attn_inputs"]
+    assert gpu == 3 * 512 * (1 + 2)  # bool mask + bf16 copy per adapter
+    assert cpu == 3 * 512 * (4 + 2)  # fp32 noise tensor + bf16 copy per adapter
 
 
 def test_eager_attention_is_quadratic(tiny, qlora_cfg):

@@ -47,24 +47,31 @@ class ActivationMemory:
 
 
 def saved_linear_inputs(elems: int, in_b: int, cb: int, n_full: int, n_lora: int, dropout: float,
-                        shared_already: bool = False) -> int:
+                        shared_already: bool = False, lora_recast: bool = False, mask_b: int = 1) -> int:
     """Bytes a group of linears reading one tensor saves of it for their weight gradients.
 
     ``n_full`` trainable base linears and ``n_lora`` LoRA ``lora_A`` read the tensor (``elems``
     elements of ``in_b`` bytes). Under autocast each gets a ``cb``-byte copy when ``in_b != cb``,
     otherwise they share the tensor itself (counted once, or not at all when ``shared_already``:
-    another op already saves it). Dropout gives each LoRA module a mask (1 B) and its own copy.
+    another op already saves it). ``lora_recast``: peft cast the input to fp32 for each adapter, so
+    each ``lora_A`` saves its own ``cb`` copy. Dropout gives each LoRA module a mask (``mask_b``
+    bytes per element, see ``precision.dropout_mask_bytes``) and its own copy.
     """
     total = 0
-    plain = n_full + (0 if dropout > 0 else n_lora)
+    own_lora = n_lora if (dropout > 0 or lora_recast) else 0
+    plain = n_full + n_lora - own_lora
     if plain:
         if in_b != cb:
             total += elems * cb * plain
         elif not shared_already:
             total += elems * cb
-    if dropout > 0 and n_lora:
-        total += n_lora * elems * (1 + cb)
+    if own_lora:
+        total += own_lora * elems * ((mask_b if dropout > 0 else 0) + cb)
     return total
+
+
+def _lora_kw(prec: Precision) -> dict:
+    return {"lora_recast": prec.lora_recast, "mask_b": prec.dropout_mask}
 
 
 def norm_saved(elems_tokens: int, width: int, norm: str, trainable: bool, hb: int) -> int:
@@ -104,7 +111,7 @@ def layer_activations(spec: ModelSpec, cfg: TrainConfig, prec: Precision, moe: b
         parts["qk_norm"] = 4 * (Q + K) + 4 * E * (a + k)
 
     nf, nl = _group_counts(rows, "attn_in", targets, full)
-    parts["attn_inputs"] = saved_linear_inputs(X, norm_out_b, cb, nf, nl, drop)
+    parts["attn_inputs"] = saved_linear_inputs(X, norm_out_b, cb, nf, nl, drop, **_lora_kw(prec))
 
     sdpa = cfg.attention in ("sdpa", "flash_attention_2")
     if sdpa:
@@ -115,7 +122,7 @@ def layer_activations(spec: ModelSpec, cfg: TrainConfig, prec: Precision, moe: b
 
     nf, nl = _group_counts(rows, "attn_out", targets, full)
     # flash/efficient SDPA return a (b, s, a, d)-contiguous output: o_proj reads the saved tensor
-    parts["o_inputs"] = saved_linear_inputs(Q, cb, cb, nf, nl, drop, shared_already=sdpa)
+    parts["o_inputs"] = saved_linear_inputs(Q, cb, cb, nf, nl, drop, shared_already=sdpa, **_lora_kw(prec))
 
     if moe:
         parts.update(_moe_mlp(spec, cfg, prec, rows, targets, full, drop, norm_out_b, proj_b))
@@ -150,13 +157,13 @@ def _dense_mlp(spec: ModelSpec, f: int, tokens: int, prec: Precision, rows, targ
     nf_in, nl_in = (len(members_in) if full else 0), sum(1 for r in members_in if r in targets)
     nf_out, nl_out = (len(members_out) if full else 0), sum(1 for r in members_out if r in targets)
     out = {}
-    out[f"{group_prefix}_inputs"] = saved_linear_inputs(X, norm_out_b, cb, nf_in, nl_in, drop)
+    out[f"{group_prefix}_inputs"] = saved_linear_inputs(X, norm_out_b, cb, nf_in, nl_in, drop, **_lora_kw(prec))
     if spec.mlp == "plain":
         out[group_prefix] = proj_b * F
     else:
         out[group_prefix] = 3 * proj_b * F
     # down/fc2 reads the product (gated) or the activation output (plain), nobody else saves it
-    out[f"{group_prefix}_out_inputs"] = saved_linear_inputs(F, proj_b, cb, nf_out, nl_out, drop)
+    out[f"{group_prefix}_out_inputs"] = saved_linear_inputs(F, proj_b, cb, nf_out, nl_out, drop, **_lora_kw(prec))
     return out
 
 
@@ -172,10 +179,10 @@ def _moe_mlp(spec: ModelSpec, cfg: TrainConfig, prec: Precision, rows, targets, 
     ex_in = [r for r in rows if r.group == "expert_in"]
     ex_out = [r for r in rows if r.group == "expert_out"]
     out["expert_inputs"] = saved_linear_inputs(kE * h, norm_out_b, cb, len(ex_in) if full else 0,
-                                               sum(1 for r in ex_in if r in targets), drop)
+                                               sum(1 for r in ex_in if r in targets), drop, **_lora_kw(prec))
     out["experts"] = 3 * proj_b * kE * f + proj_b * kE * h  # gated MLP + output saved by the weighting
     out["expert_out_inputs"] = saved_linear_inputs(kE * f, proj_b, cb, len(ex_out) if full else 0,
-                                                   sum(1 for r in ex_out if r in targets), drop)
+                                                   sum(1 for r in ex_out if r in targets), drop, **_lora_kw(prec))
     if spec.shared_expert_intermediate:
         out.update(_dense_mlp(spec, spec.shared_expert_intermediate, E, prec, rows, targets, full, drop,
                               norm_out_b, proj_b, "shared_mlp"))

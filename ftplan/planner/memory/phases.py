@@ -163,9 +163,9 @@ def _static(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | None) ->
             other_copies, dequant_transient_bytes(spec, prec), n_train, sum(resident.values()))
 
 
-def _dynamic(spec: ModelSpec, cfg: TrainConfig) -> tuple:
-    """Terms that depend on batch and sequence (cached on ``_dynamic_key``)."""
-    prec = precision(cfg)
+def _dynamic(spec: ModelSpec, cfg: TrainConfig, device: str = "cuda") -> tuple:
+    """Terms that depend on batch and sequence (cached on ``_dynamic_key`` and the device kind)."""
+    prec = precision(cfg, device)
     act = activation_memory(spec, cfg, prec)
     loss = loss_memory(spec, cfg, prec)
     model_saved = sum(act.model_saved.values())
@@ -189,12 +189,12 @@ def _cached(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> tuple[tup
         if len(_STATIC_CACHE) > _CACHE_LIMIT:
             _STATIC_CACHE.clear()
         s = _STATIC_CACHE[skey] = _static(spec, cfg, device, cc)
-    dkey = (sid, _dynamic_key(cfg))
+    dkey = (sid, _dynamic_key(cfg), device == "cpu")
     d = _DYNAMIC_CACHE.get(dkey)
     if d is None:
         if len(_DYNAMIC_CACHE) > _CACHE_LIMIT:
             _DYNAMIC_CACHE.clear()
-        d = _DYNAMIC_CACHE[dkey] = _dynamic(spec, cfg)
+        d = _DYNAMIC_CACHE[dkey] = _dynamic(spec, cfg, "cpu" if device == "cpu" else "cuda")
     return s, d
 
 
