@@ -95,3 +95,13 @@ def test_chunked_loss_is_smaller_for_large_vocab(tiny, qlora_cfg):
     std = loss_memory(big, cfg, precision(cfg))
     chunked = loss_memory(big, replace(cfg, loss_impl="chunked"), precision(cfg))
     assert chunked.backward_peak < std.backward_peak / 10
+
+
+def test_tied_embedding_gradient_accumulation_only_for_full_finetuning(tiny, qlora_cfg):
+    from ftplan.planner.memory.phases import tied_embedding_grad_bytes
+
+    tied = replace(tiny, tied_embeddings=True)
+    full = replace(qlora_cfg, method="full", quant="bf16")
+    assert tied_embedding_grad_bytes(tied, full, precision(full)) == 2 * 100 * 64 * 2  # 2 x V x h x bf16
+    assert tied_embedding_grad_bytes(tiny, full, precision(full)) == 0  # untied: the grad is the weight's own
+    assert tied_embedding_grad_bytes(tied, qlora_cfg, precision(qlora_cfg)) == 0  # frozen embeddings
