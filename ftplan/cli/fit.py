@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from ..api import _knobs_of
 from ..planner.search import DEFAULT_MARGIN
 from ._common import echo_json, user_errors
 
@@ -98,7 +99,7 @@ def fit_callback(
                 typer.echo("(the trace runs transformers' standard loss; the comparison uses the same)")
             import ftplan
 
-            est = ftplan.estimate(result.model, result.gpu, **{**_knobs(c), "loss_impl": "standard"}).to_dict()
+            est = ftplan.estimate(result.model, result.gpu, **_traced_knobs(c)).to_dict()
             typer.echo(render_trace(traced, est))
     raise typer.Exit(0 if result.fits else 1)
 
@@ -107,12 +108,9 @@ def _trace_plan(model: str, plan) -> dict:
     """Trace the recommended configuration (one micro-batch pass, as the estimate's phases describe)."""
     from ..trainer.trace import trace
 
-    return trace(model, **{**_knobs(plan.config), "loss_impl": "standard"})
+    return trace(model, **_traced_knobs(plan.config))
 
 
-def _knobs(c) -> dict:
-    return dict(method=c.method, quant=c.quant, double_quant=c.double_quant, lora_rank=c.lora_rank,
-                lora_alpha=c.lora_alpha, lora_targets=list(c.lora_targets), lora_dropout=c.lora_dropout,
-                micro_batch=c.micro_batch, seq_len=c.seq_len, grad_accum=c.grad_accum,
-                gradient_checkpointing=c.gradient_checkpointing, optimizer=c.optimizer, attention=c.attention,
-                loss_impl=c.loss_impl)
+def _traced_knobs(c) -> dict:
+    """The plan's knobs as one device runs them with transformers' standard loss (what a trace can run)."""
+    return {**_knobs_of(c), "loss_impl": "standard", "num_gpus": 1, "sharding": None}

@@ -35,16 +35,13 @@ def profile_command(
 
     with user_errors():
         cap = K.parse_bytes(max_memory)
-        if steps < 2:
-            raise FtplanError(f"--steps={steps} must be at least 2 (the first step creates the optimizer state)")
         kn = K.knobs(method, quant, double_quant, rank, alpha, targets, lora_dropout, micro_batch, seq_len,
                      grad_accum, grad_ckpt, optimizer, attention)
         import ftplan
 
         ftplan.estimate(model, None, **kn)  # validates every knob before anything heavy is imported
-        from ..trainer.profile import profile, require_stack
+        from ..trainer.profile import profile
 
-        require_stack()
         dev = None if device == "auto" else device
         res = profile(model, steps=steps, device=dev, synthetic_weights=synthetic_weights, max_memory_bytes=cap,
                       breakdown=breakdown, argv=["ftplan", "profile", *sys.argv[2:]], **kn)
