@@ -103,17 +103,28 @@ def base_dtype(cfg: TrainConfig) -> str:
     return "bf16" if cfg.is_quantized else cfg.quant
 
 
-def quantize_linears(model, cfg: TrainConfig, skip: set[str]) -> int:
+def decoder_linears(model) -> list:
+    """``(name, module)`` of the plain ``nn.Linear`` modules inside the decoder layers: the ones
+    bitsandbytes quantizes (``lm_head`` and embeddings are outside the layers), not LoRA's own."""
+    import torch
+
+    return [(n, m) for n, m in model.named_modules()
+            if type(m) is torch.nn.Linear and ".layers." in f".{n}." and "lora_" not in n]
+
+
+def replace_module(model, name: str, new) -> None:
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], new)
+
+
+def quantize_linears(model, cfg: TrainConfig) -> int:
     """Replace the decoder layers' ``nn.Linear`` with bitsandbytes 4-bit / 8-bit modules holding the
     same (random) weights, quantized now. Returns how many were replaced."""
     import bitsandbytes as bnb
     import torch
 
     count = 0
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-               and n.split(".")[-1] not in skip and ".layers." in f".{n}"]
-    for name, lin in targets:
-        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    for name, lin in decoder_linears(model):
         dev = lin.weight.device
         if cfg.quant in ("nf4", "fp4"):
             new = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
@@ -129,7 +140,7 @@ def quantize_linears(model, cfg: TrainConfig, skip: set[str]) -> int:
         if lin.bias is not None:
             new.bias = torch.nn.Parameter(lin.bias.data.clone(), requires_grad=False)
         new = new.to(dev)
-        setattr(parent, name.rsplit(".", 1)[-1], new)
+        replace_module(model, name, new)
         del lin
         count += 1
     return count
@@ -160,7 +171,7 @@ def build_model(model: str, spec: ModelSpec, cfg: TrainConfig, device: str, synt
         with torch.device(device if cfg.quant not in ("nf4", "fp4", "int8") or device == "cuda" else "cpu"):
             m = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, attn_implementation=attn)
         if cfg.is_quantized:
-            quantize_linears(m, cfg, skip={"lm_head"})
+            quantize_linears(m, cfg)
             m.is_loaded_in_4bit = cfg.quant in ("nf4", "fp4")
             m.is_loaded_in_8bit = cfg.quant == "int8"
         m = m.to(device)

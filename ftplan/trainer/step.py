@@ -51,10 +51,9 @@ def classify_params(model) -> dict[str, list]:
 
     out: dict[str, list] = {"weights_quantized": [], "quant_constants": [], "weights_dense": [],
                             "weights_unquantized": [], "lora_weights": [], "buffers": []}
-    linear_weights = set()
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}." and "lora_" not in name:
-            linear_weights.add(id(mod.weight))
+    from .build import decoder_linears
+
+    linear_weights = {id(mod.weight) for _, mod in decoder_linears(model)}
     for name, p in model.named_parameters():
         cls = type(p).__name__
         if cls in ("Params4bit", "Int8Params"):

@@ -69,9 +69,9 @@ def quant_state(out_f: int, in_f: int, quant: str, double_quant: bool, device: s
 def _quantize_meta(model, cfg) -> None:
     """Swap the decoder layers' ``nn.Linear`` for 4-bit stand-ins (on meta)."""
     Traced, bnb, torch = _stand_in_class()
-    for name, lin in [(n, m) for n, m in model.named_modules()
-                      if type(m) is torch.nn.Linear and ".layers." in f".{n}"]:
-        parent = model.get_submodule(name.rsplit(".", 1)[0])
+    from .build import decoder_linears, replace_module
+
+    for name, lin in decoder_linears(model):
         new = Traced(lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=torch.bfloat16,
                      compress_statistics=cfg.double_quant, quant_type=cfg.quant, quant_storage=torch.uint8,
                      device="meta")
@@ -83,7 +83,7 @@ def _quantize_meta(model, cfg) -> None:
         new.traced_state = quant_state(lin.out_features, lin.in_features, cfg.quant, cfg.double_quant, "meta")
         if lin.bias is not None:
             new.bias = torch.nn.Parameter(torch.empty_like(lin.bias), requires_grad=False)
-        setattr(parent, name.rsplit(".", 1)[-1], new)
+        replace_module(model, name, new)
     model.is_loaded_in_4bit = True
 
 
