@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,6 +83,7 @@ def save(results: list[dict[str, Any]], provenance: dict, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump(doc, fh, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read and committed
     os.replace(tmp, path)
 
 
@@ -96,3 +99,21 @@ def run_grid(grid: list[tuple[str, str, dict]], measure: Callable[[str, dict], d
         results.append(r)
         print(f"   {len(results):>3} {arch:<8} {r['config'][:60]:<60} {100 * r['error']:+.2f}%", flush=True)
     return results
+
+
+def run_and_report(grid: Callable[[Path], list[tuple[str, str, dict]]], measure: Callable[[str, dict], dict],
+                   label: str, device: str, script: str, out: str,
+                   keep: Callable[[list], list] = lambda g: g) -> None:
+    """Build the grid in a temporary folder, measure each row, print the table and its timing, and
+    save it with the provenance of ``device`` and the command that ran it."""
+    from ftplan.trainer.env import provenance
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = keep(grid(Path(tmp)))
+        t0 = time.perf_counter()
+        results = run_grid(rows, measure, "cpu", label)
+        took = time.perf_counter() - t0
+    print()
+    print_table(results, label)
+    print(f"({took:.0f} s)")
+    save(results, provenance(device, ["python", script, *sys.argv[1:]]), Path(out))

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _accuracy import print_table, run_grid, save  # noqa: E402
+from _accuracy import run_and_report  # noqa: E402
 
 from ftplan.archs import write_config  # noqa: E402
 
@@ -92,22 +90,11 @@ def main() -> int:
     from ftplan.trainer import quiet
 
     quiet()
-    from ftplan.trainer.env import provenance
     from ftplan.trainer.profile import profile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        g = grid(Path(tmp))
-        if args.quick:
-            g = g[::4]
-        t0 = time.perf_counter()
-        results = run_grid(g, lambda model, kn: profile(model, steps=2, device="cpu", synthetic_weights=True, **kn),
-                           "cpu", "measured")
-        took = time.perf_counter() - t0
-    print()
-    print_table(results, "measured")
-    print(f"({took:.0f} s)")
-    prov = provenance("cpu", ["python", "benchmarks/accuracy_cpu.py", *sys.argv[1:]])
-    save(results, prov, Path(args.out))
+    run_and_report(grid, lambda model, kn: profile(model, steps=2, device="cpu", synthetic_weights=True, **kn),
+                   "measured", "cpu", "benchmarks/accuracy_cpu.py", args.out,
+                   keep=(lambda g: g[::4]) if args.quick else (lambda g: g))
     return 0
 
 

@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _accuracy import print_table, run_grid, save  # noqa: E402
+from _accuracy import run_and_report  # noqa: E402
 
 # google/gemma-2b config.json (the fields that shape memory): 256k vocabulary, MQA, head_dim 256
 GEMMA_2B = {"model_type": "gemma", "hidden_size": 2048, "intermediate_size": 16384, "num_hidden_layers": 18,
@@ -79,20 +77,11 @@ def main() -> int:
     from ftplan.trainer import quiet
 
     quiet()
-    from ftplan.trainer.env import provenance
     from ftplan.trainer.trace import trace
 
-    with tempfile.TemporaryDirectory() as tmp:
-        g = grid(Path(tmp))
-        if args.quick:
-            g = [r for r in g if r[0] in ("1b", "3b", "8b")]
-        t0 = time.perf_counter()
-        results = run_grid(g, lambda model, kn: trace(model, **kn), "cpu", "traced")
-        took = time.perf_counter() - t0
-    print()
-    print_table(results, "traced")
-    print(f"({took:.0f} s)")
-    save(results, provenance("fake", ["python", "benchmarks/accuracy_trace.py", *sys.argv[1:]]), Path(args.out))
+    quick = (lambda g: [r for r in g if r[0] in ("1b", "3b", "8b")]) if args.quick else (lambda g: g)
+    run_and_report(grid, lambda model, kn: trace(model, **kn), "traced", "fake", "benchmarks/accuracy_trace.py",
+                   args.out, keep=quick)
     return 0
 
 

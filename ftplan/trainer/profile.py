@@ -86,7 +86,7 @@ def profile(model: str | ModelSpec, *, steps: int = 3, device: str | None = "cpu
         out.update(status="oom", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         _free(dev)
         return out
-    out.update(summarize(records, dev))
+    out.update(summarize(records))
     return out
 
 
@@ -122,7 +122,7 @@ def _free(dev: str) -> None:
         torch.cuda.empty_cache()
 
 
-def summarize(records, dev: str) -> dict[str, Any]:
+def summarize(records) -> dict[str, Any]:
     """Headline figures from the last step; every step kept under ``steps``."""
     last = records[-1]
     peaks = {ph: last.phases[ph] for ph in ("forward_end", "backward", "optimizer_step")}

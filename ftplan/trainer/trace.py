@@ -217,7 +217,7 @@ def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = No
     out: dict[str, Any] = {"status": "ok", "model": spec.name, "device": "fake", "config": cfg.to_dict(),
                            "memory_source": "live-storage tracker under FakeTensorMode (tensor level)",
                            "provenance": provenance("fake", argv)}
-    out.update(summarize(records, "cpu"))
+    out.update(summarize(records))
     out.pop("tokens_per_s"), out.pop("step_time_s")
     out["trace_seconds"] = time.perf_counter() - t0
     return out
