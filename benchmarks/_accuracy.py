@@ -38,7 +38,7 @@ def describe(kn: dict[str, Any]) -> str:
 
 
 def compare_one(arch: str, model: str, kn: dict[str, Any], measured: dict[str, Any], gpu: str) -> dict[str, Any]:
-    est = ftplan.estimate(model, gpu, **kn)
+    est = ftplan.estimate(model, gpu, calibrate=False, **kn)
     pred = phase_totals(est.phases)
     meas = {ph: measured["phase_peaks"][ph]["peak_allocated_bytes"] for ph in PHASES}
     peak_m = measured["peak_allocated_bytes"]

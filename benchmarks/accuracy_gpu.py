@@ -109,7 +109,7 @@ def main() -> int:
           f"{'nvml':>9} {'err':>7} {'tok/s':>8}")
     for i, (model, kn) in enumerate(rows, 1):
         m = profile_subprocess(model, kn, args.timeout)
-        est = ftplan.estimate(model, gpu, **kn)
+        est = ftplan.estimate(model, gpu, calibrate=False, **kn)
         rec = {"model": model, "knobs": kn, "status": m.get("status"), "error": m.get("error"),
                "predicted": {"peak_allocated_bytes": est.peak_allocated_bytes,
                              "peak_reserved_bytes": est.peak_reserved_bytes, "device_bytes": est.device_bytes,

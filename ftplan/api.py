@@ -24,9 +24,11 @@ def _gpu(gpu: str | GPUSpec | None, gpu_file: str | None) -> GPUSpec | None:
 
 def estimate(model: str | ModelSpec, gpu: str | GPUSpec | None = None, *, tokens: float | None = None,
              epochs: float = 1.0, price: float | None = None, gpu_file: str | None = None,
-             spot_discount: float = 0.0, **knobs: Any) -> Estimate:
+             spot_discount: float = 0.0, calibrate: bool = True, **knobs: Any) -> Estimate:
     """Memory per phase, the peak, whether it fits ``gpu``, and (with a GPU) tokens/s, hours and dollars
     for one configuration. Knobs not given take the defaults in ``planner.options.DEFAULTS``.
+    With ``calibrate`` (the default), measured factors that ``ftplan autotune`` stored for this GPU and
+    the installed library versions are applied, and ``Estimate.calibration`` says which.
 
     >>> est = estimate("8b", "a100-80gb", method="qlora", micro_batch=1, seq_len=2048)
     >>> est.fits, est.peak_phase
@@ -35,7 +37,15 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec | None = None, *, tokens
     spec = get_model(model)
     g = _gpu(gpu, gpu_file)
     resolved = make_config(spec, g, **knobs)
-    return build_estimate(spec, resolved.config, g, tokens, epochs, price, resolved.warnings, spot_discount)
+    est = build_estimate(spec, resolved.config, g, tokens, epochs, price, resolved.warnings, spot_discount)
+    return _calibrated(est) if calibrate and g is not None else est
+
+
+def _calibrated(est: Estimate, margin: float = 0.0) -> Estimate:
+    from . import calibration
+
+    cal = calibration.lookup(est.gpu) if est.gpu else None
+    return calibration.apply(est, cal, margin) if cal is not None else est
 
 
 def plan_search(model: str | ModelSpec, gpu: str | GPUSpec, *, objective: str = "throughput",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from .autotune import autotune_command
 from .fit import fit_callback
 from .gpus import gpus_command
 from .models import models_command
@@ -18,6 +19,7 @@ app.command("gpus")(gpus_command)
 app.command("models")(models_command)
 app.command("profile")(profile_command)
 app.command("trace")(trace_command)
+app.command("autotune")(autotune_command)
 
 
 def main() -> None:  # console script entry point

@@ -1,0 +1,150 @@
+"""``ftplan autotune``: short profiled runs under Optuna check the planner's best candidates; the
+winner is written as best.json for ``ftplan train`` (see ``ftplan.tune``).
+
+Exit codes: 0 a winner was found, 1 no trial finished, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from . import _knobs as K
+from ._common import echo_json, user_errors
+
+
+def _ranks(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    if text is None:
+        return None
+    from ..errors import FtplanError
+
+    try:
+        ranks = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise FtplanError(f"--rank {text!r}: give one rank or a comma-separated list (8,16,32)") from None
+    if not ranks or min(ranks) < 1:
+        raise FtplanError(f"--rank {text!r}: ranks must be positive integers")
+    return ranks
+
+
+class _Progress:
+    """trials done / total, the current trial, the best so far (rich when it is installed)."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet, self.best, self.done = total, quiet, None, 0
+        self.bar = self.task = None
+        try:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            if not quiet:
+                self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeElapsedColumn(), transient=True, console=Console(stderr=True))
+        except ImportError:
+            pass
+
+    def _print(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.console.print(text, markup=False, highlight=False)
+        else:
+            typer.echo(text, err=True)
+
+    def __call__(self, event: str, **kw) -> None:
+        from ..tune.render import describe
+
+        if event == "begin":
+            self.done = kw["done"]
+            self._print(f"study {kw['study']} ({kw['storage']}): {kw['runnable']} runnable of {kw['candidates']} "
+                        f"configurations ({kw['skipped']} predicted over the {kw['budget'] / 2**30:.2f} GiB budget, "
+                        f"never run); {kw['done']} trials already measured"
+                        + (f"; {kw['recovered']} interrupted trials retried" if kw["recovered"] else ""))
+            if self.bar is not None:
+                self.bar.start()
+                self.task = self.bar.add_task("trials", total=self.total, completed=min(self.done, self.total))
+        elif event == "start" and self.bar is not None:
+            self.bar.update(self.task, description=f"trial {kw['trial']}: {describe(kw['candidate'].params)}"
+                            + (f" | best {self.best:.0f}" if self.best else ""))
+        elif event == "end":
+            self.done += 1
+            v = kw.get("value")
+            if v is not None and (self.best is None or v > self.best):
+                self.best = v
+            outcome = f"{v:.1f}" if v is not None else f"{kw['state']}: {kw['reason'][:90]}"
+            self._print(f"trial {kw['trial']}: {describe(kw['candidate'].params)} -> {outcome}")
+            if self.bar is not None:
+                self.bar.update(self.task, completed=min(self.done, self.total))
+        elif event == "done" and self.bar is not None:
+            self.bar.stop()
+
+
+def autotune_command(
+    model: str = K.MODEL,
+    gpu: str = typer.Option("auto", "--gpu", "-g", help="GPU name (see `ftplan gpus`) or auto"),
+    data: Optional[str] = typer.Option(None, "--data", help="training data (JSONL); validated, measured in tokens, sets --seq-len when not given"),
+    seq_len: Optional[int] = K.SEQ_LEN,
+    effective_batch: Optional[int] = typer.Option(None, "--effective-batch", "-e", help="sequences per optimizer step, kept exact [default: 16]"),
+    trials: int = typer.Option(8, "--trials", "-n", help="measured trials (skipped and duplicate proposals do not count)"),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="stop starting trials after this long: 90s, 10m, 1h"),
+    objective: str = typer.Option("throughput", help="throughput (tokens/s) | cost ($ per million tokens)"),
+    study: Optional[str] = typer.Option(None, "--study", help="study name [default: model-gpu-seq-batch]"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL [default: sqlite:///ftplan-runs/ftplan.db]"),
+    device: str = typer.Option("auto", help="cuda | cpu | auto (cuda when torch sees a GPU)"),
+    then_train: bool = typer.Option(False, "--then-train", help="run `ftplan train` with the winner afterwards"),
+    steps: int = typer.Option(3, help="measured steps per trial (>= 2)"),
+    trial_timeout: float = typer.Option(600.0, "--trial-timeout", help="seconds before a trial is killed and failed"),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="memory budget, e.g. 20GiB [default: the GPU's usable memory less --margin]"),
+    margin: float = typer.Option(0.05, help="share of usable memory kept free"),
+    runs_dir: str = typer.Option("ftplan-runs", "--runs-dir", help="where the SQLite study and best.json go"),
+    synthetic_weights: bool = typer.Option(False, "--synthetic-weights", help="random weights from the config (no download)"),
+    method: Optional[str] = K.METHOD, quant: Optional[str] = K.QUANT,
+    rank: Optional[str] = typer.Option(None, "--rank", "-r", help="LoRA rank, or a list to search: 8,16,32 [default: 16]"),
+    targets: Optional[str] = K.TARGETS, optimizer: Optional[str] = K.OPTIMIZER,
+    grad_ckpt: Optional[bool] = K.GRAD_CKPT, micro_batch: Optional[int] = K.MICRO_BATCH,
+    attention: Optional[str] = K.ATTENTION,
+    price: Optional[float] = typer.Option(None, "--price", help="$ per GPU-hour for --objective cost"),
+    seed: int = typer.Option(0, help="sampler seed"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="with --then-train: the training output folder"),
+    train_steps: Optional[int] = typer.Option(None, "--train-steps", help="with --then-train: optimizer steps"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+) -> None:
+    """Check the planner's best configurations with short real runs; write the winner as best.json."""
+    with user_errors():
+        from ..tune.api import autotune
+
+        ranks = _ranks(rank)
+        knobs = dict(seq_len=seq_len, effective_batch=effective_batch, method=method, quant=quant,
+                     lora_targets=targets, optimizer=optimizer, gradient_checkpointing=grad_ckpt,
+                     micro_batch=micro_batch, attention=attention)
+        if ranks is not None and len(ranks) == 1:
+            knobs["lora_rank"], ranks = ranks[0], None
+        import ftplan
+
+        if micro_batch is not None and effective_batch is None:
+            knobs["grad_accum"] = 1
+        ftplan.estimate(model, None, **{k: v for k, v in knobs.items() if v is not None})  # validate cheaply
+        progress = _Progress(trials, quiet=json_out)
+        res = autotune(model, gpu, data=data, device=None if device == "auto" else device, trials=trials,
+                       time_budget=time_budget, objective=objective, study=study, storage=storage, steps=steps,
+                       trial_timeout=trial_timeout, margin=margin, max_memory_bytes=K.parse_bytes(max_memory),
+                       ranks=ranks, seed=seed, runs_dir=runs_dir, synthetic_weights=synthetic_weights, price=price,
+                       argv=["ftplan", "autotune", *sys.argv[2:]], emit=progress, **knobs)
+    if json_out:
+        echo_json(json.dumps({"study": res.study_name, "storage": res.storage, "stopped": res.stopped,
+                              "candidates": res.candidates, "runnable": res.runnable, "skipped": res.skipped,
+                              "trials": res.rows, "best": res.best, "files": res.files,
+                              "calibration": res.calibration}, default=str))
+    else:
+        from ..tune.render import render
+
+        typer.echo(render(res, res.device))
+    if res.best is None:
+        raise typer.Exit(1)
+    if then_train:
+        from .train import run_train
+
+        run_train(config=res.files["best"], data=data, output=output, max_steps=train_steps)

@@ -1,0 +1,80 @@
+"""``ftplan.tune.autotune``: the library call behind ``ftplan autotune``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import FtplanError
+from ..planner.options import choice
+from ..profiles.gpus import get_gpu
+from ..profiles.models import get_model
+from .study import DEFAULT_RUNS, TuneResult, TuneSpec, run
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90s', '10m', '1.5h', '600' -> seconds."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h|hr)?\s*", str(text).lower())
+    if not m or float(m.group(1)) <= 0:
+        raise FtplanError(f"--time-budget={text!r} is not a positive duration; use e.g. 90s, 10m, 1.5h")
+    return float(m.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, None: 1}[m.group(2)]
+
+
+def data_summary(path: str, model: str, seq_len: int | None, synthetic: bool, max_positions: int,
+                 vocab: int) -> dict[str, Any]:
+    """Validate every line of the data file and measure it in tokens (the model's tokenizer)."""
+    from ..train.data import read_jsonl, stats, suggest_seq_len, tokenize
+    from ..train.tokenizer import load_tokenizer
+
+    examples = read_jsonl(path)
+    tok = load_tokenizer(model, vocab, synthetic)
+    rows = [tokenize(e, tok, max_positions) for e in examples]
+    st = stats(rows)
+    st["path"] = str(path)
+    st["suggested_seq_len"] = suggest_seq_len(st["p95_len"], max_positions)
+    st["seq_len"] = seq_len or st["suggested_seq_len"]
+    return st
+
+
+def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: str | None = None,
+             trials: int = 8, time_budget: str | float | None = None, objective: str = "throughput",
+             study: str | None = None, storage: str | None = None, steps: int = 3, trial_timeout: float = 600.0,
+             margin: float = 0.05, max_memory_bytes: int | None = None, ranks: tuple[int, ...] | None = None,
+             seed: int = 0, runs_dir: str | Path = DEFAULT_RUNS, synthetic_weights: bool = False,
+             planner_seeds: int = 3, price: float | None = None, argv: list[str] | None = None,
+             emit: Callable[..., None] = lambda *a, **k: None, **knobs: Any) -> TuneResult:
+    """Measure the planner's best candidates with short profiled runs and return the study's table,
+    the winner and the files written (``best.json`` and the exports)."""
+    objective = choice("objective", objective)
+    if objective not in ("throughput", "cost"):
+        raise FtplanError(f"--objective {objective!r}: autotune measures throughput or cost")
+    if steps < 2:
+        raise FtplanError(f"--steps={steps} must be at least 2")
+    if trial_timeout <= 0:
+        raise FtplanError(f"--trial-timeout={trial_timeout} must be greater than 0")
+    if not 0.0 <= margin < 1.0:
+        raise FtplanError(f"--margin={margin} must be in [0, 1)")
+    spec = get_model(model)
+    from ..trainer.profile import require_stack, resolve_device
+
+    require_stack()
+    dev = resolve_device(device)
+    if dev == "cpu":
+        g = get_gpu("cpu")
+    else:
+        g = get_gpu(gpu)
+    fixed = {k: v for k, v in knobs.items() if v is not None}
+    summary = None
+    if data is not None:
+        summary = data_summary(data, model, fixed.get("seq_len"), synthetic_weights, spec.max_positions, spec.vocab)
+        fixed["seq_len"] = summary["seq_len"]
+    budget_s = parse_duration(time_budget) if isinstance(time_budget, str) else time_budget
+    ts = TuneSpec(model=model, spec=spec, gpu=g, device=dev, fixed=fixed, trials=trials, time_budget_s=budget_s,
+                  objective=objective, study_name=study, storage=storage, steps=steps, trial_timeout_s=trial_timeout,
+                  margin=margin, max_memory_bytes=max_memory_bytes, ranks=ranks, seed=seed, runs_dir=Path(runs_dir),
+                  synthetic_weights=synthetic_weights, planner_seeds=planner_seeds, price=price, data=summary,
+                  argv=list(argv or []))
+    return run(ts, emit)

@@ -1,0 +1,147 @@
+"""The parent's side of a trial worker: start it, send a trial, read its events with a deadline,
+and replace it after a crash, a timeout or an out-of-memory result (a CUDA context that ran out of
+memory is not trusted for the next trial)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class Outcome:
+    kind: str  # result | crash | timeout | error | pruned
+    result: dict[str, Any] | None = None
+    reason: str = ""
+    steps: list[dict] = field(default_factory=list)
+
+
+class Worker:
+    """One ``python -m ftplan.tune.worker`` process."""
+
+    def __init__(self, log_path: Path, start_timeout: float = 300.0, env: dict | None = None) -> None:
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ftplan.tune.worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log, start_new_session=True,
+                                     env={**os.environ, **(env or {})})
+        self.events: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        ev = self._next(start_timeout)
+        if ev is None or ev.get("event") != "ready":
+            self.kill()
+            raise RuntimeError(f"trial worker did not start: {self.tail()}")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                self.events.put(json.loads(raw))
+            except ValueError:
+                continue
+        self.events.put(None)  # end of stream: the process is gone
+
+    def _next(self, timeout: float) -> dict | None:
+        try:
+            return self.events.get(timeout=max(timeout, 0.01))
+        except queue.Empty:
+            return {"event": "timeout"}
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 6) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in lines[-n:])
+
+    def run(self, request: dict[str, Any], timeout: float,
+            on_step: Callable[[dict], bool] | None = None) -> Outcome:
+        """Send one trial; wait at most ``timeout`` seconds. ``on_step`` returning True prunes it."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return Outcome("crash", reason=f"worker gone before the trial: {self.tail()}")
+        deadline = time.monotonic() + timeout
+        steps: list[dict] = []
+        while True:
+            ev = self._next(deadline - time.monotonic())
+            if ev is None:
+                self.proc.wait(timeout=10)
+                return Outcome("crash", reason=f"worker died (exit {self.proc.returncode}): {self.tail()}",
+                               steps=steps)
+            kind = ev.get("event")
+            if kind == "timeout":
+                self.kill()
+                return Outcome("timeout", reason=f"no result within {timeout:g} s", steps=steps)
+            if kind == "step":
+                steps.append(ev)
+                if on_step is not None and on_step(ev):
+                    self.kill()
+                    return Outcome("pruned", reason=f"pruned after step {ev['step']}", steps=steps)
+            elif kind == "result":
+                return Outcome("result", result=ev["result"], steps=steps)
+            elif kind == "error":
+                return Outcome("error", reason=ev.get("error", ""), steps=steps)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._log.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=20)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+
+class Pool:
+    """Keeps one worker alive across trials; replaces it after anything but a clean result."""
+
+    def __init__(self, folder: Path, env: dict | None = None) -> None:
+        self.folder = folder
+        self.env = env
+        self.worker: Worker | None = None
+        self.started = 0
+
+    def run(self, request: dict[str, Any], timeout: float, on_step=None) -> Outcome:
+        if self.worker is None or not self.worker.alive():
+            self.started += 1
+            try:
+                self.worker = Worker(self.folder / f"worker-{os.getpid()}-{self.started}.log", env=self.env)
+            except RuntimeError as e:
+                self.worker = None
+                return Outcome("crash", reason=str(e))
+        out = self.worker.run(request, timeout, on_step)
+        clean = out.kind == "result" and (out.result or {}).get("status") == "ok"
+        if not clean or not self.worker.alive():
+            self.worker.kill()
+            self.worker = None
+        return out
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None

@@ -1,0 +1,364 @@
+"""The Optuna loop of ``ftplan autotune``.
+
+1. The space is the planner's (``space.candidates``); candidates predicted far over the memory budget
+   are skipped and counted, never run.
+2. The planner's best predictions are enqueued first; Optuna's sampler (TPE) explores after them, and
+   when it only proposes configurations already measured the next unmeasured one in the planner's
+   order is enqueued instead.
+3. One trial = one short profiled run in a long-lived worker process (``pool``) with a timeout; an
+   out-of-memory result, a crash or a timeout is a FAIL trial with its reason in the user attributes;
+   a pruned run is PRUNED. The study goes on.
+4. Storage: SQLite under ``./ftplan-runs`` by default, any Optuna RDB URL otherwise. The same command
+   resumes a killed study: finished trials are kept; a trial whose process is gone is failed and its
+   configuration enqueued again. Several workers may share one study (PostgreSQL): each runs until the
+   study holds the requested number of measured trials; a configuration measured or running under a
+   lower trial number is never run twice.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import FtplanError
+from ..planner.types import GPUSpec, ModelSpec
+from . import space as S
+
+DEFAULT_RUNS = Path("ftplan-runs")
+MAX_IDLE_ASKS = 20  # proposals in a row that need no run before the planner's order takes over
+
+
+@dataclass
+class TuneSpec:
+    model: str
+    spec: ModelSpec
+    gpu: GPUSpec
+    device: str
+    fixed: dict[str, Any]
+    trials: int = 8
+    time_budget_s: float | None = None
+    objective: str = "throughput"
+    study_name: str | None = None
+    storage: str | None = None
+    steps: int = 3
+    trial_timeout_s: float = 600.0
+    margin: float = 0.05
+    max_memory_bytes: int | None = None
+    ranks: tuple[int, ...] | None = None
+    seed: int = 0
+    runs_dir: Path = DEFAULT_RUNS
+    synthetic_weights: bool = False
+    planner_seeds: int = 3
+    price: float | None = None
+    data: dict[str, Any] | None = None  # what the data file says (path, examples, tokens)
+    argv: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    storage: str
+    rows: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    skipped: dict[str, int]
+    candidates: int
+    runnable: int
+    folder: Path
+    files: dict[str, str]
+    calibration: dict[str, Any] | None
+    stopped: str
+    device: str = "cuda"
+
+
+def default_study_name(spec: ModelSpec, gpu: GPUSpec, fixed: dict[str, Any]) -> str:
+    seq = fixed.get("seq_len") or 2048
+    eff = fixed.get("effective_batch") or 16
+    raw = f"{spec.name}-{gpu.key}-s{seq}-e{eff}"
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in raw)
+
+
+def storage_url(storage: str | None, runs_dir: Path) -> str:
+    if storage:
+        return storage
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(runs_dir / 'ftplan.db').as_posix()}"
+
+
+def _open_storage(url: str):
+    import optuna
+
+    if "://" not in url:
+        raise FtplanError(f"--storage {url!r} is not a database URL (e.g. sqlite:///runs.db, postgresql://user@host/db)")
+    try:
+        # heartbeats let other machines fail a trial whose worker vanished (no pid to check from afar)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
+                                          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+    except Exception as e:  # noqa: BLE001 - a wrong URL or an unreachable server is the user's to fix
+        raise FtplanError(f"cannot open --storage {_redact(url)}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        return f"{scheme}://{cred.split(':')[0]}:***@{host}" if ":" in cred else url
+    return url
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted(study) -> int:
+    """Fail the RUNNING trials of this host whose process is gone and enqueue their configurations again."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("host") != host or _pid_alive(int(t.user_attrs.get("pid", -1))):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted: its process was killed; retried")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        n += 1
+    return n
+
+
+def _value(objective: str, tps: float, price: float | None) -> float:
+    """throughput: tokens/s (maximised); cost: dollars per million tokens, or GPU-seconds per million
+    tokens when no price is known (minimised)."""
+    if objective == "throughput":
+        return tps
+    return (price / 3600.0 if price else 1.0) * 1e6 / tps
+
+
+def _measured_bytes(res: dict[str, Any], device: str) -> int | None:
+    if device == "cpu":
+        return res.get("peak_allocated_bytes")
+    return res.get("device_bytes") or res.get("peak_reserved_bytes")
+
+
+def _ran(t) -> bool:
+    return bool(t.user_attrs.get("ran"))
+
+
+def _counts(t) -> bool:
+    """A measured trial that counts towards ``--trials`` (an interrupted one is retried instead)."""
+    return _ran(t) and "interrupted" not in str(t.user_attrs.get("reason", ""))
+
+
+class _Runner:
+    def __init__(self, ts: TuneSpec, study, cands: list[S.Candidate], folder: Path, emit: Callable) -> None:
+        from .pool import Pool
+
+        self.ts, self.study, self.folder, self.emit = ts, study, folder, emit
+        self.by_key = {c.key: c for c in cands}
+        self.order = [c for c in cands if not c.far_over]
+        self.pool = Pool(folder)
+        self.price = ts.price if ts.price is not None else ts.gpu.price_per_hour
+
+    def run_trial(self, trial, cand: S.Candidate) -> None:
+        from optuna.trial import TrialState
+
+        ts = self.ts
+        trial.set_user_attr("ran", True)
+        trial.set_user_attr("config", S.to_knobs(cand.config))
+        trial.set_user_attr("predicted", cand.predicted)
+        self.emit("start", trial=trial.number, candidate=cand)
+        req = {"trial": trial.number, "model": ts.model, "knobs": S.to_knobs(cand.config), "steps": ts.steps,
+               "device": ts.device, "synthetic_weights": ts.synthetic_weights, "breakdown": None,
+               "max_memory_bytes": ts.max_memory_bytes, "argv": ts.argv}
+
+        def on_step(ev: dict) -> bool:
+            tps = ev.get("tokens_per_s")
+            if tps and ev["step"] >= 2:  # step 1 builds the optimizer state: not a speed
+                trial.report(_value(ts.objective, tps, self.price), ev["step"])
+                return trial.should_prune()
+            return False
+
+        out = self.pool.run(req, ts.trial_timeout_s, on_step)
+        state, value, reason = TrialState.FAIL, None, out.reason
+        if out.kind == "result" and out.result is not None:
+            res = out.result
+            measured = {"peak_allocated_bytes": res.get("peak_allocated_bytes"),
+                        "peak_reserved_bytes": res.get("peak_reserved_bytes"),
+                        "device_bytes": res.get("device_bytes"), "tokens_per_s": res.get("tokens_per_s"),
+                        "step_time_s": res.get("step_time_s"), "status": res["status"]}
+            trial.set_user_attr("measured", measured)
+            trial.set_user_attr("provenance", res.get("provenance"))
+            used = _measured_bytes(res, ts.device)
+            if res["status"] == "oom":
+                reason = f"out of memory: {res.get('error', '')}"
+            elif used is not None and used > cand.budget_bytes:
+                reason = f"measured {used / 2**30:.2f} GiB over the budget {cand.budget_bytes / 2**30:.2f} GiB"
+            elif res.get("tokens_per_s"):
+                state, value, reason = TrialState.COMPLETE, _value(ts.objective, res["tokens_per_s"], self.price), ""
+            else:
+                reason = "no throughput measured"
+        elif out.kind == "pruned":
+            state = TrialState.PRUNED
+        trial.set_user_attr("outcome", "ok" if state == TrialState.COMPLETE else out.kind if out.kind != "result" else "oom" if "out of memory" in reason else "failed")
+        if reason:
+            trial.set_user_attr("reason", reason[:500])
+        self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        self.emit("end", trial=trial.number, candidate=cand, state=state.name, value=value, reason=reason)
+
+    def skip(self, trial, why: str, kind: str) -> None:
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("skipped", kind)
+        trial.set_user_attr("reason", why)
+        self.study.tell(trial, None, state=TrialState.PRUNED)
+
+    def duplicate_of(self, trial, key: str):
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number == trial.number or not t.params or S.key_of(t.params) != key:
+                continue
+            if t.state == TrialState.RUNNING and t.number < trial.number and _ran(t):
+                return t
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) and _counts(t):
+                return t
+        return None
+
+    def next_unmeasured(self):
+        done = {S.key_of(t.params) for t in self.study.get_trials(deepcopy=False) if t.params and _counts(t)}
+        return next((c for c in self.order if c.key not in done), None)
+
+
+def run(ts: TuneSpec, emit: Callable[..., None] = lambda *a, **k: None) -> TuneResult:
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
+
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if ts.trials < 1:
+        raise FtplanError(f"--trials={ts.trials} must be at least 1")
+    budget = S.budget_for(ts.gpu, ts.margin, ts.max_memory_bytes)
+    cands = S.candidates(ts.spec, ts.gpu, ts.fixed, budget, ts.device, ts.ranks, ts.objective)
+    if not cands:
+        raise FtplanError("the fixed knobs leave no configuration to try")
+    runnable = [c for c in cands if not c.far_over]
+    skipped_pred = len(cands) - len(runnable)
+    name = ts.study_name or default_study_name(ts.spec, ts.gpu, ts.fixed)
+    url = storage_url(ts.storage, ts.runs_dir)
+    storage = _open_storage(url)
+    direction = "maximize" if ts.objective == "throughput" else "minimize"
+    sampler = optuna.samplers.TPESampler(seed=ts.seed, n_startup_trials=4)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)
+    except ValueError as e:
+        raise FtplanError(f"study {name!r}: {e}") from None
+    if study.direction.name.lower() != direction:
+        raise FtplanError(f"study {name!r} was created to {study.direction.name.lower()}; "
+                          f"--objective {ts.objective} needs another --study name")
+    study.set_user_attr("model", ts.model)
+    folder = ts.runs_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    recovered = recover_interrupted(study)
+    emit("begin", study=name, storage=_redact(url), candidates=len(cands), runnable=len(runnable),
+         skipped=skipped_pred, budget=budget, recovered=recovered,
+         done=sum(1 for t in study.get_trials(deepcopy=False) if _ran(t) and t.state != TrialState.RUNNING))
+    for c in runnable[: max(0, min(ts.planner_seeds, ts.trials))]:
+        study.enqueue_trial(c.params, user_attrs={"seeded_by": "planner"}, skip_if_exists=True)
+    dists = {k: CategoricalDistribution(v) for k, v in S.choices(cands).items()}
+    runner = _Runner(ts, study, cands, folder, emit)
+    t0 = time.monotonic()
+    idle, stopped = 0, "trials"
+    host, pid = socket.gethostname(), os.getpid()
+    try:
+        while True:
+            measured = sum(1 for t in study.get_trials(deepcopy=False) if _counts(t))
+            if measured >= ts.trials:
+                break
+            if ts.time_budget_s is not None and time.monotonic() - t0 > ts.time_budget_s:
+                stopped = "time budget"
+                break
+            if idle >= MAX_IDLE_ASKS:
+                nxt = runner.next_unmeasured()
+                if nxt is None:
+                    stopped = "every runnable configuration measured"
+                    break
+                study.enqueue_trial(nxt.params, user_attrs={"seeded_by": "planner order"})
+                idle = 0
+            trial = study.ask(dists)
+            trial.set_user_attr("host", host)
+            trial.set_user_attr("pid", pid)
+            key = S.key_of(trial.params)
+            cand = runner.by_key.get(key)
+            if cand is None:
+                runner.skip(trial, "not a configuration of the planner's space", "not-in-space")
+                idle += 1
+            elif cand.far_over:
+                runner.skip(trial, f"predicted {cand.predicted_bytes / 2**30:.2f} GiB, more than "
+                                   f"{1 + S.FAR_OVER:.0%} of the budget {budget / 2**30:.2f} GiB", "predicted-over")
+                idle += 1
+            elif (dup := runner.duplicate_of(trial, key)) is not None:
+                runner.skip(trial, f"same configuration as trial {dup.number}", "duplicate")
+                idle += 1
+            else:
+                runner.run_trial(trial, cand)
+                idle = 0
+    finally:
+        runner.pool.close()
+    return _finish(ts, study, name, url, cands, runnable, skipped_pred, folder, stopped, emit)
+
+
+def _finish(ts, study, name, url, cands, runnable, skipped_pred, folder, stopped, emit) -> TuneResult:
+    from optuna.trial import TrialState
+
+    from .. import calibration
+    from .export import write_all
+
+    rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if _ran(t)]
+    skipped: dict[str, int] = {"predicted over memory (never sampled)": skipped_pred}
+    for t in study.get_trials(deepcopy=False):
+        kind = t.user_attrs.get("skipped")
+        if kind:
+            skipped[kind] = skipped.get(kind, 0) + 1
+    best = None
+    try:
+        bt = study.best_trial
+    except ValueError:
+        bt = None
+    files: dict[str, str] = {}
+    cal = None
+    if bt is not None:
+        best = trial_row(bt)
+        files = write_all(folder, ts, bt, name, _redact(url))
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _ran(t)]
+        fig = "peak_allocated_bytes" if ts.device == "cpu" else "peak_reserved_bytes"
+        mem = calibration.ratios((t.user_attrs["measured"].get(fig), t.user_attrs["predicted"].get(fig)) for t in done)
+        speed = calibration.ratios((t.user_attrs["measured"].get("tokens_per_s"), t.user_attrs["predicted"].get("tokens_per_s"))
+                                   for t in done)
+        cal = calibration.record(ts.gpu.key, mem, speed, source=f"ftplan autotune study {name!r}, {len(done)} trials")
+    res = TuneResult(name, _redact(url), rows, best, skipped, len(cands), len(runnable), folder, files, cal, stopped, ts.device)
+    emit("done", result=res)
+    return res
+
+
+def trial_row(t) -> dict[str, Any]:
+    """One trial as a table row: its configuration, predicted and measured figures, the outcome."""
+    return {"number": t.number, "state": t.state.name, "value": t.value, "params": dict(t.params),
+            "config": t.user_attrs.get("config"), "predicted": t.user_attrs.get("predicted"),
+            "measured": t.user_attrs.get("measured"), "outcome": t.user_attrs.get("outcome"),
+            "reason": t.user_attrs.get("reason", ""), "seeded_by": t.user_attrs.get("seeded_by"),
+            "host": t.user_attrs.get("host"), "pid": t.user_attrs.get("pid")}
