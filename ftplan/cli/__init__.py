@@ -10,6 +10,7 @@ from .gpus import gpus_command
 from .models import models_command
 from .profile import profile_command
 from .trace import trace_command
+from .train import train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -20,6 +21,7 @@ app.command("models")(models_command)
 app.command("profile")(profile_command)
 app.command("trace")(trace_command)
 app.command("autotune")(autotune_command)
+app.command("train")(train_command)
 
 
 def main() -> None:  # console script entry point

@@ -160,6 +160,11 @@ def build_model(model: str, spec: ModelSpec, cfg: TrainConfig, device: str, synt
                 seed: int = 0):
     """The trainable model on ``device``: base weights in their format, the kbit preparation, LoRA
     adapters, checkpointing, ``train()`` mode. Real weights come from a local folder or the HF cache."""
+    return prepare_for_training(load_base(model, spec, cfg, device, synthetic, seed), spec, cfg)
+
+
+def load_base(model: str, spec: ModelSpec, cfg: TrainConfig, device: str, synthetic: bool = True, seed: int = 0):
+    """The base model alone, weights in ``cfg``'s format (synthetic weights are a function of ``seed``)."""
     import torch
     import transformers
 
@@ -190,7 +195,7 @@ def build_model(model: str, spec: ModelSpec, cfg: TrainConfig, device: str, synt
                               "the architecture with random weights") from None
         if not cfg.is_quantized:
             m = m.to(device)
-    return prepare_for_training(m, spec, cfg)
+    return m
 
 
 def prepare_for_training(m, spec: ModelSpec, cfg: TrainConfig):

@@ -1,0 +1,106 @@
+"""Checkpoints that survive a kill: each is written into a temporary folder and renamed into place
+(a rename is atomic), so a folder named ``step-NNNNNN`` is always complete. The last ``keep`` are kept.
+
+A checkpoint holds the trainable parameters (the adapter, or every weight in full fine-tuning), the
+optimizer and scheduler states, the step, the RNG states and a fingerprint of the configuration (a
+resume with another configuration is refused).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import FtplanError
+
+PREFIX = "step-"
+
+
+def _dir(root: Path, step: int) -> Path:
+    return root / f"{PREFIX}{step:06d}"
+
+
+def latest(root: Path) -> Path | None:
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").exists())
+    return done[-1] if done else None
+
+
+def trainable_state(model) -> dict[str, Any]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save(root: Path, step: int, model, optimizer, scheduler, state: dict[str, Any], keep: int = 2) -> Path:
+    import torch
+
+    root.mkdir(parents=True, exist_ok=True)
+    final = _dir(root, step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    torch.save(trainable_state(model), tmp / "trainable.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))  # last: marks it complete
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # left by a killed writer
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load(path: Path, model, optimizer, scheduler, fingerprint: str) -> dict[str, Any]:
+    import torch
+
+    state = json.loads((path / "state.json").read_text())
+    if state.get("fingerprint") != fingerprint:
+        raise FtplanError(f"checkpoint {path} was written with another configuration or data; "
+                          "resume with the same --config and --data, or use a new --output")
+    params = torch.load(path / "trainable.pt", map_location="cpu")
+    named = dict(model.named_parameters())
+    missing = [n for n in params if n not in named]
+    if missing:
+        raise FtplanError(f"checkpoint {path} does not match the model (unknown parameter {missing[0]})")
+    with torch.no_grad():
+        for n, t in params.items():
+            named[n].copy_(t.to(named[n].device))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return state
+
+
+def save_folder_atomic(dest: Path, write) -> Path:
+    """Call ``write(tmp_folder)`` and rename the folder to ``dest`` (replacing an older one)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    write(tmp)
+    old = dest.parent / f".old-{dest.name}-{os.getpid()}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    return dest

@@ -1,0 +1,45 @@
+"""Several GPUs: the ``accelerate launch`` command and its config for a configuration.
+
+The planner models DDP (every GPU holds the whole model) and FSDP (parameters, gradients and optimizer
+state sharded over the GPUs; with QLoRA the 4-bit weights are stored in a float dtype so FSDP can shard
+them). ``launch_plan`` writes the accelerate config file beside the run and returns the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..calibration import atomic_write_text
+from ..errors import FtplanError
+from ..tune.export import to_yaml
+
+
+def accelerate_config(gpus: int, sharding: str, mixed: str = "bf16") -> dict:
+    cfg: dict = {"compute_environment": "LOCAL_MACHINE", "num_machines": 1, "num_processes": gpus,
+                 "machine_rank": 0, "mixed_precision": mixed, "use_cpu": False}
+    if sharding == "fsdp":
+        cfg["distributed_type"] = "FSDP"
+        cfg["fsdp_config"] = {"fsdp_version": 1, "fsdp_sharding_strategy": "FULL_SHARD",
+                              "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "fsdp_use_orig_params": False,
+                              "fsdp_cpu_ram_efficient_loading": True, "fsdp_offload_params": False,
+                              "fsdp_state_dict_type": "SHARDED_STATE_DICT", "fsdp_sync_module_states": True}
+    else:
+        cfg["distributed_type"] = "MULTI_GPU"
+    return cfg
+
+
+def launch_plan(config: str, gpus: int, output: str | None) -> str:
+    """Write ``accelerate.yaml`` and return the command that runs ``ftplan train`` on ``gpus`` GPUs."""
+    from ..train.loop import load_config
+
+    if gpus < 2:
+        raise FtplanError(f"--gpus={gpus}: the accelerate command is for 2 or more GPUs")
+    doc = load_config(config)
+    sharding = doc["knobs"].get("sharding") or ("fsdp" if doc["knobs"].get("num_gpus", 1) > 1 else "ddp")
+    mixed = "fp16" if doc["knobs"].get("quant") == "fp16" else "bf16"
+    folder = Path(output) if output else Path(config).resolve().parent
+    path = folder / f"accelerate-{sharding}-{gpus}gpu.yaml"
+    atomic_write_text(path, to_yaml(accelerate_config(gpus, sharding, mixed)))
+    return (f"# {sharding.upper()} over {gpus} GPUs; accelerate config written to {path}\n"
+            f"accelerate launch --config_file {path} -m ftplan train --config {config} --data <train.jsonl>"
+            + (f" --output {output}" if output else ""))

@@ -1,0 +1,311 @@
+"""The training loop of ``ftplan train``.
+
+It mirrors what ``transformers.Trainer`` does for one process (the same model preparation as ``ftplan
+profile``: kbit preparation, PEFT, checkpointing; forward and loss under bf16 autocast, backward,
+optimizer step every ``grad_accum`` micro-batches, a linear warm-up then linear decay of the learning
+rate) with what a long run needs: the data order is a pure function of the seed and the epoch, so a
+resume needs only the step number; checkpoints are atomic; a log line per step goes to
+``<output>/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..calibration import atomic_write_text
+from ..errors import FtplanError
+from ..planner.options import make_config
+from ..profiles.models import get_model
+from . import checkpoint as C
+from .data import IGNORE, batches, pack, read_jsonl, stats, tokenize
+
+DEFAULT_LR = 2e-4
+
+
+@dataclass
+class TrainOptions:
+    config: dict[str, Any]  # a best.json document (or {"model": ..., "knobs": {...}})
+    data: str
+    output: Path
+    model: str | None = None
+    eval_data: str | None = None
+    max_steps: int | None = None
+    epochs: float = 1.0
+    lr: float = DEFAULT_LR
+    warmup_steps: int = 0
+    save_every: int = 50
+    keep: int = 2
+    resume: bool = False
+    packing: bool = False
+    seed: int = 0
+    device: str | None = None
+    synthetic_weights: bool | None = None
+    merge: bool = False
+    log_every: int = 1
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    resumed_from: int
+    losses: list[float]
+    eval_loss: float | None
+    files: dict[str, str]
+    model: Any = field(default=None, repr=False)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise FtplanError(f"--config {str(path)!r} does not exist") from None
+    except ValueError as e:
+        raise FtplanError(f"--config {str(path)!r} is not JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("knobs"), dict) or "model" not in doc:
+        raise FtplanError(f"--config {str(path)!r} has no 'model' and 'knobs' (write it with ftplan autotune)")
+    return doc
+
+
+def _knobs(doc: dict[str, Any]) -> dict[str, Any]:
+    k = dict(doc["knobs"])
+    k.pop("effective_batch", None)
+    return k
+
+
+def fingerprint(model: str, knobs: dict[str, Any], data: str, seed: int, packing: bool, lr: float) -> str:
+    blob = json.dumps({"model": model, "knobs": knobs, "data": hashlib.sha256(Path(data).read_bytes()).hexdigest(),
+                       "seed": seed, "packing": packing, "lr": lr}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prepare_rows(path: str, tok, seq_len: int, packing: bool) -> list:
+    rows = [tokenize(e, tok, seq_len) for e in read_jsonl(path)]
+    rows = [r for r in rows if any(x != IGNORE for x in r[1])]  # truncated to prompt only: nothing to learn
+    if packing:
+        rows = pack(rows, seq_len)
+    return rows
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _tensor_batch(b: dict, device: str) -> dict:
+    import torch
+
+    return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in b.items()}
+
+
+def _memory(device: str) -> int:
+    import torch
+
+    if device == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def build(opts: TrainOptions):
+    """(model name, spec, config, device, tokenizer, synthetic) from the options (no weights yet)."""
+    from ..trainer.profile import require_stack, resolve_device
+    from .tokenizer import load_tokenizer
+
+    require_stack()
+    doc = opts.config
+    model = opts.model or doc["model"]
+    spec = get_model(model)
+    cfg = make_config(spec, None, **_knobs(doc)).config
+    synthetic = bool(doc.get("synthetic_weights")) if opts.synthetic_weights is None else opts.synthetic_weights
+    dev = resolve_device(opts.device or (doc.get("device") if doc.get("device") in ("cpu", "cuda") else None))
+    tok = load_tokenizer(model, spec.vocab, synthetic)
+    return model, spec, cfg, dev, tok, synthetic
+
+
+def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    import torch
+
+    from ..trainer.build import build_model
+    from ..trainer.step import make_optimizer
+
+    if opts.max_steps is not None and opts.max_steps < 1:
+        raise FtplanError(f"--max-steps={opts.max_steps} must be at least 1")
+    if opts.epochs <= 0:
+        raise FtplanError(f"--epochs={opts.epochs} must be greater than 0")
+    if opts.save_every < 1:
+        raise FtplanError(f"--save-every={opts.save_every} must be at least 1")
+    model_name, spec, cfg, dev, tok, synthetic = build(opts)
+    rows = prepare_rows(opts.data, tok, cfg.seq_len, opts.packing)  # every line checked before training
+    eval_rows = prepare_rows(opts.eval_data, tok, cfg.seq_len, opts.packing) if opts.eval_data else None
+    per_epoch = len(rows) // cfg.micro_batch
+    if per_epoch < cfg.grad_accum:
+        raise FtplanError(f"{opts.data} gives {len(rows)} examples: fewer than one optimizer step of "
+                          f"{cfg.micro_batch} x {cfg.grad_accum} (micro-batch x accumulation)")
+    steps_per_epoch = per_epoch // cfg.grad_accum
+    total = opts.max_steps or max(1, math.ceil(opts.epochs * steps_per_epoch))
+    out = Path(opts.output)
+    ckroot = out / "checkpoints"
+    fp = fingerprint(model_name, _knobs(opts.config), opts.data, opts.seed, opts.packing, opts.lr)
+    last = C.latest(ckroot)
+    if last is not None and not opts.resume:
+        raise FtplanError(f"{out} already holds checkpoints (latest {last.name}): add --resume to continue, "
+                          "or choose another --output")
+
+    model = build_model(model_name, spec, cfg, dev, synthetic=synthetic, seed=opts.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(cfg.optimizer, params, dev)
+    for g in opt.param_groups:
+        g["lr"] = opts.lr
+    warm = opts.warmup_steps
+
+    def lr_lambda(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    start = 0
+    if opts.resume and last is not None:
+        start = int(C.load(last, model, opt, sched, fp)["step"])
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float16 if cfg.quant == "fp16" else torch.bfloat16
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    losses: list[float] = []
+    log = open(out / "log.jsonl", "a", buffering=1)
+    order_cache: dict[int, list[int]] = {}
+
+    def micro_batch(m: int) -> dict:
+        epoch, pos = divmod(m, per_epoch)
+        if epoch not in order_cache:
+            order_cache.clear()
+            order_cache[epoch] = _order(len(rows), opts.seed, epoch)
+        idx = order_cache[epoch][pos * cfg.micro_batch:(pos + 1) * cfg.micro_batch]
+        return next(batches(rows, cfg.micro_batch, pad, idx))
+
+    model.train()
+    try:
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            step_loss, tokens = 0.0, 0
+            for j in range(cfg.grad_accum):
+                b = _tensor_batch(micro_batch(step * cfg.grad_accum + j), dev)
+                with torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=dtype, enabled=cfg.autocast):
+                    loss = model(**b).loss
+                (loss / cfg.grad_accum).backward()
+                step_loss += float(loss.detach()) / cfg.grad_accum
+                tokens += int(b["attention_mask"].sum())
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            losses.append(step_loss)
+            rec = {"step": step + 1, "total": total, "loss": step_loss, "lr": sched.get_last_lr()[0],
+                   "tokens_per_s": tokens / dt if dt > 0 else None, "memory_bytes": _memory(dev),
+                   "epoch": (step + 1) / steps_per_epoch}
+            log.write(json.dumps(rec) + "\n")
+            if on_log is not None and ((step + 1) % opts.log_every == 0 or step + 1 == total):
+                on_log(rec)
+            if (step + 1) % opts.save_every == 0 and step + 1 < total:
+                C.save(ckroot, step + 1, model, opt, sched, {"fingerprint": fp, "loss": step_loss}, opts.keep)
+    finally:
+        log.close()
+    files = _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, start, model_name, spec, dev, synthetic)
+    eval_loss = evaluate(model, eval_rows, cfg, dev, pad) if eval_rows else None
+    if eval_loss is not None:
+        atomic_write_text(out / "eval.json", json.dumps({"eval_loss": eval_loss}) + "\n")
+    return TrainResult(out, total, start, losses, eval_loss, files, model)
+
+
+def _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, start, model_name, spec, dev, synthetic):
+    C.save(ckroot, total, model, opt, sched, {"fingerprint": fp, "loss": losses[-1] if losses else None}, opts.keep)
+    files: dict[str, str] = {}
+    name = "adapter" if cfg.is_lora else "model"
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tok.save(folder)
+
+    files[name] = str(C.save_folder_atomic(out / name, write))
+    doc = {**opts.config, "model": model_name, "trained": {"steps": total, "resumed_from": start, "seed": opts.seed,
+                                                           "lr": opts.lr, "packing": opts.packing, "data": opts.data,
+                                                           "synthetic_weights": synthetic, "device": dev}}
+    atomic_write_text(out / "ftplan-config.json", json.dumps(doc, indent=2) + "\n")
+    files["config"] = str(out / "ftplan-config.json")
+    if opts.merge:
+        files["merged"] = str(merge(out, doc, dev))
+    return files
+
+
+def evaluate(model, rows, cfg, dev: str, pad: int) -> float:
+    """Mean loss over the evaluation rows (no gradients)."""
+    import torch
+
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for b in batches(rows, cfg.micro_batch, pad, list(range(len(rows)))):
+            t = _tensor_batch(b, dev)
+            with torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=torch.bfloat16, enabled=cfg.autocast):
+                total += float(model(**t).loss)
+            n += 1
+    model.train()
+    return total / max(n, 1)
+
+
+def load_trained(output: str | Path, device: str | None = None):
+    """The trained model back from ``output``: the base built as training built it (same weights or
+    the same synthetic seed, same preparation), the saved adapter loaded with ``peft.PeftModel``."""
+    import peft
+
+    from ..trainer.build import load_base, prepare_for_training
+    from ..trainer.profile import resolve_device
+
+    out = Path(output)
+    doc = json.loads((out / "ftplan-config.json").read_text())
+    tr = doc["trained"]
+    spec = get_model(doc["model"])
+    cfg = make_config(spec, None, **_knobs(doc)).config
+    dev = resolve_device(device or tr["device"])
+    base = load_base(doc["model"], spec, cfg, dev, synthetic=tr["synthetic_weights"], seed=tr["seed"])
+    if not cfg.is_lora:
+        import transformers
+
+        return transformers.AutoModelForCausalLM.from_pretrained(out / "model").to(dev)
+    if cfg.is_quantized and cfg.prepare_kbit:
+        base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    m = peft.PeftModel.from_pretrained(base, out / "adapter")
+    return m.to(dev)
+
+
+def merge(out: Path, doc: dict[str, Any], dev: str) -> Path:
+    """Merged weights: the adapter added into a 16-bit copy of the base (never into 4-bit weights,
+    which would round the update away), written to ``<output>/merged``."""
+    import peft
+    import torch
+
+    from ..trainer.build import load_base
+
+    spec = get_model(doc["model"])
+    knobs = _knobs(doc)
+    cfg = make_config(spec, None, **knobs).config
+    if not cfg.is_lora:
+        return out / "model"
+    base_cfg = make_config(spec, None, **{**knobs, "method": "lora", "quant": "bf16"}).config
+    tr = doc["trained"]
+    base = load_base(doc["model"], spec, base_cfg, dev, synthetic=tr["synthetic_weights"], seed=tr["seed"])
+    merged = peft.PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
+    merged = merged.to(torch.bfloat16)
+    return C.save_folder_atomic(out / "merged", lambda folder: merged.save_pretrained(folder))

@@ -1,0 +1,112 @@
+"""``ftplan train`` on a small Llama-shaped model with random weights on the CPU: the loss falls, the
+adapter reloads with peft and gives the same outputs, a run killed mid-way resumes to the same weights."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ftplan.errors import FtplanError
+
+from .conftest import best_doc
+
+
+def _train(doc, data, out, **kw):
+    from ftplan.train.loop import TrainOptions, train
+
+    return train(TrainOptions(config=doc, data=data, output=Path(out), **kw))
+
+
+def test_loss_falls_and_adapter_reloads(tiny_llama, data_file, tmp_path):
+    import torch
+
+    from ftplan.train.loop import load_trained
+
+    res = _train(best_doc(tiny_llama), data_file, tmp_path / "run", max_steps=10, lr=2e-3, save_every=4)
+    first, last = sum(res.losses[:2]) / 2, sum(res.losses[-2:]) / 2
+    assert last < first * 0.9, res.losses
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
+    assert json.loads((tmp_path / "run" / "ftplan-config.json").read_text())["trained"]["steps"] == 10
+    probe = torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(7))
+    res.model.eval()
+    reloaded = load_trained(tmp_path / "run").eval()
+    with torch.no_grad():
+        a = res.model(input_ids=probe).logits.float()
+        b = reloaded(input_ids=probe).logits.float()
+    assert torch.equal(a, b) or torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+    base = load_trained(tmp_path / "run").eval()
+    with base.disable_adapter(), torch.no_grad():
+        c = base(input_ids=probe).logits.float()
+    assert not torch.allclose(a, c, atol=1e-3), "the adapter changed nothing: the comparison would prove nothing"
+
+
+def _cli(args, cwd, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ftplan", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _adapter(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "adapter" / "adapter_model.safetensors"))
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_llama, data_file, tmp_path):
+    import torch
+
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps(best_doc(tiny_llama, micro_batch=1, grad_accum=2)))
+    common = ["train", "--config", str(cfg), "--data", data_file, "--max-steps", "10", "--save-every", "2", "-q"]
+    ref = _cli([*common, "-o", "ref"], tmp_path)
+    killed = _cli([*common, "-o", "run"], tmp_path)
+    ck = tmp_path / "run" / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not (ck / "step-000004").exists():
+        assert killed.poll() is None, killed.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "run" / "adapter").exists()  # it died before the end
+    again = _cli([*common, "-o", "run"], tmp_path)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 2 and "--resume" in err  # never silently restarts over a checkpoint
+    resumed = _cli([*common, "-o", "run", "--resume"], tmp_path)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resumed at step" in out
+    out, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err
+    a, b = _adapter(tmp_path / "ref"), _adapter(tmp_path / "run")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 10 and max(steps) == 10
+
+
+def test_resume_with_other_config_refused(tiny_llama, data_file, tmp_path):
+    _train(best_doc(tiny_llama), data_file, tmp_path / "r", max_steps=2, save_every=1)
+    with pytest.raises(FtplanError, match="another configuration"):
+        _train(best_doc(tiny_llama, lora_rank=4), data_file, tmp_path / "r", max_steps=3, resume=True)
+
+
+def test_bad_config_and_data_exit_2(tmp_path, tiny_llama):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    p = _cli(["train", "--config", str(bad), "--data", "x.jsonl"], tmp_path)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "knobs" in err and "Traceback" not in err
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps(best_doc(tiny_llama)))
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "fine"}\n{"oops"\n')
+    p = _cli(["train", "--config", str(cfg), "--data", str(data)], tmp_path)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and f"{data}:2" in err and "Traceback" not in err
