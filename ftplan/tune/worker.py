@@ -8,7 +8,8 @@ each measured step and ``{"event": "result", "result": {...}}`` (the ``ftplan pr
 out-of-memory run is a result with ``status: "oom"``) or ``{"event": "error", "error": "..."}``.
 
 ``FTPLAN_TUNE_FAULT`` injects faults for tests of the tuner itself: ``crash@N`` makes the worker die
-(exit 3) on trial N, ``hang@N`` makes it hang there (the parent's timeout must fire).
+(exit 3) on trial N, ``hang@N`` makes it hang there (the parent's timeout must fire), ``oom@N`` runs
+trial N under a 1-byte simulated memory cap (a real out-of-memory result from the profiler).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 import traceback
 
 
-def _fault(trial: int) -> None:
+def _fault(trial: int, req: dict) -> None:
     spec = os.environ.get("FTPLAN_TUNE_FAULT", "")
     for part in filter(None, spec.split(",")):
         what, _, n = part.partition("@")
@@ -29,6 +30,8 @@ def _fault(trial: int) -> None:
                 os._exit(3)
             if what == "hang":
                 time.sleep(3600)
+            if what == "oom":
+                req["max_memory_bytes"] = 1
 
 
 def serve() -> int:
@@ -55,7 +58,7 @@ def serve() -> int:
             continue
         req = json.loads(line)
         n = int(req.get("trial", -1))
-        _fault(n)
+        _fault(n, req)
 
         def on_step(rec, n=n) -> None:
             send({"event": "step", "trial": n, "step": rec.step, "time_s": rec.time_s,

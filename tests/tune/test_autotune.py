@@ -1,0 +1,119 @@
+"""``ftplan autotune`` end to end on the CPU: a small Llama-shaped model with random weights, generated
+JSONL, real profiled trials in worker processes; faults injected on chosen trials (a worker crash, a
+real out-of-memory under a simulated cap, a hang past the timeout, a killed study)."""
+
+import ast
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import write_jsonl
+
+yaml = pytest.importorskip("yaml")
+
+
+def _cli(args, cwd, fault="", **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FTPLAN_TUNE_FAULT": fault}
+    return subprocess.Popen([sys.executable, "-m", "ftplan", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+
+
+def _tune_args(model, data, trials, *extra):
+    return ["autotune", "--model", model, "--device", "cpu", "--synthetic-weights", "--data", data,
+            "--effective-batch", "4", "--trials", str(trials), "--optimizer", "adamw", "--seq-len", "32", *extra]
+
+
+def test_autotune_then_train(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl")
+    p = _cli([*_tune_args(tiny_llama, data, 4, "--max-memory", "40MiB", "--json")], tmp_path, fault="crash@1,oom@2")
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    res = json.loads(out)
+    trials = {t["number"]: t for t in res["trials"]}
+    assert len(trials) == 4
+    assert trials[1]["state"] == "FAIL" and "worker died" in trials[1]["reason"]
+    assert trials[2]["state"] == "FAIL" and trials[2]["outcome"] == "oom" and "out of memory" in trials[2]["reason"]
+    ok = [t for t in trials.values() if t["state"] == "COMPLETE"]
+    assert len(ok) == 2
+    # the planner skipped what it predicts far over the 40 MiB budget, and said why
+    assert res["skipped"]["predicted over memory (never sampled)"] > 0
+    for t in ok:
+        assert t["predicted"]["peak_allocated_bytes"] <= 40 * 2**20 * 1.10
+        assert t["measured"]["peak_allocated_bytes"] <= 40 * 2**20
+    best = max(ok, key=lambda t: t["value"])
+    assert res["best"]["number"] == best["number"]
+    files = {k: tmp_path / v for k, v in res["files"].items()}  # relative to where the command ran
+    doc = json.loads(files["best"].read_text())
+    assert doc["knobs"]["micro_batch"] * doc["knobs"]["grad_accum"] == 4 and doc["trial"] == best["number"]
+    ax = yaml.safe_load(open(files["axolotl"]))
+    assert ax["micro_batch_size"] == doc["knobs"]["micro_batch"] and ax["sequence_len"] == 32
+    lf = yaml.safe_load(open(files["llamafactory"]))
+    assert lf["gradient_accumulation_steps"] == doc["knobs"]["grad_accum"]
+    ast.parse(files["trl"].read_text())
+    assert res["calibration"] and "memory" in res["calibration"]["factors"]
+    t = _cli(["train", "--config", res["files"]["best"], "--data", data, "--max-steps", "3", "-o", "trained", "-q"], tmp_path)
+    out, err = t.communicate(timeout=300)
+    assert t.returncode == 0, err
+    assert (tmp_path / "trained" / "adapter").is_dir() or (tmp_path / "trained" / "model").is_dir()
+
+
+def test_killed_study_resumes(tiny_llama, tmp_path):
+    import optuna
+
+    data = write_jsonl(tmp_path / "train.jsonl")
+    args = _tune_args(tiny_llama, data, 3, "--study", "s", "--json")
+    p = _cli(args, tmp_path, fault="hang@1")
+    db = tmp_path / "ftplan-runs" / "ftplan.db"
+    deadline = time.monotonic() + 300
+    running = []
+    while not running:
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                st = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
+                running = [t for t in st.get_trials() if t.state.name == "RUNNING" and t.number == 1]
+            except Exception:  # noqa: BLE001 - the study may not exist yet
+                pass
+    os.killpg(p.pid, signal.SIGKILL)  # the study and its worker die mid-trial
+    p.wait()
+    first = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials[0]
+    assert first.state.name == "COMPLETE"
+    q = _cli(args, tmp_path)
+    out, err = q.communicate(timeout=600)
+    assert q.returncode == 0, err
+    st = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
+    trials = st.get_trials()
+    assert trials[0].state.name == "COMPLETE" and trials[0].value == first.value  # kept, not re-run
+    assert trials[1].state.name == "FAIL" and "interrupted" in trials[1].user_attrs["reason"]
+    res = json.loads(out)
+    counted = [t for t in res["trials"] if "interrupted" not in t["reason"]]
+    assert len(counted) == 3 and all(t["state"] == "COMPLETE" for t in counted)
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == 1]
+    assert retried and retried[0].params == trials[1].params and retried[0].state.name == "COMPLETE"
+
+
+def test_hung_trial_times_out(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", 8)
+    p = _cli(_tune_args(tiny_llama, data, 1, "--trial-timeout", "5", "--json"), tmp_path, fault="hang@0")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 1  # nothing finished: no winner
+    (t,) = json.loads(out)["trials"]
+    assert t["state"] == "FAIL" and "no result within 5 s" in t["reason"]
+
+
+def test_bad_input_exit_2(tiny_llama, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a"}\n[]\n')
+    for args, needle in [(_tune_args(tiny_llama, str(data), 2), f"{data}:2"),
+                         (["autotune", "--model", tiny_llama, "--device", "cpu", "--trials", "0"], "--trials=0"),
+                         (["autotune", "--model", tiny_llama, "--device", "cpu", "--time-budget", "soon"], "soon"),
+                         (["autotune", "--model", tiny_llama, "--device", "cpu", "--storage", "nonsense"], "nonsense")]:
+        p = _cli(args, tmp_path)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 2 and needle in err and "Traceback" not in err, (args, err)
