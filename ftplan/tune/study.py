@@ -97,6 +97,9 @@ def _open_storage(url: str):
         # heartbeats let other machines fail a trial whose worker vanished (no pid to check from afar)
         return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
                                           engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+    except ImportError:
+        raise FtplanError(f"--storage {_redact(url)}: the database driver is not installed "
+                          "(PostgreSQL: pip install 'ftplan[postgres]')") from None
     except Exception as e:  # noqa: BLE001 - a wrong URL or an unreachable server is the user's to fix
         raise FtplanError(f"cannot open --storage {_redact(url)}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
