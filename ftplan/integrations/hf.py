@@ -1,0 +1,168 @@
+"""A plan as transformers / peft / bitsandbytes objects, for people who keep their own trainer.
+
+    plan = ftplan.plan("8b", "rtx4090")[0]
+    model = AutoModelForCausalLM.from_pretrained(model_id, **hf.model_kwargs(plan))
+    model = peft.get_peft_model(peft.prepare_model_for_kbit_training(model), hf.lora_config(plan, "8b"))
+    args = hf.training_arguments(plan, output_dir="out")
+    trainer = Trainer(model=model, args=args, ..., callbacks=[hf.MemoryCallback(plan)])
+
+Each function takes a ``Plan``, an ``Estimate``, a ``TrainConfig`` or a ``best.json`` document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api import _knobs_of
+from ..planner.options import make_config
+from ..planner.types import Estimate, Plan, TrainConfig
+from ..profiles.models import get_model
+from ..tune.export import HF_OPTIM
+
+
+def config_of(obj: Any) -> TrainConfig:
+    """The TrainConfig inside a Plan, an Estimate, a best.json document or a TrainConfig."""
+    if isinstance(obj, TrainConfig):
+        return obj
+    if isinstance(obj, (Plan, Estimate)):
+        return obj.config
+    if isinstance(obj, dict) and isinstance(obj.get("knobs"), dict):
+        knobs = {k: v for k, v in obj["knobs"].items() if k != "effective_batch"}
+        return make_config(get_model(obj["model"]), None, **knobs).config
+    raise TypeError(f"expected a Plan, Estimate, TrainConfig or best.json dict, got {type(obj).__name__}")
+
+
+def _estimate(obj: Any) -> Estimate | None:
+    if isinstance(obj, Plan):
+        return obj.estimate
+    return obj if isinstance(obj, Estimate) else None
+
+
+def bnb_config(obj: Any):
+    """``transformers.BitsAndBytesConfig`` for 4-bit/8-bit bases; None for 16/32-bit ones."""
+    import torch
+    import transformers
+
+    cfg = config_of(obj)
+    if cfg.quant in ("nf4", "fp4"):
+        return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quant,
+                                               bnb_4bit_use_double_quant=cfg.double_quant,
+                                               bnb_4bit_compute_dtype=torch.float16 if cfg.quant == "fp16" else torch.bfloat16)
+    if cfg.quant == "int8":
+        return transformers.BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def model_kwargs(obj: Any) -> dict[str, Any]:
+    """Keywords for ``AutoModelForCausalLM.from_pretrained``: quantization, dtype, attention kernel."""
+    import torch
+
+    cfg = config_of(obj)
+    dtype = {"fp16": torch.float16, "fp32": torch.float32}.get(cfg.quant, torch.bfloat16)
+    kw: dict[str, Any] = {"dtype": dtype, "attn_implementation": cfg.attention}
+    q = bnb_config(cfg)
+    if q is not None:
+        kw["quantization_config"] = q
+    return kw
+
+
+def lora_config(obj: Any, model: Any = None):
+    """``peft.LoraConfig`` with the plan's rank, alpha, dropout and target modules (named as the model's
+    family names them; ``model`` is an alias, HF id, path or ModelSpec; without it ``all-linear``
+    stays as PEFT's own keyword). None for full fine-tuning."""
+    import peft
+
+    from ..trainer.build import lora_target_modules
+
+    cfg = config_of(obj)
+    if not cfg.is_lora:
+        return None
+    if model is None and isinstance(obj, dict):
+        model = obj.get("model")
+    targets: Any = "all-linear"
+    if model is not None:
+        targets = lora_target_modules(get_model(model), cfg.lora_targets)
+    elif cfg.lora_targets != ("all-linear",):
+        targets = list(cfg.lora_targets)
+    return peft.LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                           target_modules=targets, bias="none", task_type="CAUSAL_LM")
+
+
+def training_arguments(obj: Any, output_dir: str, **overrides: Any):
+    """``transformers.TrainingArguments`` with the plan's batch, accumulation, checkpointing, optimizer
+    and precision; ``overrides`` win (learning rate, steps, logging...)."""
+    import transformers
+
+    cfg = config_of(obj)
+    fp16 = cfg.quant == "fp16"
+    # transformers 5.x renames gradient_checkpointing to activation_checkpointing (the old name warns)
+    fields = getattr(transformers.TrainingArguments, "__dataclass_fields__", {})
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    kw: dict[str, Any] = dict(output_dir=output_dir, per_device_train_batch_size=cfg.micro_batch,
+                              gradient_accumulation_steps=cfg.grad_accum, optim=HF_OPTIM[cfg.optimizer],
+                              bf16=cfg.autocast and not fp16, fp16=cfg.autocast and fp16, report_to=[])
+    kw[ckpt] = cfg.gradient_checkpointing
+    if cfg.gradient_checkpointing:
+        kw[f"{ckpt}_kwargs"] = {"use_reentrant": False}
+    kw.update(overrides)
+    return transformers.TrainingArguments(**kw)
+
+
+def _trainer_callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class MemoryCallback:
+    """A ``TrainerCallback`` that records the measured peak memory per logging step beside the plan's
+    prediction (``history``), adds both to the Trainer's logs, and keeps the worst ratio seen.
+
+    Created through ``__new__`` so that transformers is imported only when the callback is made."""
+
+    def __new__(cls, plan: Any):
+        base = _trainer_callback_base()
+
+        class _Memory(base):  # type: ignore[misc, valid-type]
+            def __init__(self, plan: Any) -> None:
+                est = _estimate(plan)
+                if est is None:
+                    import ftplan
+
+                    est = ftplan.estimate(plan["model"], plan.get("gpu"), **{k: v for k, v in plan["knobs"].items()
+                                                                              if k != "effective_batch"})
+                self.predicted_allocated = est.peak_allocated_bytes
+                self.predicted_reserved = est.peak_reserved_bytes
+                self.history: list[dict[str, Any]] = []
+                self.max_ratio: float | None = None
+
+            def _measure(self) -> dict[str, Any] | None:
+                import torch
+
+                if not torch.cuda.is_available():
+                    return None
+                return {"peak_allocated_bytes": int(torch.cuda.max_memory_allocated()),
+                        "peak_reserved_bytes": int(torch.cuda.max_memory_reserved())}
+
+            def on_step_end(self, args, state, control, **kwargs):
+                m = self._measure()
+                if m is not None:
+                    ratio = m["peak_allocated_bytes"] / self.predicted_allocated
+                    self.max_ratio = ratio if self.max_ratio is None else max(self.max_ratio, ratio)
+                    self.history.append({"step": state.global_step, **m,
+                                         "predicted_allocated_bytes": self.predicted_allocated, "ratio": ratio})
+                return control
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs is not None and self.history:
+                    h = self.history[-1]
+                    logs["ftplan_peak_allocated_gib"] = round(h["peak_allocated_bytes"] / 2**30, 3)
+                    logs["ftplan_predicted_allocated_gib"] = round(self.predicted_allocated / 2**30, 3)
+                return control
+
+        return _Memory(plan)
+
+
+def knobs(obj: Any) -> dict[str, Any]:
+    """The configuration as ``ftplan.estimate`` keywords."""
+    return _knobs_of(config_of(obj))

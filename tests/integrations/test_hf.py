@@ -1,0 +1,55 @@
+"""``ftplan.integrations.hf``: a plan turned into transformers/peft/bitsandbytes objects that a plain
+HF Trainer runs with (CPU, small Llama-shaped model with random weights)."""
+
+import pytest
+
+import ftplan
+from ftplan.integrations import hf
+
+from .conftest import best_doc
+
+
+def test_objects_match_the_plan(tiny_llama):
+    plan = ftplan.plan(tiny_llama, "rtx4090", seq_len=64, effective_batch=8, method="qlora")[0]
+    cfg = plan.config
+    q = hf.bnb_config(plan)
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == cfg.quant and q.bnb_4bit_use_double_quant == cfg.double_quant
+    lc = hf.lora_config(plan, tiny_llama)
+    assert lc.r == cfg.lora_rank and lc.lora_alpha == cfg.lora_alpha
+    assert lc.target_modules == "all-linear"  # peft's own keyword: every linear layer but the head
+    att = hf.lora_config(ftplan.estimate(tiny_llama, lora_targets="attention"), tiny_llama)
+    assert set(att.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    args = hf.training_arguments(plan, "out", use_cpu=True)
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 8
+    assert getattr(args, "activation_checkpointing", None) in (None, cfg.gradient_checkpointing)
+    assert args.gradient_checkpointing == cfg.gradient_checkpointing
+    assert hf.bnb_config(ftplan.estimate(tiny_llama, method="lora", quant="bf16")) is None
+    assert hf.lora_config(ftplan.estimate(tiny_llama, method="full", quant="bf16")) is None
+    with pytest.raises(TypeError, match="Plan"):
+        hf.config_of(42)
+
+
+def test_hf_trainer_runs_with_them(tiny_llama, tmp_path):
+    import peft
+    import torch
+    import transformers
+
+    from ftplan.trainer.build import load_base
+
+    doc = best_doc(tiny_llama, method="lora", quant="bf16", micro_batch=2, grad_accum=1, seq_len=16)
+    cfg = hf.config_of(doc)
+    base = load_base(tiny_llama, ftplan.get_model(tiny_llama), cfg, "cpu", synthetic=True)
+    model = peft.get_peft_model(base, hf.lora_config(doc))
+    est = ftplan.estimate(tiny_llama, **hf.knobs(doc))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == est.trainable_params  # the planner counts the adapter peft builds
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": (ids := torch.randint(3, 300, (16,), generator=g)), "labels": ids} for _ in range(8)]
+    cb = hf.MemoryCallback(doc)
+    args = hf.training_arguments(doc, str(tmp_path), use_cpu=True, max_steps=2, logging_steps=1, save_strategy="no",
+                                 learning_rate=1e-3)
+    tr = transformers.Trainer(model=model, args=args, train_dataset=rows, callbacks=[cb])
+    out = tr.train()
+    assert out.global_step == 2
+    assert cb.predicted_allocated == est.peak_allocated_bytes
+    assert cb.history == []  # no CUDA device here: nothing measured, nothing invented
