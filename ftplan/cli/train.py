@@ -61,6 +61,8 @@ def run_train(config: str, data: Optional[str], output: Optional[str] = None, ma
         res = train(TrainOptions(config=doc, data=data, output=out, max_steps=max_steps, **kw), on_log=bar)
     finally:
         bar.close()
+    if not res.files:  # a data-parallel process other than rank 0: rank 0 reports
+        return
     first, last = (res.losses[0], res.losses[-1]) if res.losses else (None, None)
     msg = f"trained {res.steps} steps" + (f" (resumed at step {res.resumed_from})" if res.resumed_from else "")
     if first is not None:

@@ -40,6 +40,11 @@ def launch_plan(config: str, gpus: int, output: str | None) -> str:
     folder = Path(output) if output else Path(config).resolve().parent
     path = folder / f"accelerate-{sharding}-{gpus}gpu.yaml"
     atomic_write_text(path, to_yaml(accelerate_config(gpus, sharding, mixed)))
-    return (f"# {sharding.upper()} over {gpus} GPUs; accelerate config written to {path}\n"
+    if sharding == "fsdp":
+        return (f"# FSDP over {gpus} GPUs; accelerate config written to {path}\n"
+                "# ftplan train runs data parallelism (DDP) itself; for FSDP run the exported TRL script\n"
+                f"# (trl_sft.py beside best.json) under this config:\n"
+                f"accelerate launch --config_file {path} trl_sft.py")
+    return (f"# DDP over {gpus} GPUs (one process per GPU, the whole model on each); accelerate config: {path}\n"
             f"accelerate launch --config_file {path} -m ftplan train --config {config} --data <train.jsonl>"
             + (f" --output {output}" if output else ""))

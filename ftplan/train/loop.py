@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..errors import FtplanError
 from ..planner.options import make_config
 from ..profiles.models import get_model
 from . import checkpoint as C
+from . import dist as D
 from .data import IGNORE, batches, pack, read_jsonl, stats, tokenize
 
 DEFAULT_LR = 2e-4
@@ -148,17 +150,20 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     model_name, spec, cfg, dev, tok, synthetic = build(opts)
     rows = prepare_rows(opts.data, tok, cfg.seq_len, opts.packing)  # every line checked before training
     eval_rows = prepare_rows(opts.eval_data, tok, cfg.seq_len, opts.packing) if opts.eval_data else None
+    d = D.setup(dev)
     per_epoch = len(rows) // cfg.micro_batch
-    if per_epoch < cfg.grad_accum:
+    per_step = cfg.grad_accum * d.world  # micro-batches per optimizer step, all processes together
+    if per_epoch < per_step:
         raise FtplanError(f"{opts.data} gives {len(rows)} examples: fewer than one optimizer step of "
-                          f"{cfg.micro_batch} x {cfg.grad_accum} (micro-batch x accumulation)")
-    steps_per_epoch = per_epoch // cfg.grad_accum
+                          f"{cfg.micro_batch} x {cfg.grad_accum} x {d.world} (micro-batch x accumulation x processes)")
+    steps_per_epoch = per_epoch // per_step
     total = opts.max_steps or max(1, math.ceil(opts.epochs * steps_per_epoch))
     out = Path(opts.output)
     ckroot = out / "checkpoints"
     fp = fingerprint(model_name, _knobs(opts.config), opts.data, opts.seed, opts.packing, opts.lr)
     last = C.latest(ckroot)
     if last is not None and not opts.resume:
+        D.teardown(d)
         raise FtplanError(f"{out} already holds checkpoints (latest {last.name}): add --resume to continue, "
                           "or choose another --output")
 
@@ -178,11 +183,12 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     start = 0
     if opts.resume and last is not None:
         start = int(C.load(last, model, opt, sched, fp)["step"])
+    net = D.wrap(model, d, dev)  # after loading: every process starts from the same weights
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if cfg.quant == "fp16" else torch.bfloat16
     pad = tok.pad_id if tok.pad_id is not None else 0
     losses: list[float] = []
-    log = open(out / "log.jsonl", "a", buffering=1)
+    log = open(out / "log.jsonl", "a", buffering=1) if d.main else open(os.devnull, "w")
     order_cache: dict[int, list[int]] = {}
 
     def micro_batch(m: int) -> dict:
@@ -199,33 +205,43 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
             t0 = time.perf_counter()
             step_loss, tokens = 0.0, 0
             for j in range(cfg.grad_accum):
-                b = _tensor_batch(micro_batch(step * cfg.grad_accum + j), dev)
-                with torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=dtype, enabled=cfg.autocast):
-                    loss = model(**b).loss
-                (loss / cfg.grad_accum).backward()
+                b = _tensor_batch(micro_batch((step * cfg.grad_accum + j) * d.world + d.rank), dev)
+                with D.no_sync(net, d, j == cfg.grad_accum - 1):
+                    with torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=dtype, enabled=cfg.autocast):
+                        loss = net(**b).loss
+                    (loss / cfg.grad_accum).backward()
                 step_loss += float(loss.detach()) / cfg.grad_accum
-                tokens += int(b["attention_mask"].sum())
+                tokens += int(b["attention_mask"].sum()) * d.world
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             if dev == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
+            step_loss = D.mean(step_loss, d, dev)
             losses.append(step_loss)
             rec = {"step": step + 1, "total": total, "loss": step_loss, "lr": sched.get_last_lr()[0],
                    "tokens_per_s": tokens / dt if dt > 0 else None, "memory_bytes": _memory(dev),
                    "epoch": (step + 1) / steps_per_epoch}
             log.write(json.dumps(rec) + "\n")
-            if on_log is not None and ((step + 1) % opts.log_every == 0 or step + 1 == total):
+            if on_log is not None and d.main and ((step + 1) % opts.log_every == 0 or step + 1 == total):
                 on_log(rec)
             if (step + 1) % opts.save_every == 0 and step + 1 < total:
-                C.save(ckroot, step + 1, model, opt, sched, {"fingerprint": fp, "loss": step_loss}, opts.keep)
+                if d.main:
+                    C.save(ckroot, step + 1, model, opt, sched, {"fingerprint": fp, "loss": step_loss}, opts.keep)
+                D.barrier(d)
     finally:
         log.close()
+    if not d.main:
+        D.barrier(d)
+        D.teardown(d)
+        return TrainResult(out, total, start, losses, None, {}, model)
     files = _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, start, model_name, spec, dev, synthetic)
     eval_loss = evaluate(model, eval_rows, cfg, dev, pad) if eval_rows else None
     if eval_loss is not None:
         atomic_write_text(out / "eval.json", json.dumps({"eval_loss": eval_loss}) + "\n")
+    D.barrier(d)
+    D.teardown(d)
     return TrainResult(out, total, start, losses, eval_loss, files, model)
 
 

@@ -110,3 +110,33 @@ def test_bad_config_and_data_exit_2(tmp_path, tiny_llama):
     p = _cli(["train", "--config", str(cfg), "--data", str(data)], tmp_path)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 2 and f"{data}:2" in err and "Traceback" not in err
+
+
+def test_two_process_ddp_equals_one_process_accumulation(tiny_llama, data_file, tmp_path):
+    """torchrun, 2 CPU processes (Gloo), accumulation 1 == one process, accumulation 2: the same
+    micro-batches, gradients averaged either way, so the same adapter."""
+    import shutil
+
+    import torch
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(best_doc(tiny_llama, micro_batch=1, grad_accum=2, lora_dropout=0.0)))
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps(best_doc(tiny_llama, micro_batch=1, grad_accum=1, lora_dropout=0.0)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--data", data_file, "--max-steps", "4", "-q"]
+    r1 = subprocess.run([sys.executable, "-m", "ftplan", "train", "--config", str(one), "-o", "one", *common],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r1.returncode == 0, r1.stderr
+    r2 = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), "-m",
+                         "ftplan", "train", "--config", str(two), "-o", "two", *common],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout.count("trained 4 steps") == 1  # rank 0 reports, once
+    a, b = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), (k, (a[k] - b[k]).abs().max())
+    assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == 4
