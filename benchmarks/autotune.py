@@ -55,8 +55,8 @@ def measure(model: str, device: str, budget: int, fixed: dict, steps: int, synth
                 rows.append({"key": c.key, "params": c.params, "planner_rank": i, "far_over": c.far_over,
                              "predicted_bytes": c.predicted_bytes, "measured_bytes": used, "oom": oom,
                              "tokens_per_s": None if oom else res.get("tokens_per_s"), "outcome": out.kind})
-                print(f"  {i + 1:3}/{len(cands)} {c.key:110.110} {'OOM' if oom else f'{res.get('tokens_per_s'):8.0f} tok/s'}",
-                      file=sys.stderr)
+                speed = "OOM" if oom else f"{res.get('tokens_per_s'):8.0f} tok/s"
+                print(f"  {i + 1:3}/{len(cands)} {c.key:110.110} {speed}", file=sys.stderr)
         finally:
             pool.close()
     return rows

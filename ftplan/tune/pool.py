@@ -1,6 +1,6 @@
 """The parent's side of a trial worker: start it, send a trial, read its events with a deadline,
-and replace it after a crash, a timeout or an out-of-memory result (a CUDA context that ran out of
-memory is not trusted for the next trial)."""
+and replace it after a crash, a timeout or a CUDA out-of-memory result (a CUDA context that ran out
+of memory is not trusted for the next trial)."""
 
 from __future__ import annotations
 
@@ -118,7 +118,8 @@ class Worker:
 
 
 class Pool:
-    """Keeps one worker alive across trials; replaces it after anything but a clean result."""
+    """Keeps one worker alive across trials; replaces it after anything but a clean result (an
+    out-of-memory result on the CPU is clean: the cap is simulated and the memory is freed)."""
 
     def __init__(self, folder: Path, env: dict | None = None) -> None:
         self.folder = folder
@@ -135,7 +136,8 @@ class Pool:
                 self.worker = None
                 return Outcome("crash", reason=str(e))
         out = self.worker.run(request, timeout, on_step)
-        clean = out.kind == "result" and (out.result or {}).get("status") == "ok"
+        status = (out.result or {}).get("status")
+        clean = out.kind == "result" and (status == "ok" or (status == "oom" and request.get("device") == "cpu"))
         if not clean or not self.worker.alive():
             self.worker.kill()
             self.worker = None
