@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .errors import FtplanError
@@ -51,7 +52,7 @@ def _calibrated(est: Estimate, margin: float = 0.0) -> Estimate:
 def plan_search(model: str | ModelSpec, gpu: str | GPUSpec, *, objective: str = "throughput",
                 tokens: float | None = None, epochs: float = 1.0, price: float | None = None,
                 margin: float = DEFAULT_MARGIN, top: int | None = None, gpu_file: str | None = None,
-                spot_discount: float = 0.0, diverse: bool = False, **knobs: Any) -> SearchResult:
+                spot_discount: float = 0.0, diverse: bool = False, calibrate: bool = True, **knobs: Any) -> SearchResult:
     """``plan`` with the search's counts (candidates evaluated, feasible) and warnings. ``diverse`` keeps
     only the best configuration of each (method, base, micro-batch, checkpointing, loss, rank, targets)."""
     if not 0.0 <= margin < 1.0:
@@ -60,7 +61,16 @@ def plan_search(model: str | ModelSpec, gpu: str | GPUSpec, *, objective: str = 
     g = _gpu(gpu, gpu_file)
     if g is None:
         raise FtplanError("plan needs a GPU (a name from `ftplan gpus`, or 'auto')")
-    return search(spec, g, knobs, objective, tokens, epochs, price, margin, top, spot_discount, diverse)
+    res = search(spec, g, knobs, objective, tokens, epochs, price, margin, top, spot_discount, diverse)
+    if not calibrate:
+        return res
+    from . import calibration
+
+    cal = calibration.lookup(g.key)
+    if cal is None:
+        return res
+    plans = [replace(p, estimate=calibration.apply(p.estimate, cal, margin)) for p in res.plans]
+    return replace(res, plans=plans)
 
 
 def plan(model: str | ModelSpec, gpu: str | GPUSpec, **kwargs: Any) -> list[Plan]:

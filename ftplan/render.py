@@ -141,8 +141,14 @@ def render_fit(r: FitResult) -> str:
                          f"{'on' if c.gradient_checkpointing else 'off':<6}{c.optimizer:<19}{c.attention:<19}"
                          f"{c.loss_impl:<10}{gib(e.device_bytes):>7}{tps:>9}{dollars:>10}")
     lines.append("")
-    lines.append(f"Uncalibrated priors: compute at {MFU_PRIOR} of the datasheet rate, allocator fragmentation "
-                 f"{FRAGMENTATION_PRIOR:.0%} of transient memory. --json for every figure.")
+    cal = r.plans[0].estimate.calibration if r.plans else None
+    if cal is not None:
+        factors = ", ".join(f"{k} x{v:.3f}" for k, v in cal.factors.items())
+        lines.append(f"Calibrated with measured factors ({factors}) from {cal.source}; "
+                     "calibrate=False in the library for the raw model. --json for every figure.")
+    else:
+        lines.append(f"Uncalibrated priors: compute at {MFU_PRIOR} of the datasheet rate, allocator fragmentation "
+                     f"{FRAGMENTATION_PRIOR:.0%} of transient memory. --json for every figure.")
     return "\n".join(lines)
 
 
