@@ -140,3 +140,25 @@ def test_two_process_ddp_equals_one_process_accumulation(tiny_llama, data_file, 
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), (k, (a[k] - b[k]).abs().max())
     assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == 4
+
+
+def test_merge_writes_weights_that_match_the_adapter(tiny_llama, data_file, tmp_path):
+    """--merge adds the adapter into a 16-bit base: the merged model gives the adapter model's outputs
+    (up to bf16 rounding of the merged weights)."""
+    import torch
+    import transformers
+
+    from ftplan.train.loop import load_trained
+
+    doc = best_doc(tiny_llama, method="lora", quant="bf16", double_quant=False)
+    res = _train(doc, data_file, tmp_path / "m", max_steps=3, lr=2e-3, merge=True)
+    merged = transformers.AutoModelForCausalLM.from_pretrained(res.files["merged"]).eval()
+    with_adapter = load_trained(tmp_path / "m").eval()
+    probe = torch.randint(3, 200, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a = with_adapter(input_ids=probe).logits.float()
+        b = merged(input_ids=probe).logits.float()
+        with with_adapter.disable_adapter():
+            c = with_adapter(input_ids=probe).logits.float()
+    gap = (a - b).abs().max().item()
+    assert gap < 0.1 * (a - c).abs().max().item(), gap  # far closer to the adapter model than to the base
