@@ -135,8 +135,10 @@ def replay_batch_finder(rows: list[dict], default: dict) -> dict:
 
 def summarize(name: str, runs: list[dict]) -> dict:
     reached = [r["trials"] for r in runs if r["reached"]]
+    censored = [r["trials"] if r["reached"] else MAX_TRIALS for r in runs]  # not reached: the cap
     return {"strategy": name, "runs": len(runs), "reached": len(reached),
             "median_trials_to_3pct": statistics.median(reached) if reached else None,
+            "median_trials_censored": statistics.median(censored) if runs else None,
             "max_trials_to_3pct": max(reached) if reached else None,
             "median_ooms": statistics.median(r["ooms"] for r in runs), "max_ooms": max(r["ooms"] for r in runs)}
 
@@ -184,24 +186,35 @@ def main() -> int:
     print(f"\n{len(rows)} configurations measured: {len(ok)} ran, {len(rows) - len(ok)} out of memory under "
           f"{budget / 2**20:.0f} MiB; planner skips {sum(r['far_over'] for r in rows)} as far over; "
           f"best {max(r['tokens_per_s'] for r in ok):.0f} tokens/s")
-    print(f"{'strategy':32} {'reached 3%':>10} {'median trials':>13} {'max trials':>10} {'median OOMs':>11} {'max OOMs':>8}")
+    print(f"trials: to reach within {WITHIN:.0%} of the best; 'all runs' counts a run that never reached it as {MAX_TRIALS}")
+    print(f"{'strategy':32} {'reached 3%':>10} {'median (reached)':>16} {'median (all runs)':>17} {'max trials':>10} "
+          f"{'median OOMs':>11} {'max OOMs':>8}")
     for r in results:
         med = r["median_trials_to_3pct"]
-        print(f"{r['strategy']:32} {r['reached']:>4}/{r['runs']:<5} {med if med is not None else '-':>13} "
+        print(f"{r['strategy']:32} {r['reached']:>4}/{r['runs']:<5} {med if med is not None else '-':>16} "
+              f"{r['median_trials_censored']:>17} "
               f"{r['max_trials_to_3pct'] if r['max_trials_to_3pct'] is not None else '-':>10} {r['median_ooms']:>11} {r['max_ooms']:>8}")
     if bf.get("gap") is not None:
         print(f"crash-and-retry stops at {1 - bf['gap']:.1%} of the best throughput")
     out = ROOT / "results" / f"autotune_{a.device}.json"
-    if not a.from_json:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmpf = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"provenance": prov, "budget_bytes": budget, "within": WITHIN, "seeds": a.seeds,
-                       "results": results, "measurements": rows}, fh, indent=1)
-        os.chmod(tmpf, 0o644)
-        os.replace(tmpf, out)
+    if a.from_json and Path(a.from_json).resolve() == out.resolve():
+        doc["results"] = results  # same measurements, summary re-computed
+        _save(out, doc)
+        print(f"updated {out.relative_to(ROOT.parent)}")
+    elif not a.from_json:
+        _save(out, {"provenance": prov, "budget_bytes": budget, "within": WITHIN, "seeds": a.seeds,
+                    "results": results, "measurements": rows})
         print(f"saved {out.relative_to(ROOT.parent)}")
     return 0
+
+
+def _save(out: Path, doc: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmpf = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=1)
+    os.chmod(tmpf, 0o644)
+    os.replace(tmpf, out)
 
 
 if __name__ == "__main__":
