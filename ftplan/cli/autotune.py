@@ -147,4 +147,5 @@ def autotune_command(
     if then_train:
         from .train import run_train
 
-        run_train(config=res.files["best"], data=data, output=output, max_steps=train_steps)
+        with user_errors():
+            run_train(config=res.files["best"], data=data, output=output, max_steps=train_steps)

@@ -6,7 +6,7 @@ import pytest
 import ftplan
 from ftplan.integrations import hf
 
-from .conftest import best_doc
+from tests.stack_fixtures import best_doc
 
 
 def test_objects_match_the_plan(tiny_llama):

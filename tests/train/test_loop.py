@@ -13,7 +13,7 @@ import pytest
 
 from ftplan.errors import FtplanError
 
-from .conftest import best_doc
+from tests.stack_fixtures import best_doc
 
 
 def _train(doc, data, out, **kw):

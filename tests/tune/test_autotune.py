@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .conftest import write_jsonl
+from tests.stack_fixtures import write_jsonl
 
 yaml = pytest.importorskip("yaml")
 

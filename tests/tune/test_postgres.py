@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from .conftest import write_jsonl
+from tests.stack_fixtures import write_jsonl
 
 URL = os.environ.get("FTPLAN_TEST_POSTGRES")
 pytestmark = pytest.mark.skipif(not URL, reason="no PostgreSQL server: .ci/run starts one and sets FTPLAN_TEST_POSTGRES")
