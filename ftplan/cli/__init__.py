@@ -9,6 +9,7 @@ from .fit import fit_callback
 from .gpus import gpus_command
 from .models import models_command
 from .profile import profile_command
+from .report import report_command
 from .trace import trace_command
 from .train import train_command
 
@@ -22,6 +23,7 @@ app.command("profile")(profile_command)
 app.command("trace")(trace_command)
 app.command("autotune")(autotune_command)
 app.command("train")(train_command)
+app.command("report")(report_command)
 
 
 def main() -> None:  # console script entry point

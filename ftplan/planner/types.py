@@ -103,6 +103,7 @@ class GPUSpec:
     price_date: str = ""
     aliases: tuple[str, ...] = ()
     nvlink: bool = False
+    tdp_w: float | None = None  # board power (the upper end where the datasheet gives a range)
     vendor: str = "NVIDIA"
     sources: str = ""
     notes: str = ""

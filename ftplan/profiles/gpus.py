@@ -76,6 +76,7 @@ def _spec(row: dict) -> GPUSpec:
         price_per_hour=_num(row, "price_per_hour", where), price_provider=row.get("price_provider") or "",
         price_date=row.get("price_date") or "",
         aliases=tuple(a for a in (row.get("aliases") or "").split(";") if a), nvlink=_yes(row.get("nvlink")),
+        tdp_w=_num({"tdp_w": str(row.get("tdp_w") or "").split("-")[-1]}, "tdp_w", where),
         vendor=row.get("vendor") or "NVIDIA", sources=row.get("sources") or "", notes=row.get("notes") or "")
 
 

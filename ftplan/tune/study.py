@@ -89,7 +89,11 @@ def storage_url(storage: str | None, runs_dir: Path) -> str:
 
 
 def _open_storage(url: str):
+    import warnings
+
     import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     if "://" not in url:
         raise FtplanError(f"--storage {url!r} is not a database URL (e.g. sqlite:///runs.db, postgresql://user@host/db)")

@@ -1,0 +1,224 @@
+"""The report's figures, as plain data (no plotly, no pandas): one row per GPU option.
+
+Every figure comes from ``ftplan.plan`` (the best configuration for each GPU and count) and the prices
+(the catalog's dated prices, or the user's file). Costs are US dollars; times are hours.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._version import __version__
+from ..api import plan_search, suggest
+from ..errors import FtplanError
+from ..planner.estimate import ASSUMPTIONS
+from ..planner.types import Plan
+from ..profiles.gpus import get_gpu
+from ..profiles.models import get_model
+from .prices import Price, read_prices
+
+# the memory picture in words a finance reader can follow: (label, model terms and overheads)
+MEMORY_GROUPS = (
+    ("Model weights", ("weights_quantized", "weights_dense", "weights_unquantized")),
+    ("Quantization constants", ("quant_constants",)),
+    ("LoRA adapter", ("lora_weights",)),
+    ("Gradients", ("gradients", "ddp_buckets")),
+    ("Optimizer state", ("optimizer_state", "optimizer_temp", "paged_optimizer_state")),
+    ("Activations", ("activations", "recompute", "backward_transient", "forward_transient", "autocast_weight_copies",
+                     "dequant_transient", "cuda_workspace", "fsdp_gathered")),
+    ("Logits and loss", ("logits_loss",)),
+    ("CUDA context", ("cuda_context",)),
+    ("Allocator overhead", ("allocator_overhead",)),
+)
+POWER_PRICE = 0.15  # US dollars per kWh, for the owned-GPU running cost (stated in the report)
+
+
+@dataclass(frozen=True)
+class Option:
+    gpu: str
+    gpu_name: str
+    count: int
+    fits: bool
+    plan: Plan | None
+    memory: dict[str, int]
+    usable_bytes: int
+    tokens_per_s: float | None
+    hours: float | None
+    gpu_hours: float | None
+    price_per_gpu_hour: float | None
+    spot_per_gpu_hour: float | None
+    purchase_per_gpu: float | None
+    price_source: str
+    price_date: str
+    cost: float | None
+    spot_cost: float | None
+    per_million: float | None
+    spot_per_million: float | None
+    breakeven_weeks: float | None
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.gpu_name if self.count == 1 else f"{self.count} x {self.gpu_name}"
+
+
+@dataclass(frozen=True)
+class Report:
+    model: str
+    model_name: str
+    tokens: float
+    epochs: float
+    options: list[Option]
+    cheapest: Option | None
+    fastest: Option | None
+    spot_discount: float
+    hours_per_week: float
+    assumptions: list[str]
+    command: str
+    created: str
+    version: str = __version__
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    study: str | None = None
+
+
+def parse_tokens(text: str | float) -> float:
+    """'50M', '1.2B', '500k', '2e9' -> tokens (> 0)."""
+    if isinstance(text, (int, float)):
+        v = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbt]?)\s*", str(text).lower())
+        if not m:
+            raise FtplanError(f"--tokens={text!r} is not a count; use e.g. 50M, 1.2B, 500k")
+        v = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2)]
+    if v <= 0:
+        raise FtplanError(f"--tokens={text!r} must be greater than 0")
+    return v
+
+
+def parse_gpus(text: str | list[str]) -> list[tuple[str, int]]:
+    """'rtx4090,2xh100,a100-80gb:4' -> [(key, count)] (a count as 'Nx' before or ':N' after the name);
+    unknown names raise with close matches."""
+    items = text if isinstance(text, list) else [t for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise FtplanError("--gpus is empty; give one or more names from `ftplan gpus`")
+    out = []
+    for raw in items:
+        t = raw.strip().lower()
+        n = 1
+        before = re.fullmatch(r"(\d+)\s*[x*]\s*(.+)", t)
+        after = re.fullmatch(r"(.+?)\s*:\s*(\d+)", t)
+        if before:
+            n, t = int(before.group(1)), before.group(2)
+        elif after:
+            t, n = after.group(1), int(after.group(2))
+        if n < 1:
+            raise FtplanError(f"--gpus {raw!r}: the GPU count must be at least 1")
+        out.append((get_gpu(t).key, n))
+    return out
+
+
+def _memory(plan: Plan) -> dict[str, int]:
+    est = plan.estimate
+    terms = {**est.breakdown, **est.overheads}
+    out = {label: sum(int(terms.get(t, 0)) for t in names) for label, names in MEMORY_GROUPS}
+    other = est.device_bytes - sum(out.values())
+    if other > 0:
+        out["Other"] = other
+    return out
+
+
+def _option(spec, key: str, count: int, tokens: float, epochs: float, prices: dict[str, Price], spot_discount: float,
+            hours_per_week: float, knobs: dict[str, Any], note: str = "") -> Option:
+    gpu = get_gpu(key)
+    p = prices.get(key)
+    price = p.per_hour if p else gpu.price_per_hour
+    src = (p.source if p else gpu.price_provider) or ""
+    date = (p.date if p else gpu.price_date) or ""
+    fixed = dict(knobs)
+    if count > 1:
+        fixed.update(num_gpus=count, sharding=fixed.get("sharding") or "fsdp")
+    res = plan_search(spec, gpu, tokens=tokens, epochs=epochs, price=price, top=1, **fixed)
+    plan = res.plans[0] if res.plans else None
+    spot = (p.spot_per_hour if p and p.spot_per_hour is not None else (price * (1 - spot_discount) if price is not None else None))
+    if plan is None or plan.estimate.time is None or plan.estimate.cost is None:
+        return Option(key, gpu.name, count, plan is not None, plan, _memory(plan) if plan else {}, gpu.usable_bytes,
+                      None, None, None, price, spot, p.purchase if p else None, src, date, None, None, None, None, None, note)
+    c = plan.estimate.cost
+    gh = c.gpu_hours
+    cost = gh * price if price is not None else None
+    spot_cost = gh * spot if spot is not None else None
+    mtok = c.tokens / 1e6
+    purchase = p.purchase if p else None
+    be = None
+    if purchase is not None and price is not None and hours_per_week > 0:
+        power = (gpu_tdp_kw(gpu) or 0.0) * POWER_PRICE
+        if price > power:
+            be = purchase / ((price - power) * hours_per_week)  # weeks per GPU (count cancels out)
+    return Option(key, gpu.name, count, True, plan, _memory(plan), gpu.usable_bytes, plan.estimate.time.tokens_per_s,
+                  c.hours, gh, price, spot, purchase, src, date, cost, spot_cost,
+                  cost / mtok if cost is not None else None, spot_cost / mtok if spot_cost is not None else None, be, note)
+
+
+def gpu_tdp_kw(gpu) -> float | None:
+    """Board power in kW (the catalog's ``tdp_w``), or None where unknown."""
+    return gpu.tdp_w / 1000.0 if gpu.tdp_w else None
+
+
+def build(model: str, gpus: str | list[str], tokens: str | float, *, epochs: float = 1.0, prices: str | None = None,
+          spot_discount: float = 0.0, hours_per_week: float = 40.0, study: str | None = None,
+          storage: str | None = None, command: str = "", **knobs: Any) -> Report:
+    """The report's data for ``model`` on each GPU option (``'rtx4090,2xh100'``) for ``tokens`` x ``epochs``."""
+    if epochs <= 0:
+        raise FtplanError(f"--epochs={epochs} must be greater than 0")
+    if not 0.0 <= spot_discount < 1.0:
+        raise FtplanError(f"--spot-discount={spot_discount} must be in [0, 1)")
+    if not 0.0 < hours_per_week <= 168.0:
+        raise FtplanError(f"--utilization-hours-per-week={hours_per_week} must be in (0, 168]")
+    tok = parse_tokens(tokens)
+    spec = get_model(model)
+    opts = parse_gpus(gpus)
+    price_map = read_prices(prices) if prices else {}
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    options: list[Option] = []
+    for key, count in opts:
+        o = _option(spec, key, count, tok, epochs, price_map, spot_discount, hours_per_week, knobs)
+        options.append(o)
+        if not o.fits and count == 1:
+            n = suggest(spec, key, **knobs).get("gpu_count")
+            if n:
+                options.append(_option(spec, key, n, tok, epochs, price_map, spot_discount, hours_per_week, knobs,
+                                       note=f"the smallest count of {o.gpu_name} that fits (FSDP)"))
+    priced = [o for o in options if o.cost is not None]
+    timed = [o for o in options if o.hours is not None]
+    cheapest = min(priced, key=lambda o: o.cost) if priced else None
+    fastest = min(timed, key=lambda o: o.hours) if timed else None
+    assumptions = list(ASSUMPTIONS) + [
+        "Throughput is predicted from datasheet compute and memory bandwidth times an efficiency prior "
+        "(uncalibrated unless `ftplan autotune` stored measured factors for this GPU and library versions)",
+        f"Spot price = on-demand price x (1 - {spot_discount:.0%}) unless the price file gives a spot price",
+        f"Owned-GPU break-even: purchase price / ((rental price - power cost) x {hours_per_week:g} hours a week); "
+        f"power at {POWER_PRICE} US dollars per kWh is counted only where the board power is known",
+        "Memory: the peak during a training step, including the CUDA context and allocator overhead; "
+        "a configuration fits when it stays under the card's usable memory less a 5% margin",
+    ]
+    trials = load_trials(study, storage) if study else []
+    return Report(model, spec.name, tok, epochs, options, cheapest, fastest, spot_discount, hours_per_week,
+                  assumptions, command, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                  trials=trials, study=study)
+
+
+def load_trials(study: str, storage: str | None) -> list[dict[str, Any]]:
+    """The measured trials of an autotune study, predicted beside measured."""
+    from ..tune.study import DEFAULT_RUNS, _open_storage, storage_url, trial_row
+
+    import optuna
+
+    url = storage_url(storage, DEFAULT_RUNS)
+    try:
+        st = optuna.load_study(study_name=study, storage=_open_storage(url))
+    except KeyError:
+        raise FtplanError(f"--study {study!r} is not in {url}") from None
+    return [trial_row(t) for t in st.get_trials(deepcopy=False) if t.user_attrs.get("ran")]
