@@ -82,7 +82,7 @@ def find_browser() -> str | None:
     """Chromium or Chrome on PATH (Debian's ``chromium`` first), or ``$FTPLAN_BROWSER``."""
     env = os.environ.get("FTPLAN_BROWSER")
     if env:
-        return env
+        return env if shutil.which(env) else None
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
         p = shutil.which(name)
         if p:

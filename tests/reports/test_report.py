@@ -150,3 +150,15 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
         assert shot.stat().st_size > 10_000
     finally:
         drv.quit()
+
+
+def test_pdf_or_a_clear_error(page, tmp_path, monkeypatch):
+    _, path, _ = page
+    if reports.find_browser() is not None:
+        pdf = reports.write_pdf(path, tmp_path / "r.pdf")
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 20_000
+    monkeypatch.setenv("PATH", str(tmp_path))  # no browser anywhere
+    monkeypatch.setenv("FTPLAN_BROWSER", str(tmp_path / "nothing-here"))
+    with pytest.raises(FtplanError, match="needs Chromium"):
+        reports.write_pdf(path, tmp_path / "x.pdf")
+    assert not (tmp_path / "x.pdf").exists()
