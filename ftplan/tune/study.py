@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from dataclasses import dataclass, field
@@ -97,15 +98,23 @@ def _open_storage(url: str):
 
     if "://" not in url:
         raise FtplanError(f"--storage {url!r} is not a database URL (e.g. sqlite:///runs.db, postgresql://user@host/db)")
-    try:
-        # heartbeats let other machines fail a trial whose worker vanished (no pid to check from afar)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
-                                          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
-    except ImportError:
-        raise FtplanError(f"--storage {_redact(url)}: the database driver is not installed "
-                          "(PostgreSQL: pip install 'ftplan[postgres]')") from None
-    except Exception as e:  # noqa: BLE001 - a wrong URL or an unreachable server is the user's to fix
-        raise FtplanError(f"cannot open --storage {_redact(url)}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    kwargs = {"heartbeat_interval": 60, "grace_period": 180,
+              "engine_kwargs": {"pool_pre_ping": True} if not url.startswith("sqlite") else None}
+    # heartbeats let other machines fail a trial whose worker vanished (no pid to check from afar)
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except ImportError:
+            raise FtplanError(f"--storage {_redact(url)}: the database driver is not installed "
+                              "(PostgreSQL: pip install 'ftplan[postgres]')") from None
+        except Exception as e:  # noqa: BLE001 - a wrong URL or an unreachable server is the user's to fix
+            # workers that start together on an empty database race to create the tables: the loser retries
+            racing = type(e).__name__ in ("IntegrityError", "ProgrammingError") and attempt < 5
+            if not racing:
+                raise FtplanError(f"cannot open --storage {_redact(url)}: {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0]}") from None
+            time.sleep(0.5 + random.random() * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _redact(url: str) -> str:
