@@ -96,7 +96,7 @@ def tokenize(ex: Example, tok, seq_len: int) -> tuple[list[int], list[int]]:
         t = tok.encode(text)
         ids += t
         labels += t if trained else [IGNORE] * len(t)
-    if tok.eos_id is not None:
+    if tok.eos_id is not None and (not ids or ids[-1] != tok.eos_id):  # chat templates often end with it
         ids.append(tok.eos_id)
         labels.append(tok.eos_id if segments and segments[-1][1] else IGNORE)
     return ids[:seq_len], labels[:seq_len]

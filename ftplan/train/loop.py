@@ -131,7 +131,7 @@ def build(opts: TrainOptions):
     cfg = make_config(spec, None, **_knobs(doc)).config
     synthetic = bool(doc.get("synthetic_weights")) if opts.synthetic_weights is None else opts.synthetic_weights
     dev = resolve_device(opts.device or (doc.get("device") if doc.get("device") in ("cpu", "cuda") else None))
-    tok = load_tokenizer(model, spec.vocab, synthetic)
+    tok = load_tokenizer(model, spec.vocab, synthetic, spec.hf_id)
     return model, spec, cfg, dev, tok, synthetic
 
 

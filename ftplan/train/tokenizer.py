@@ -71,7 +71,7 @@ class HFTokenizer:
         self.tok.save_pretrained(folder)
 
 
-def load_tokenizer(model: str, vocab: int, synthetic: bool):
+def load_tokenizer(model: str, vocab: int, synthetic: bool, hf_id: str = ""):
     """The model's tokenizer when its folder (or the HF cache) has one; the byte tokenizer otherwise
     for synthetic weights; an error otherwise."""
     p = Path(model).expanduser()
@@ -83,7 +83,8 @@ def load_tokenizer(model: str, vocab: int, synthetic: bool):
     try:
         import transformers
 
-        tok = transformers.AutoTokenizer.from_pretrained(str(folder) if local else model)
+        src = str(folder) if local else (model if "/" in model or not hf_id else hf_id)  # an alias means its HF id
+        tok = transformers.AutoTokenizer.from_pretrained(src)
         return HFTokenizer(tok)
     except Exception as e:  # noqa: BLE001 - any loader failure is the same missing-files problem for the user
         raise FtplanError(f"no tokenizer found for {model!r} ({type(e).__name__}); a model folder needs its "

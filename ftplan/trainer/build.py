@@ -189,7 +189,9 @@ def load_base(model: str, spec: ModelSpec, cfg: TrainConfig, device: str, synthe
                 bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=torch.bfloat16)
             kw["device_map"] = {"": device}
         try:
-            m = transformers.AutoModelForCausalLM.from_pretrained(model, **kw)
+            # a catalog alias ("8b") means its Hugging Face id; a path or an id is used as given
+            src = model if (Path(model).expanduser().exists() or "/" in model or not spec.hf_id) else spec.hf_id
+            m = transformers.AutoModelForCausalLM.from_pretrained(src, **kw)
         except OSError as e:
             raise FtplanError(f"cannot load weights for {model!r} ({e}); use --synthetic-weights to profile "
                               "the architecture with random weights") from None

@@ -24,13 +24,13 @@ def parse_duration(text: str | None) -> float | None:
 
 
 def data_summary(path: str, model: str, seq_len: int | None, synthetic: bool, max_positions: int,
-                 vocab: int) -> dict[str, Any]:
+                 vocab: int, hf_id: str = "") -> dict[str, Any]:
     """Validate every line of the data file and measure it in tokens (the model's tokenizer)."""
     from ..train.data import read_jsonl, stats, suggest_seq_len, tokenize
     from ..train.tokenizer import load_tokenizer
 
     examples = read_jsonl(path)
-    tok = load_tokenizer(model, vocab, synthetic)
+    tok = load_tokenizer(model, vocab, synthetic, hf_id)
     rows = [tokenize(e, tok, max_positions) for e in examples]
     st = stats(rows)
     st["path"] = str(path)
@@ -69,7 +69,8 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
     fixed = {k: v for k, v in knobs.items() if v is not None}
     summary = None
     if data is not None:
-        summary = data_summary(data, model, fixed.get("seq_len"), synthetic_weights, spec.max_positions, spec.vocab)
+        summary = data_summary(data, model, fixed.get("seq_len"), synthetic_weights, spec.max_positions, spec.vocab,
+                               spec.hf_id)
         fixed["seq_len"] = summary["seq_len"]
     budget_s = parse_duration(time_budget) if isinstance(time_budget, str) else time_budget
     ts = TuneSpec(model=model, spec=spec, gpu=g, device=dev, fixed=fixed, trials=trials, time_budget_s=budget_s,

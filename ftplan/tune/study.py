@@ -135,17 +135,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_interrupted(study) -> int:
+def recover_interrupted(study, storage) -> int:
     """Fail the RUNNING trials of this host whose process is gone and enqueue their configurations again."""
     from optuna.trial import TrialState
 
     host = socket.gethostname()
     n = 0
+    study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("host") != host or _pid_alive(int(t.user_attrs.get("pid", -1))):
             continue
-        study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted: its process was killed; retried")
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(tid, "reason", "interrupted: its process was killed; retried")
+        storage.set_trial_state_values(tid, TrialState.FAIL)
         if t.params:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         n += 1
@@ -289,7 +291,7 @@ def run(ts: TuneSpec, emit: Callable[..., None] = lambda *a, **k: None) -> TuneR
     study.set_user_attr("model", ts.model)
     folder = ts.runs_dir / name
     folder.mkdir(parents=True, exist_ok=True)
-    recovered = recover_interrupted(study)
+    recovered = recover_interrupted(study, storage)
     emit("begin", study=name, storage=_redact(url), candidates=len(cands), runnable=len(runnable),
          skipped=skipped_pred, budget=budget, recovered=recovered,
          done=sum(1 for t in study.get_trials(deepcopy=False) if _ran(t) and t.state != TrialState.RUNNING))
