@@ -43,7 +43,9 @@ def render_profile(res: Mapping[str, Any]) -> str:
         out.append(f"  {ph:<16}{_mib(m):>20}{_mib(p.get('peak_reserved_bytes')):>14}"
                    f"{_mib(p.get('device_bytes')):>12}{_mib(pr):>15}{err:>8}")
     out.append(f"peak: {_mib(res.get('peak_allocated_bytes'))} MiB allocated in {res.get('peak_phase')}; "
-               f"{res.get('tokens_per_s') or 0:,.0f} tokens/s ({res.get('step_time_s', 0):.3f} s per step)")
+               f"{res.get('tokens_per_s') or 0:,.0f} tokens/s ({res.get('step_time_s', 0):.3f} s per optimizer step of "
+               f"{res.get('grad_accum', 1)} micro-batches: {res.get('micro_step_time_s', 0):.3f} s each + "
+               f"{res.get('optimizer_time_s', 0):.3f} s optimizer)")
     if est and res.get("phases", {}).get(res["peak_phase"]):
         out.append(f"by term at the peak ({res['peak_phase']}):")
         out += comparison_table(est["phases"], res["phases"], res["peak_phase"])

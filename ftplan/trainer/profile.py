@@ -86,7 +86,7 @@ def profile(model: str | ModelSpec, *, steps: int = 3, device: str | None = "cpu
         out.update(status="oom", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         _free(dev)
         return out
-    out.update(summarize(records))
+    out.update(summarize(records, cfg.grad_accum))
     return out
 
 
@@ -122,14 +122,18 @@ def _free(dev: str) -> None:
         torch.cuda.empty_cache()
 
 
-def summarize(records) -> dict[str, Any]:
-    """Headline figures from the last step; every step kept under ``steps``."""
+def summarize(records, grad_accum: int = 1) -> dict[str, Any]:
+    """Headline figures from the last step; every step kept under ``steps``. Speed: the median over
+    steps >= 2 of a whole optimizer step of ``grad_accum`` micro-batches (micro-batch time measured,
+    the optimizer step paid once), so configurations with different accumulation compare fairly."""
     last = records[-1]
     peaks = {ph: last.phases[ph] for ph in ("forward_end", "backward", "optimizer_step")}
     peak_phase = max(peaks, key=lambda ph: peaks[ph].get("peak_allocated_bytes", 0))
     timed = records[1:] if len(records) > 1 else records
-    step_time = sorted(r.time_s for r in timed)[len(timed) // 2]
-    tokens = last.tokens
+    full = sorted((r.full_step(grad_accum) for r in timed), key=lambda x: x[0])
+    step_time, tokens = full[len(full) // 2]
+    micro = sorted(r.time_s - r.optimizer_time_s for r in timed)[len(timed) // 2] / max(1, last.micro_steps)
+    opt_time = sorted(r.optimizer_time_s for r in timed)[len(timed) // 2]
     res: dict[str, Any] = {
         "measured_step": last.step,
         "peak_phase": peak_phase,
@@ -139,10 +143,14 @@ def summarize(records) -> dict[str, Any]:
         "tokens_per_s": tokens / step_time if step_time > 0 else None,
         "step_time_s": step_time,
         "tokens_per_step": tokens,
+        "micro_step_time_s": micro,
+        "optimizer_time_s": opt_time,
+        "grad_accum": grad_accum,
         "breakdown": peaks[peak_phase].get("breakdown", {}),
         "phases": {ph: p.get("breakdown", {}) for ph, p in peaks.items()},
         "phase_peaks": {ph: {k: v for k, v in p.items() if k != "breakdown"} for ph, p in peaks.items()},
-        "steps": [{"step": r.step, "time_s": r.time_s, "tokens": r.tokens,
+        "steps": [{"step": r.step, "time_s": r.time_s, "tokens": r.tokens, "micro_steps": r.micro_steps,
+                   "optimizer_time_s": r.optimizer_time_s,
                    "phase_peaks": {ph: {k: v for k, v in p.items() if k != "breakdown"} for ph, p in r.phases.items()}}
                   for r in records],
     }

@@ -93,6 +93,21 @@ class StepRecord:
     phases: dict[str, dict[str, Any]] = field(default_factory=dict)
     time_s: float = 0.0
     tokens: int = 0
+    micro_steps: int = 0
+    optimizer_time_s: float = 0.0  # the optimizer step and zero_grad
+
+    def full_step(self, grad_accum: int) -> tuple[float, float]:
+        """(seconds, tokens) of a whole optimizer step of ``grad_accum`` micro-batches, from the
+        ``micro_steps`` run here: the optimizer is paid once per ``grad_accum`` micro-batches, not once
+        per the (at most two) micro-batches a measured step runs."""
+        if not self.micro_steps:
+            return self.time_s, float(self.tokens)
+        micro = max(self.time_s - self.optimizer_time_s, 0.0) / self.micro_steps
+        return grad_accum * micro + self.optimizer_time_s, grad_accum * self.tokens / self.micro_steps
+
+    def tokens_per_s(self, grad_accum: int) -> float | None:
+        t, n = self.full_step(grad_accum)
+        return n / t if t > 0 else None
 
 
 class Meter:
@@ -197,6 +212,10 @@ def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, trac
                     if tracker is not None:
                         tracker.tag = "activations"
                 rec.tokens += b * s
+                rec.micro_steps += 1
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t_opt = time.perf_counter()
             with _scope(tracker, "optimizer_temp"):
                 meter.start()
                 opt.step()
@@ -205,6 +224,7 @@ def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, trac
             if device == "cuda":
                 torch.cuda.synchronize()
             rec.time_s = time.perf_counter() - t0
+            rec.optimizer_time_s = time.perf_counter() - t_opt
             records.append(rec)
             if on_step is not None:
                 on_step(rec)

@@ -60,9 +60,11 @@ def serve() -> int:
         n = int(req.get("trial", -1))
         _fault(n, req)
 
-        def on_step(rec, n=n) -> None:
+        accum = int(req["knobs"].get("grad_accum") or 1)
+
+        def on_step(rec, n=n, accum=accum) -> None:
             send({"event": "step", "trial": n, "step": rec.step, "time_s": rec.time_s,
-                  "tokens_per_s": rec.tokens / rec.time_s if rec.time_s > 0 else None})
+                  "tokens_per_s": rec.tokens_per_s(accum)})
 
         try:
             res = profile(req["model"], steps=int(req.get("steps", 3)), device=req.get("device"),
