@@ -1,0 +1,27 @@
+"""``ftplan train --gpus N``: the accelerate config and command (DDP run by ftplan; FSDP via the TRL export)."""
+
+import json
+
+import pytest
+import yaml
+
+from ftplan.errors import FtplanError
+from ftplan.train.launch import launch_plan
+from tests.stack_fixtures import best_doc
+
+
+def test_ddp_and_fsdp_configs(tmp_path):
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps(best_doc("8b")))
+    text = launch_plan(str(cfg), 4, None)
+    y = yaml.safe_load((tmp_path / "accelerate-ddp-4gpu.yaml").read_text())
+    assert y["distributed_type"] == "MULTI_GPU" and y["num_processes"] == 4 and y["mixed_precision"] == "bf16"
+    assert "-m ftplan train --config" in text
+    doc = best_doc("70b", num_gpus=8, sharding="fsdp")
+    cfg.write_text(json.dumps(doc))
+    text = launch_plan(str(cfg), 8, str(tmp_path / "out"))
+    y = yaml.safe_load((tmp_path / "out" / "accelerate-fsdp-8gpu.yaml").read_text())
+    assert y["distributed_type"] == "FSDP" and y["fsdp_config"]["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert "trl_sft.py" in text
+    with pytest.raises(FtplanError, match="2 or more"):
+        launch_plan(str(cfg), 1, None)
