@@ -279,7 +279,7 @@ def run(ts: TuneSpec, emit: Callable[..., None] = lambda *a, **k: None) -> TuneR
     storage = _open_storage(url)
     direction = "maximize" if ts.objective == "throughput" else "minimize"
     sampler = optuna.samplers.TPESampler(seed=ts.seed, n_startup_trials=4)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)  # may stop after step 2 of 3
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
                                     pruner=pruner, load_if_exists=True)
