@@ -39,6 +39,12 @@ _ALIASES = {
 _VALID = {"method": METHODS, "quant": QUANTS, "optimizer": OPTIMIZERS, "attention": ATTENTIONS,
           "objective": OBJECTIVES, "sharding": SHARDINGS, "loss_impl": LOSS_IMPLS}
 
+# measured on the CPU (benchmarks/accuracy_cpu.py, small Mixtral): what transformers 5 does differently
+MOE_WARNING = ("MoE: experts are modelled as one nn.Linear each (transformers 4.x). transformers 5 stores them as "
+               "fused 3-D parameters that bitsandbytes does not quantize (kbit preparation then upcasts them to "
+               "fp32) and PEFT wraps with per-expert LoRA: with transformers 5 expect more memory than this, "
+               "4-14% on a small Mixtral, far more where experts dominate the weights")
+
 # the knobs estimate()/plan() take; effective_batch is turned into grad_accum
 KNOBS = ("method", "quant", "double_quant", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout",
          "micro_batch", "seq_len", "grad_accum", "effective_batch", "gradient_checkpointing", "optimizer",
@@ -156,6 +162,8 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
                       loss_impl=loss_impl)
     if cfg.is_lora:
         resolve_targets(model, targets)  # raises on a name the model does not have
+    if model.is_moe:
+        warnings.append(MOE_WARNING)
     return Resolved(cfg, tuple(warnings))
 
 
