@@ -10,6 +10,7 @@ user can name LoRA targets as they would in ``peft.LoraConfig(target_modules=[..
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -34,6 +35,26 @@ class Linear:
     @property
     def params(self) -> int:
         return self.weight_params + (self.out_features if self.bias else 0)
+
+
+@lru_cache(maxsize=1)
+def fused_experts() -> bool:
+    """Whether MoE experts are fused 3-D parameters (transformers >= 5) rather than one ``nn.Linear``
+    per expert (4.x). Fused experts are not quantized by bitsandbytes (its transformers integration
+    replaces ``nn.Linear`` modules only), so kbit preparation upcasts them to fp32, and PEFT wraps them
+    with per-expert LoRA on the parameters (gate_up at twice the rank). Read from the installed
+    transformers (package metadata, no import); none installed means the current release (fused).
+    ``FTPLAN_MOE_LAYOUT=fused|per_expert`` overrides."""
+    env = os.environ.get("FTPLAN_MOE_LAYOUT", "").strip().lower()
+    if env in ("fused", "per_expert"):
+        return env == "fused"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = int(version("transformers").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        return True
+    return major >= 5
 
 
 # role -> HF module name, per family; unlisted families use the Llama names.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import FtplanError, UnknownNameError
-from .arch import resolve_targets
+from .arch import fused_experts, resolve_targets
 from .memory.optimizer import OPTIMIZERS
 from .types import GPUSpec, ModelSpec, TrainConfig
 
@@ -39,11 +39,12 @@ _ALIASES = {
 _VALID = {"method": METHODS, "quant": QUANTS, "optimizer": OPTIMIZERS, "attention": ATTENTIONS,
           "objective": OBJECTIVES, "sharding": SHARDINGS, "loss_impl": LOSS_IMPLS}
 
-# measured on the CPU (benchmarks/accuracy_cpu.py, small Mixtral): what transformers 5 does differently
-MOE_WARNING = ("MoE: experts are modelled as one nn.Linear each (transformers 4.x). transformers 5 stores them as "
-               "fused 3-D parameters that bitsandbytes does not quantize (kbit preparation then upcasts them to "
-               "fp32) and PEFT wraps with per-expert LoRA: with transformers 5 expect more memory than this, "
-               "4-14% on a small Mixtral, far more where experts dominate the weights")
+# which MoE expert layout the estimate assumes (planner.arch.fused_experts), said on every MoE estimate
+MOE_FUSED = ("MoE: transformers >= 5 layout assumed: fused expert stacks that bitsandbytes does not quantize "
+             "(fp32 after kbit preparation, so 4-bit saves little on experts) with PEFT's per-expert LoRA; "
+             "FTPLAN_MOE_LAYOUT=per_expert for transformers 4.x")
+MOE_PER_EXPERT = ("MoE: transformers 4.x layout assumed: one nn.Linear per expert, quantized like the others; "
+                  "FTPLAN_MOE_LAYOUT=fused for transformers >= 5")
 
 # the knobs estimate()/plan() take; effective_batch is turned into grad_accum
 KNOBS = ("method", "quant", "double_quant", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout",
@@ -163,7 +164,7 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
     if cfg.is_lora:
         resolve_targets(model, targets)  # raises on a name the model does not have
     if model.is_moe:
-        warnings.append(MOE_WARNING)
+        warnings.append(MOE_FUSED if fused_experts() else MOE_PER_EXPERT)
     return Resolved(cfg, tuple(warnings))
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..arch import Linear, layer_linears, resolve_targets
+from ..arch import Linear, fused_experts, layer_linears, resolve_targets
 from ..types import ModelSpec, TrainConfig
 from .precision import Precision
 
@@ -130,16 +130,18 @@ def layer_activations(spec: ModelSpec, cfg: TrainConfig, prec: Precision, moe: b
         parts.update(_dense_mlp(spec, spec.intermediate, E, prec, rows, targets, full, drop, norm_out_b,
                                 proj_b, "mlp"))
 
-    parts["lora_hidden"] = _lora_tokens(rows, targets, E, spec.experts_per_token, moe) * cfg.lora_rank * cb
+    fused = moe and fused_experts()
+    parts["lora_hidden"] = _lora_tokens(rows, targets, E, spec.experts_per_token, moe, fused) * cfg.lora_rank * cb
     return parts
 
 
-def _lora_tokens(rows, targets, E: int, k: int, moe: bool) -> int:
+def _lora_tokens(rows, targets, E: int, k: int, moe: bool, fused: bool = False) -> int:
     """Tokens that pass through LoRA A of targeted modules in one layer (``lora_A``'s output, ``r``
-    wide, is saved by ``lora_B``): ``E`` per attention/dense/shared module, ``k*E`` per expert role."""
+    wide, is saved by ``lora_B``): ``E`` per attention/dense/shared module, ``k*E`` per expert role
+    (none for fused expert stacks: their LoRA is folded into the weight, see ``_moe_mlp``)."""
     total = 0
     for r in rows:
-        if r not in targets:
+        if r not in targets or (fused and r.group.startswith("expert")):
             continue
         expert, shared, attn = r.group.startswith("expert"), r.role.startswith("shared_"), r.group.startswith("attn")
         if attn or (moe and (expert or shared)) or (not moe and not (expert or shared)):
@@ -178,15 +180,38 @@ def _moe_mlp(spec: ModelSpec, cfg: TrainConfig, prec: Precision, rows, targets, 
     out = {"router": E * spec.num_experts * (4 + cb)}
     ex_in = [r for r in rows if r.group == "expert_in"]
     ex_out = [r for r in rows if r.group == "expert_out"]
-    out["expert_inputs"] = saved_linear_inputs(kE * h, norm_out_b, cb, len(ex_in) if full else 0,
-                                               sum(1 for r in ex_in if r in targets), drop, **_lora_kw(prec))
+    if fused_experts() and not full:
+        out.update(_fused_experts(spec, prec, ex_in, ex_out, targets, kE, norm_out_b, proj_b))
+    else:
+        out["expert_inputs"] = saved_linear_inputs(kE * h, norm_out_b, cb, len(ex_in) if full else 0,
+                                                   sum(1 for r in ex_in if r in targets), drop, **_lora_kw(prec))
+        out["expert_out_inputs"] = saved_linear_inputs(kE * f, proj_b, cb, len(ex_out) if full else 0,
+                                                       sum(1 for r in ex_out if r in targets), drop, **_lora_kw(prec))
     out["experts"] = 3 * proj_b * kE * f + proj_b * kE * h  # gated MLP + output saved by the weighting
-    out["expert_out_inputs"] = saved_linear_inputs(kE * f, proj_b, cb, len(ex_out) if full else 0,
-                                                   sum(1 for r in ex_out if r in targets), drop, **_lora_kw(prec))
     if spec.shared_expert_intermediate:
         out.update(_dense_mlp(spec, spec.shared_expert_intermediate, E, prec, rows, targets, full, drop,
                               norm_out_b, proj_b, "shared_mlp"))
     return out
+
+
+def _fused_experts(spec: ModelSpec, prec: Precision, ex_in, ex_out, targets, kE: int, norm_out_b: int,
+                   proj_b: int) -> dict[str, int]:
+    """transformers >= 5 fused expert stacks (``arch.fused_experts``), per MoE layer. Not targeted by
+    LoRA: frozen slices, nothing saved for them beyond the gated-MLP activations. Targeted: PEFT builds
+    ``W + B@A`` for the whole stack (``baddbmm`` in the stack's dtype, fp32 after kbit preparation) once
+    per layer; it requires grad, so each expert's linear keeps its input (one ``cb`` copy per stack)
+    and its weight slice, plus the autocast ``cb`` copy of the slice when the stack is not in ``cb``:
+    ``E*3*F*h*(w_b + cb)`` bytes, all experts assumed hit. Measured on a small Mixtral (CPU,
+    transformers 5.23, peft 0.21.2): QLoRA without checkpointing -8.0% -> see benchmarks/accuracy_cpu."""
+    cb = prec.compute
+    h, f = spec.hidden, spec.moe_intermediate
+    if not any(r in targets for r in (*ex_in, *ex_out)):
+        return {"expert_inputs": 0, "expert_out_inputs": 0}
+    stack = spec.num_experts * 3 * f * h
+    w_b = prec.unquantized if prec.quantized else prec.base_bytes
+    return {"expert_inputs": saved_linear_inputs(kE * h, norm_out_b, cb, 1, 0, 0.0),
+            "expert_out_inputs": saved_linear_inputs(kE * f, proj_b, cb, 1, 0, 0.0),
+            "expert_stacks": stack * (w_b + (cb if w_b != cb else 0))}
 
 
 def backward_transient(spec: ModelSpec, cfg: TrainConfig, prec: Precision) -> int:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..arch import (Linear, embedding_params, layer_linears, lm_head_params, n_layers_of, norm_params,
-                    resolve_targets, router_params)
+from ..arch import (Linear, embedding_params, fused_experts, layer_linears, lm_head_params, n_layers_of,
+                    norm_params, resolve_targets, router_params)
 from ..types import ModelSpec, TrainConfig
 from .optimizer import Tensor
 from .precision import Precision
@@ -18,7 +18,10 @@ def _n(spec: ModelSpec, lin: Linear) -> int:
 def base_linear_terms(spec: ModelSpec, cfg: TrainConfig, prec: Precision) -> dict[str, int]:
     """Decoder-layer linear weights by format: packed data and quantization constants, or dense."""
     packed = consts = dense = 0
+    skip_experts = prec.quantized and spec.is_moe and fused_experts()
     for lin in layer_linears(spec):
+        if skip_experts and lin.group.startswith("expert"):
+            continue  # fused 3-D experts: bitsandbytes leaves them; counted with the unquantized weights
         n, w = _n(spec, lin), lin.weight_params
         if cfg.quant in ("nf4", "fp4"):
             packed += four_bit_packed_bytes(w) * n
@@ -43,17 +46,45 @@ def unquantized_bytes(spec: ModelSpec, prec: Precision) -> int:
     with those linears' dtype, which is the same."""
     n = embedding_params(spec) + lm_head_params(spec) + norm_params(spec) + router_params(spec)
     n += bias_params(spec)
+    if prec.quantized and spec.is_moe and fused_experts():
+        n += fused_expert_params(spec)
     return n * prec.unquantized
 
 
-def lora_tensors(spec: ModelSpec, cfg: TrainConfig) -> tuple[Tensor, ...]:
-    """LoRA A (``r x in``) and B (``out x r``) of every targeted module."""
+def fused_expert_params(spec: ModelSpec) -> int:
+    """Weights of the fused expert stacks (``gate_up_proj`` ``E x 2F x H`` and ``down_proj`` ``E x H x F``
+    per MoE layer), the same count as the per-expert linears."""
+    return sum(lin.weight_params * _n(spec, lin) for lin in layer_linears(spec) if lin.group.startswith("expert"))
+
+
+def lora_tensors(spec: ModelSpec, cfg: TrainConfig, fused_stacks: bool = True) -> tuple[Tensor, ...]:
+    """LoRA A (``r x in``) and B (``out x r``) of every targeted module.
+
+    Fused MoE experts (transformers >= 5, ``arch.fused_experts``): PEFT's parameter wrapper puts one
+    A (``r*E x in``) and one B (``out x r*E``) on each 3-D stack, ``gate_up_proj`` at rank ``2r`` (its
+    rank pattern for the fused pair), ``down_proj`` at ``r``; with ``all-linear`` it also wraps the
+    router (``hidden -> E``). Measured: a small Mixtral's LoRA parameter count exactly.
+    ``fused_stacks=False`` leaves out the stacks' factors (used outside autocast: no bf16 copies)."""
     r = cfg.lora_rank
     out: list[Tensor] = []
-    for lin in resolve_targets(spec, cfg.lora_targets):
+    targets = resolve_targets(spec, cfg.lora_targets)
+    fused = spec.is_moe and fused_experts()
+    for lin in targets:
         n = _n(spec, lin)
+        if fused and lin.group.startswith("expert"):
+            if not fused_stacks or (lin.role == "expert_up" and any(t.role == "expert_gate" for t in targets)):
+                continue  # one gate_up stack for both
+            rank = r * spec.num_experts * (2 if lin.role == "expert_gate" else 1)
+            outf = 2 * lin.out_features if lin.role == "expert_gate" else lin.out_features
+            layers = n // lin.count
+            out.append(Tensor(rank * lin.in_features, layers, rank))
+            out.append(Tensor(outf * rank, layers, outf))
+            continue
         out.append(Tensor(r * lin.in_features, n, r))
         out.append(Tensor(lin.out_features * r, n, lin.out_features))
+    if fused and any(t in ("all-linear", "all_linear", "all") for t in cfg.lora_targets):
+        out.append(Tensor(r * spec.hidden, spec.n_moe_layers, r))
+        out.append(Tensor(spec.num_experts * r, spec.n_moe_layers, spec.num_experts))
     return tuple(out)
 
 

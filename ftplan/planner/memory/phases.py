@@ -57,14 +57,15 @@ def autocast_copy_bytes(spec: ModelSpec, cfg: TrainConfig, prec: Precision) -> t
     An fp32 ``lm_head`` (after the kbit upcast, or an fp32 model) is cast to bf16 for its matmul and the
     copy is saved for the input gradient until lm_head's backward: ``V*h*cb``. Trainable fp32 leaves
     (LoRA adapters, fp32 master weights) are cast once per forward and cached (torch autocast weight
-    cache): ``2 B`` per linear weight element.
+    cache): ``2 B`` per linear weight element (PEFT's fused-expert LoRA excepted: see ``lora_tensors``).
     """
     if not cfg.autocast:
         return 0, 0
     cb = prec.compute
     head = spec.vocab * spec.hidden * cb if prec.unquantized != cb else 0
     if cfg.is_lora:
-        others = numel(lora_tensors(spec, cfg)) * cb
+        # fused MoE expert stacks add their LoRA in a baddbmm with autocast off: no copies of those
+        others = numel(lora_tensors(spec, cfg, fused_stacks=False)) * cb
     elif prec.trainable != cb:
         others = sum(lin.weight_params * lin.count * n_layers_of(spec, lin) for lin in layer_linears(spec)) * cb
     else:
