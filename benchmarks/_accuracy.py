@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ftplan
+from ftplan._io import atomic_write_text
 from ftplan.compare import PHASES, phase_totals, rel_error, term_rows, worst_term
 
 MiB = 1024**2
@@ -76,15 +76,10 @@ def print_table(results: list[dict[str, Any]], label: str) -> None:
 
 def save(results: list[dict[str, Any]], provenance: dict, path: Path) -> None:
     """Atomic write of the table and its provenance."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     errs = [abs(r["error"]) for r in results]
     doc = {"provenance": provenance, "median_abs_error": statistics.median(errs) if errs else None,
            "max_abs_error": max(errs) if errs else None, "results": results}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=1)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read and committed
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc, indent=1))
 
 
 def run_grid(grid: list[tuple[str, str, dict]], measure: Callable[[str, dict], dict], gpu: str,

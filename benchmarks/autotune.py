@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -209,13 +208,6 @@ def main() -> int:
 
 
 def _save(out: Path, doc: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmpf = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=1)
-    os.chmod(tmpf, 0o644)
-    os.replace(tmpf, out)
+    from ftplan._io import atomic_write_text
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    atomic_write_text(out, json.dumps(doc, indent=1))

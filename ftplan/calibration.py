@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from ._io import atomic_write_text
 from .planner.types import Calibration, Estimate
 
 STACK = ("torch", "transformers", "peft", "bitsandbytes")
@@ -59,23 +59,6 @@ def load(path: Path | None = None) -> dict[str, Any]:
 
 def _key(gpu: str, versions: str) -> str:
     return f"{gpu}|{versions}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def ratios(pairs: Iterable[tuple[float | None, float | None]]) -> list[float]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write_bytes
 from ..errors import FtplanError
 from ..planner.types import ModelSpec
 
@@ -186,11 +186,7 @@ def spec_from_hub(hf_id: str, timeout: float = 10.0) -> ModelSpec:
     spec = spec_from_config(cfg, name=hf_id, hf_id=hf_id, where=f"{hf_id} (Hub)")
     dest = _ftplan_cache() / (hf_id.replace("/", "--") + ".json")
     try:  # keep it for offline use; atomic so a kill never leaves half a file
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-        os.replace(tmp, dest)
+        atomic_write_bytes(dest, raw)
     except OSError:
         pass
     return spec

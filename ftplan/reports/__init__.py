@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..calibration import atomic_write_text
+from .._io import atomic_write_text
 from ..errors import FtplanError
 from .data import Option, Report, build
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..calibration import atomic_write_text
+from .._io import atomic_write_text
 from ..errors import FtplanError
 from ..tune.export import to_yaml
 

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..calibration import atomic_write_text
+from .._io import atomic_write_text
 from ..errors import FtplanError
 from ..planner.options import make_config
 from ..profiles.models import get_model
 from . import checkpoint as C
 from . import dist as D
-from .data import IGNORE, batches, pack, read_jsonl, stats, tokenize
+from .data import IGNORE, batches, pack, read_jsonl, tokenize
 
 DEFAULT_LR = 2e-4
 
@@ -286,7 +286,7 @@ def load_trained(output: str | Path, device: str | None = None):
     the same synthetic seed, same preparation), the saved adapter loaded with ``peft.PeftModel``."""
     import peft
 
-    from ..trainer.build import load_base, prepare_for_training
+    from ..trainer.build import load_base
     from ..trainer.profile import resolve_device
 
     out = Path(output)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..calibration import atomic_write_text
+from .._io import atomic_write_text
 
 HF_OPTIM = {"adamw": "adamw_torch_fused", "adamw_torch": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit",
             "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit", "sgd": "sgd",
