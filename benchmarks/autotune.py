@@ -211,3 +211,7 @@ def _save(out: Path, doc: dict) -> None:
     from ftplan._io import atomic_write_text
 
     atomic_write_text(out, json.dumps(doc, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
