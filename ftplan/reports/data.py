@@ -14,6 +14,7 @@ from typing import Any
 from .._version import __version__
 from ..api import plan_search, suggest
 from ..errors import FtplanError
+from ..fit import parse_count
 from ..planner.estimate import ASSUMPTIONS
 from ..planner.types import Plan
 from ..profiles.gpus import get_gpu
@@ -82,20 +83,6 @@ class Report:
     version: str = __version__
     trials: list[dict[str, Any]] = field(default_factory=list)
     study: str | None = None
-
-
-def parse_tokens(text: str | float) -> float:
-    """'50M', '1.2B', '500k', '2e9' -> tokens (> 0)."""
-    if isinstance(text, (int, float)):
-        v = float(text)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbt]?)\s*", str(text).lower())
-        if not m:
-            raise FtplanError(f"--tokens={text!r} is not a count; use e.g. 50M, 1.2B, 500k")
-        v = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2)]
-    if v <= 0:
-        raise FtplanError(f"--tokens={text!r} must be greater than 0")
-    return v
 
 
 def parse_gpus(text: str | list[str]) -> list[tuple[str, int]]:
@@ -177,7 +164,7 @@ def build(model: str, gpus: str | list[str], tokens: str | float, *, epochs: flo
         raise FtplanError(f"--spot-discount={spot_discount} must be in [0, 1)")
     if not 0.0 < hours_per_week <= 168.0:
         raise FtplanError(f"--utilization-hours-per-week={hours_per_week} must be in (0, 168]")
-    tok = parse_tokens(tokens)
+    tok = parse_count(tokens, "--tokens")
     spec = get_model(model)
     opts = parse_gpus(gpus)
     price_map = read_prices(prices) if prices else {}
