@@ -40,11 +40,8 @@ def report_command(
                           hours_per_week=hours_per_week, study=study, storage=storage,
                           command=shlex.join(["ftplan", "report", *sys.argv[2:]]), seq_len=seq_len,
                           effective_batch=effective_batch, method=method)
-        if pdf and reports.find_browser() is None:
-            from ..errors import FtplanError
-
-            raise FtplanError("--pdf needs Chromium or Chrome and none is installed "
-                              "(Debian: apt-get install chromium; or set FTPLAN_BROWSER)")
+        if pdf:
+            reports.require_browser()  # before anything is written
         path = reports.write_html(r, output)
         written = [path, *reports.write_tables(r, csv, json_path)]
         if pdf:

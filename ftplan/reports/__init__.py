@@ -20,7 +20,8 @@ from .._io import atomic_write_text
 from ..errors import FtplanError
 from .data import Option, Report, build
 
-__all__ = ["build", "write_html", "frames", "write_tables", "write_pdf", "find_browser", "Report", "Option"]
+__all__ = ["build", "write_html", "frames", "write_tables", "write_pdf", "find_browser", "require_browser", "Report",
+           "Option"]
 
 
 def write_html(report: Report, path: str | Path) -> Path:
@@ -90,12 +91,18 @@ def find_browser() -> str | None:
     return None
 
 
-def write_pdf(html_path: str | Path, pdf_path: str | Path, timeout: float = 120.0) -> Path:
-    """Print the HTML page to PDF with headless Chromium (the page's print stylesheet applies)."""
+def require_browser() -> str:
+    """The browser ``write_pdf`` will use, or an error saying none is installed and how to get one."""
     browser = find_browser()
     if browser is None:
         raise FtplanError("--pdf needs Chromium or Chrome and none is installed "
                           "(Debian: apt-get install chromium; or set FTPLAN_BROWSER to its path)")
+    return browser
+
+
+def write_pdf(html_path: str | Path, pdf_path: str | Path, timeout: float = 120.0) -> Path:
+    """Print the HTML page to PDF with headless Chromium (the page's print stylesheet applies)."""
+    browser = require_browser()
     pdf = Path(pdf_path)
     pdf.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
