@@ -14,10 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import _knobs_of
-from ..planner.options import make_config
 from ..planner.types import Estimate, Plan, TrainConfig
 from ..profiles.models import get_model
-from ..tune.export import HF_OPTIM
+from ..tune.export import HF_OPTIM, best_config, best_knobs
 
 
 def config_of(obj: Any) -> TrainConfig:
@@ -27,8 +26,7 @@ def config_of(obj: Any) -> TrainConfig:
     if isinstance(obj, (Plan, Estimate)):
         return obj.config
     if isinstance(obj, dict) and isinstance(obj.get("knobs"), dict):
-        knobs = {k: v for k, v in obj["knobs"].items() if k != "effective_batch"}
-        return make_config(get_model(obj["model"]), None, **knobs).config
+        return best_config(obj)[1]
     raise TypeError(f"expected a Plan, Estimate, TrainConfig or best.json dict, got {type(obj).__name__}")
 
 
@@ -129,8 +127,7 @@ class MemoryCallback:
                 if est is None:
                     import ftplan
 
-                    est = ftplan.estimate(plan["model"], plan.get("gpu"), **{k: v for k, v in plan["knobs"].items()
-                                                                              if k != "effective_batch"})
+                    est = ftplan.estimate(plan["model"], plan.get("gpu"), **best_knobs(plan))
                 self.predicted_allocated = est.peak_allocated_bytes
                 self.predicted_reserved = est.peak_reserved_bytes
                 self.history: list[dict[str, Any]] = []

@@ -21,8 +21,7 @@ from typing import Any, Callable
 
 from .._io import atomic_write_text
 from ..errors import FtplanError
-from ..planner.options import make_config
-from ..profiles.models import get_model
+from ..tune.export import best_config, best_knobs
 from . import checkpoint as C
 from . import dist as D
 from .data import IGNORE, batches, pack, read_jsonl, tokenize
@@ -76,12 +75,6 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def _knobs(doc: dict[str, Any]) -> dict[str, Any]:
-    k = dict(doc["knobs"])
-    k.pop("effective_batch", None)
-    return k
-
-
 def fingerprint(model: str, knobs: dict[str, Any], data: str, seed: int, packing: bool, lr: float) -> str:
     blob = json.dumps({"model": model, "knobs": knobs, "data": hashlib.sha256(Path(data).read_bytes()).hexdigest(),
                        "seed": seed, "packing": packing, "lr": lr}, sort_keys=True)
@@ -127,8 +120,7 @@ def build(opts: TrainOptions):
     require_stack()
     doc = opts.config
     model = opts.model or doc["model"]
-    spec = get_model(model)
-    cfg = make_config(spec, None, **_knobs(doc)).config
+    spec, cfg = best_config(doc, model)
     synthetic = bool(doc.get("synthetic_weights")) if opts.synthetic_weights is None else opts.synthetic_weights
     dev = resolve_device(opts.device or (doc.get("device") if doc.get("device") in ("cpu", "cuda") else None))
     tok = load_tokenizer(model, spec.vocab, synthetic, spec.hf_id)
@@ -160,7 +152,7 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     total = opts.max_steps or max(1, math.ceil(opts.epochs * steps_per_epoch))
     out = Path(opts.output)
     ckroot = out / "checkpoints"
-    fp = fingerprint(model_name, _knobs(opts.config), opts.data, opts.seed, opts.packing, opts.lr)
+    fp = fingerprint(model_name, best_knobs(opts.config), opts.data, opts.seed, opts.packing, opts.lr)
     last = C.latest(ckroot)
     if last is not None and not opts.resume:
         D.teardown(d)
@@ -292,8 +284,7 @@ def load_trained(output: str | Path, device: str | None = None):
     out = Path(output)
     doc = json.loads((out / "ftplan-config.json").read_text())
     tr = doc["trained"]
-    spec = get_model(doc["model"])
-    cfg = make_config(spec, None, **_knobs(doc)).config
+    spec, cfg = best_config(doc)
     dev = resolve_device(device or tr["device"])
     base = load_base(doc["model"], spec, cfg, dev, synthetic=tr["synthetic_weights"], seed=tr["seed"])
     if not cfg.is_lora:
@@ -314,12 +305,10 @@ def merge(out: Path, doc: dict[str, Any], dev: str) -> Path:
 
     from ..trainer.build import load_base
 
-    spec = get_model(doc["model"])
-    knobs = _knobs(doc)
-    cfg = make_config(spec, None, **knobs).config
+    spec, cfg = best_config(doc)
     if not cfg.is_lora:
         return out / "model"
-    base_cfg = make_config(spec, None, **{**knobs, "method": "lora", "quant": "bf16"}).config
+    _, base_cfg = best_config(doc, method="lora", quant="bf16")
     tr = doc["trained"]
     base = load_base(doc["model"], spec, base_cfg, dev, synthetic=tr["synthetic_weights"], seed=tr["seed"])
     merged = peft.PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()

@@ -20,6 +20,22 @@ ATTN_AXOLOTL = {"sdpa": "sdp_attention", "flash_attention_2": "flash_attention",
 ATTN_LLAMAFACTORY = {"sdpa": "sdpa", "flash_attention_2": "fa2", "eager": "disabled"}
 
 
+def best_knobs(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A best.json document's configuration as ``ftplan.estimate`` keywords (``changes`` override)."""
+    knobs = {k: v for k, v in doc["knobs"].items() if k != "effective_batch"}
+    return {**knobs, **changes}
+
+
+def best_config(doc: dict[str, Any], model: str | None = None, **changes: Any):
+    """(ModelSpec, TrainConfig) of a best.json document, validated like any knobs; ``model`` overrides
+    the document's model, ``changes`` its knobs."""
+    from ..planner.options import make_config
+    from ..profiles.models import get_model
+
+    spec = get_model(model or doc["model"])
+    return spec, make_config(spec, None, **best_knobs(doc, **changes)).config
+
+
 def best_document(ts, trial, study: str, storage: str) -> dict[str, Any]:
     """What ``ftplan train`` needs to repeat the winner, and where it came from."""
     knobs = dict(trial.user_attrs["config"])
