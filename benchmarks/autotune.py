@@ -36,6 +36,7 @@ def measure(model: str, device: str, budget: int, fixed: dict, steps: int, synth
     from ftplan.profiles.models import get_model
     from ftplan.tune import space as S
     from ftplan.tune.pool import Pool
+    from ftplan.tune.study import measured_bytes
 
     spec = get_model(model)
     gpu = get_gpu("cpu") if device == "cpu" else get_gpu("auto")
@@ -49,7 +50,7 @@ def measure(model: str, device: str, budget: int, fixed: dict, steps: int, synth
                        "synthetic_weights": synthetic, "max_memory_bytes": budget if device == "cpu" else None}
                 out = pool.run(req, 900)
                 res = out.result or {}
-                used = res.get("peak_allocated_bytes") if device == "cpu" else res.get("device_bytes")
+                used = measured_bytes(res, device)
                 oom = out.kind != "result" or res.get("status") != "ok" or (used or 0) > budget
                 rows.append({"key": c.key, "params": c.params, "planner_rank": i, "far_over": c.far_over,
                              "predicted_bytes": c.predicted_bytes, "measured_bytes": used, "oom": oom,

@@ -162,7 +162,9 @@ def _value(objective: str, tps: float, price: float | None) -> float:
     return (price / 3600.0 if price else 1.0) * 1e6 / tps
 
 
-def _measured_bytes(res: dict[str, Any], device: str) -> int | None:
+def measured_bytes(res: dict[str, Any], device: str) -> int | None:
+    """The measured figure held against the memory budget: the tensor-level peak on the CPU, the
+    process's device memory (NVML, else peak reserved) on CUDA."""
     if device == "cpu":
         return res.get("peak_allocated_bytes")
     return res.get("device_bytes") or res.get("peak_reserved_bytes")
@@ -207,7 +209,7 @@ class _Runner:
             return False
 
         out = self.pool.run(req, ts.trial_timeout_s, on_step)
-        state, value, reason = TrialState.FAIL, None, out.reason
+        state, value, reason, outcome = TrialState.FAIL, None, out.reason, out.kind
         if out.kind == "result" and out.result is not None:
             res = out.result
             measured = {"peak_allocated_bytes": res.get("peak_allocated_bytes"),
@@ -216,18 +218,20 @@ class _Runner:
                         "step_time_s": res.get("step_time_s"), "status": res["status"]}
             trial.set_user_attr("measured", measured)
             trial.set_user_attr("provenance", res.get("provenance"))
-            used = _measured_bytes(res, ts.device)
+            used = measured_bytes(res, ts.device)
+            outcome = "failed"
             if res["status"] == "oom":
-                reason = f"out of memory: {res.get('error', '')}"
+                reason, outcome = f"out of memory: {res.get('error', '')}", "oom"
             elif used is not None and used > cand.budget_bytes:
                 reason = f"measured {used / 2**30:.2f} GiB over the budget {cand.budget_bytes / 2**30:.2f} GiB"
             elif res.get("tokens_per_s"):
                 state, value, reason = TrialState.COMPLETE, _value(ts.objective, res["tokens_per_s"], self.price), ""
+                outcome = "ok"
             else:
                 reason = "no throughput measured"
         elif out.kind == "pruned":
             state = TrialState.PRUNED
-        trial.set_user_attr("outcome", "ok" if state == TrialState.COMPLETE else out.kind if out.kind != "result" else "oom" if "out of memory" in reason else "failed")
+        trial.set_user_attr("outcome", outcome)
         if reason:
             trial.set_user_attr("reason", reason[:500])
         self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
