@@ -131,7 +131,7 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     import torch
 
     from ..trainer.build import build_model
-    from ..trainer.step import make_optimizer
+    from ..trainer.step import autocast, make_optimizer
 
     if opts.max_steps is not None and opts.max_steps < 1:
         raise FtplanError(f"--max-steps={opts.max_steps} must be at least 1")
@@ -177,7 +177,6 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
         start = int(C.load(last, model, opt, sched, fp)["step"])
     net = D.wrap(model, d, dev)  # after loading: every process starts from the same weights
     out.mkdir(parents=True, exist_ok=True)
-    dtype = torch.float16 if cfg.quant == "fp16" else torch.bfloat16
     pad = tok.pad_id if tok.pad_id is not None else 0
     losses: list[float] = []
     log = open(out / "log.jsonl", "a", buffering=1) if d.main else open(os.devnull, "w")
@@ -199,7 +198,7 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
             for j in range(cfg.grad_accum):
                 b = _tensor_batch(micro_batch((step * cfg.grad_accum + j) * d.world + d.rank), dev)
                 with D.no_sync(net, d, j == cfg.grad_accum - 1):
-                    with torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=dtype, enabled=cfg.autocast):
+                    with autocast(cfg, dev):
                         loss = net(**b).loss
                     (loss / cfg.grad_accum).backward()
                 step_loss += float(loss.detach()) / cfg.grad_accum
@@ -258,15 +257,17 @@ def _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, s
 
 
 def evaluate(model, rows, cfg, dev: str, pad: int) -> float:
-    """Mean loss over the evaluation rows (no gradients)."""
+    """Mean loss over the evaluation rows (no gradients), under the training's autocast."""
     import torch
+
+    from ..trainer.step import autocast
 
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad():
         for b in batches(rows, cfg.micro_batch, pad, list(range(len(rows)))):
             t = _tensor_batch(b, dev)
-            with torch.autocast(device_type="cuda" if dev == "cuda" else "cpu", dtype=torch.bfloat16, enabled=cfg.autocast):
+            with autocast(cfg, dev):
                 total += float(model(**t).loss)
             n += 1
     model.train()

@@ -24,6 +24,15 @@ PHASES = ("forward_end", "backward", "optimizer_step")
 LR = 2e-4
 
 
+def autocast(cfg: TrainConfig, device: str):
+    """The autocast region HF Trainer opens for the forward and the loss (bf16=True, or fp16=True for an
+    fp16 model); disabled when the configuration says so."""
+    import torch
+
+    dtype = torch.float16 if cfg.quant == "fp16" else torch.bfloat16
+    return torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=dtype, enabled=cfg.autocast)
+
+
 def make_optimizer(name: str, params: list, device: str):
     """The optimizer HF Trainer builds for ``optim=<name>`` (learning rate and decay do not change memory)."""
     import torch
@@ -178,7 +187,6 @@ def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, trac
     meter = Meter(device, tracker)
     micro = min(cfg.grad_accum, 2)
     head = model.get_output_embeddings()
-    dtype = torch.float16 if cfg.quant == "fp16" else torch.bfloat16
     b, s = cfg.micro_batch, cfg.seq_len
     hooks = []
     if tracker is not None and head is not None:
@@ -201,8 +209,7 @@ def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, trac
                     else:
                         ids = torch.randint(0, vocab, (b, s), generator=gen).to(device)
                     meter.start()
-                    with torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=dtype,
-                                        enabled=cfg.autocast):
+                    with autocast(cfg, device):
                         loss = model(input_ids=ids, labels=ids).loss
                     rec.phases["forward_end"] = _max(rec.phases.get("forward_end"), meter.stop("forward_end", model, opt))
                     meter.start()
