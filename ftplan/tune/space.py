@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..api import _knobs_of, estimate
+from ..api import _knobs_of
+from ..planner.estimate import build_estimate
 from ..planner.search import _light_key, enumerate_configs
 from ..planner.types import GPUSpec, ModelSpec, TrainConfig
 
@@ -77,7 +78,7 @@ def candidates(spec: ModelSpec, gpu: GPUSpec, fixed: dict[str, Any], budget: int
         for cfg, _ in enumerate_configs(spec, gpu, fx, "throughput"):
             if cfg.method == "full" and r not in (None, rank_list[0]):
                 continue
-            est = estimate(spec, gpu, calibrate=False, **_knobs_of(cfg))
+            est = build_estimate(spec, cfg, gpu)  # cfg is already validated: no second make_config
             tps = est.time.tokens_per_s if est.time else None
             pred = {"peak_allocated_bytes": est.peak_allocated_bytes, "peak_reserved_bytes": est.peak_reserved_bytes,
                     "device_bytes": est.device_bytes, "tokens_per_s": tps}
