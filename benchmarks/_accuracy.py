@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ftplan
-from ftplan._io import atomic_write_text
-from ftplan.compare import PHASES, phase_totals, rel_error, term_rows, worst_term
+from ftplan.atomic import atomic_write_text
+from ftplan.measure.compare import PHASES, phase_totals, rel_error, term_rows, worst_term
 
 MiB = 1024**2
 
@@ -101,7 +101,7 @@ def run_and_report(grid: Callable[[Path], list[tuple[str, str, dict]]], measure:
                    keep: Callable[[list], list] = lambda g: g) -> None:
     """Build the grid in a temporary folder, measure each row, print the table and its timing, and
     save it with the provenance of ``device`` and the command that ran it."""
-    from ftplan.trainer.env import provenance
+    from ftplan.stack.env import provenance
 
     with tempfile.TemporaryDirectory() as tmp:
         rows = keep(grid(Path(tmp)))

@@ -3,7 +3,7 @@
 Each configuration is a real run (``ftplan profile --device cpu``: transformers + peft +
 bitsandbytes, synthetic weights, steps of forward/backward/optimizer) measured by the live-storage
 tracker, and ``ftplan.estimate(..., gpu="cpu")``'s prediction of the same tensor-level peak. The
-architectures are real families' configs scaled down (``ftplan.archs``). Prints a table (error of the
+architectures are real families' configs scaled down (``ftplan.measure.small_models``). Prints a table (error of the
 peak, of each phase, the term the model got most wrong) and writes ``results/accuracy_cpu.json``.
 
     python benchmarks/accuracy_cpu.py [--quick] [--out PATH]
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _accuracy import run_and_report  # noqa: E402
 
-from ftplan.archs import write_config  # noqa: E402
+from ftplan.measure.small_models import write_config  # noqa: E402
 
 
 def grid(folder: Path) -> list[tuple[str, str, dict]]:
@@ -87,10 +87,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="every fourth configuration")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy_cpu.json"))
     args = ap.parse_args()
-    from ftplan.trainer import quiet
-
-    quiet()
-    from ftplan.trainer.profile import profile
+    from ftplan.measure.profile import profile
 
     run_and_report(grid, lambda model, kn: profile(model, steps=2, device="cpu", synthetic_weights=True, **kn),
                    "measured", "cpu", "benchmarks/accuracy_cpu.py", args.out,
@@ -99,4 +96,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ftplan.stack import quiet_stack
+
+    with quiet_stack():
+        rc = main()
+    raise SystemExit(rc)

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import ftplan
-from ftplan.compare import rel_error
+from ftplan.measure.compare import rel_error
 
 MiB = 1024**2
 
@@ -94,10 +94,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("accuracy_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
-    from ftplan.trainer import quiet
-
-    quiet()
-    from ftplan.trainer.env import provenance
+    from ftplan.stack.env import provenance
 
     gpu = ftplan.get_gpu(args.gpu)
     total = torch.cuda.get_device_properties(0).total_memory / 2**30
@@ -151,4 +148,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ftplan.stack import quiet_stack
+
+    with quiet_stack():
+        rc = main()
+    raise SystemExit(rc)

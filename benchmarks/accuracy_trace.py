@@ -74,10 +74,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="the 1B-8B rows only")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy_trace.json"))
     args = ap.parse_args()
-    from ftplan.trainer import quiet
-
-    quiet()
-    from ftplan.trainer.trace import trace
+    from ftplan.measure.trace import trace
 
     quick = (lambda g: [r for r in g if r[0] in ("1b", "3b", "8b")]) if args.quick else (lambda g: g)
     run_and_report(grid, lambda model, kn: trace(model, **kn), "traced", "fake", "benchmarks/accuracy_trace.py",
@@ -86,4 +83,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ftplan.stack import quiet_stack
+
+    with quiet_stack():
+        rc = main()
+    raise SystemExit(rc)

@@ -46,7 +46,7 @@ def measure(model: str, device: str, budget: int, fixed: dict, steps: int, synth
         pool = Pool(Path(tmp))
         try:
             for i, c in enumerate(cands):
-                req = {"trial": i, "model": model, "knobs": S.to_knobs(c.config), "steps": steps, "device": device,
+                req = {"trial": i, "model": model, "knobs": c.config.knobs(), "steps": steps, "device": device,
                        "synthetic_weights": synthetic, "max_memory_bytes": budget if device == "cpu" else None}
                 out = pool.run(req, 900)
                 res = out.result or {}
@@ -154,15 +154,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--from-json", help="replay a saved measurement instead of measuring")
     a = ap.parse_args()
-    from ftplan.cli._knobs import parse_bytes
-    from ftplan.trainer import quiet
-
-    quiet()
+    from ftplan.units import parse_bytes
     budget = parse_bytes(a.max_memory)
     tmp = None
     model = a.model
     if model is None:
-        from ftplan.archs import write_config
+        from ftplan.measure.small_models import write_config
 
         tmp = tempfile.mkdtemp()
         model = str(write_config("llama", tmp))
@@ -172,12 +169,12 @@ def main() -> int:
         doc = json.loads(Path(a.from_json).read_text())
         rows, prov = doc["measurements"], doc["provenance"]
     else:
-        from ftplan.trainer.env import provenance
+        from ftplan.stack.env import provenance
 
         t0 = time.perf_counter()
         rows = measure(model, a.device, budget, fixed, a.steps, synthetic=True)
         prov = {**provenance(a.device, ["python", "benchmarks/autotune.py", *sys.argv[1:]]),
-                "measure_s": round(time.perf_counter() - t0, 1), "model": a.model or "llama (ftplan.archs, small)"}
+                "measure_s": round(time.perf_counter() - t0, 1), "model": a.model or "llama (ftplan.measure.small_models, small)"}
     results = [summarize("ftplan (planner-seeded TPE)", [replay_optuna(rows, s, True) for s in range(a.seeds)]),
                summarize("plain Optuna TPE", [replay_optuna(rows, s, False) for s in range(a.seeds)])]
     bf = replay_batch_finder(rows, default)
@@ -209,10 +206,14 @@ def main() -> int:
 
 
 def _save(out: Path, doc: dict) -> None:
-    from ftplan._io import atomic_write_text
+    from ftplan.atomic import atomic_write_text
 
     atomic_write_text(out, json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ftplan.stack import quiet_stack
+
+    with quiet_stack():
+        rc = main()
+    sys.exit(rc)

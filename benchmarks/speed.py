@@ -36,8 +36,7 @@ def search_times(runs: int, **kwargs) -> tuple[list[float], int, int]:
     times = []
     res = None
     for _ in range(runs):
-        phases._STATIC_CACHE.clear()  # measure a cold search, not a cache hit
-        phases._DYNAMIC_CACHE.clear()
+        phases.clear_caches()  # measure a cold search, not a cache hit
         timing._WORK_CACHE.clear()
         estimate._TRAFFIC_CACHE.clear()
         t = time.perf_counter()

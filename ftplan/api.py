@@ -95,15 +95,8 @@ def suggest(model: str | ModelSpec, gpu: str | GPUSpec | None = None, *, margin:
             break
     if g is not None:
         for n in (2, 4, 8, 16, 32, 64):
-            cfg = make_config(spec, g, **{**_knobs_of(lean), "num_gpus": n, "sharding": "fsdp"}).config
+            cfg = make_config(spec, g, **{**lean.knobs(), "num_gpus": n, "sharding": "fsdp"}).config
             if memory_model(spec, cfg, g).device_bytes <= g.usable_bytes * (1 - margin):
                 out["gpu_count"] = n
                 break
     return out
-
-
-def _knobs_of(cfg) -> dict[str, Any]:
-    d = cfg.to_dict()
-    d.pop("effective_batch")
-    d["grad_accum"] = cfg.grad_accum
-    return d

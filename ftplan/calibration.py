@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from ._io import atomic_write_text
+from .atomic import atomic_write_text
 from .planner.types import Calibration, Estimate
 
 STACK = ("torch", "transformers", "peft", "bitsandbytes")

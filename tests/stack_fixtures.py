@@ -7,9 +7,10 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _quiet():
-    from ftplan.trainer import quiet
+    from ftplan.stack import quiet_stack
 
-    quiet()
+    with quiet_stack():
+        yield
 
 
 def write_jsonl(path, n: int = 48) -> str:
@@ -22,7 +23,7 @@ def write_jsonl(path, n: int = 48) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
-    from ftplan.archs import write_config
+    from ftplan.measure.small_models import write_config
 
     return str(write_config("llama", tmp_path_factory.mktemp("arch")))
 

@@ -34,22 +34,3 @@ def knobs(method: Optional[str], quant: Optional[str], double_quant: Optional[bo
                 lora_targets=targets, lora_dropout=lora_dropout, micro_batch=micro_batch, seq_len=seq_len,
                 grad_accum=grad_accum if grad_accum is not None else 1, gradient_checkpointing=grad_ckpt,
                 optimizer=optimizer, attention=attention, loss_impl=loss)
-
-
-def parse_bytes(text: Optional[str], name: str = "--max-memory") -> Optional[int]:
-    """'12GiB', '500MB', '2e9' -> bytes."""
-    if text is None:
-        return None
-    import re
-
-    from ..errors import FtplanError
-
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?i?b?)?\s*", text.lower())
-    if not m:
-        raise FtplanError(f"{name}={text!r} is not a size; use e.g. 12GiB, 500MB, 2e9")
-    unit = (m.group(2) or "").rstrip("b")
-    mult = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}[unit]
-    value = int(float(m.group(1)) * mult)
-    if value <= 0:
-        raise FtplanError(f"{name}={text!r} must be greater than 0")
-    return value

@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from . import _knobs as K
+from ..units import parse_bytes
 from ._common import echo_json, user_errors
 
 
@@ -55,7 +56,7 @@ class _Progress:
             typer.echo(text, err=True)
 
     def __call__(self, event: str, **kw) -> None:
-        from ..tune.render import describe
+        from ..tune.table import describe
 
         if event == "begin":
             self.done = kw["done"]
@@ -130,7 +131,7 @@ def autotune_command(
         progress = _Progress(trials, quiet=json_out)
         res = autotune(model, gpu, data=data, device=None if device == "auto" else device, trials=trials,
                        time_budget=time_budget, objective=objective, study=study, storage=storage, steps=steps,
-                       trial_timeout=trial_timeout, margin=margin, max_memory_bytes=K.parse_bytes(max_memory),
+                       trial_timeout=trial_timeout, margin=margin, max_memory_bytes=parse_bytes(max_memory),
                        ranks=ranks, seed=seed, runs_dir=runs_dir, synthetic_weights=synthetic_weights, price=price,
                        argv=["ftplan", "autotune", *sys.argv[2:]], emit=progress, **knobs)
     if json_out:
@@ -139,9 +140,9 @@ def autotune_command(
                               "trials": res.rows, "best": res.best, "files": res.files,
                               "calibration": res.calibration}, default=str))
     else:
-        from ..tune.render import render
+        from ..tune.table import study_table
 
-        typer.echo(render(res, res.device))
+        typer.echo(study_table(res, res.device))
     if res.best is None:
         raise typer.Exit(1)
     if then_train:

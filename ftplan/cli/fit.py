@@ -9,14 +9,13 @@ from typing import Optional
 
 import typer
 
-from ..api import _knobs_of
 from ..planner.search import DEFAULT_MARGIN
 from ._common import echo_json, user_errors
 
 
 def _version(value: bool) -> None:
     if value:
-        from .._version import __version__
+        from .. import __version__
 
         typer.echo(f"ftplan {__version__}")
         raise typer.Exit(0)
@@ -59,6 +58,9 @@ def fit_callback(
 
     ftplan --model 8b --gpu rtx4090
     """
+    from ..stack import quiet_stack
+
+    ctx.with_resource(quiet_stack())  # the stack's notices stay out of every command's output
     if ctx.invoked_subcommand is not None:
         return
     if model is None:
@@ -66,7 +68,7 @@ def fit_callback(
         typer.echo("\nerror: --model is required (e.g. ftplan --model 8b --gpu rtx4090)", err=True)
         raise typer.Exit(2)
     from ..fit import run_fit
-    from ..render import dumps, fit_json, render_fit
+    from ..fit.text import dumps, fit_json, fit_text
 
     with user_errors():
         if top < 1:
@@ -89,9 +91,9 @@ def fit_callback(
             doc["trace"] = traced
         echo_json(dumps(doc))
     else:
-        typer.echo(render_fit(result))
+        typer.echo(fit_text(result))
         if traced is not None:
-            from ..render_measure import render_trace
+            from ..measure.text import trace_text
 
             typer.echo("")
             c = result.plans[0].config
@@ -100,17 +102,17 @@ def fit_callback(
             import ftplan
 
             est = ftplan.estimate(result.model, result.gpu, **_traced_knobs(c)).to_dict()
-            typer.echo(render_trace(traced, est))
+            typer.echo(trace_text(traced, est))
     raise typer.Exit(0 if result.fits else 1)
 
 
 def _trace_plan(model: str, plan) -> dict:
     """Trace the recommended configuration (one micro-batch pass, as the estimate's phases describe)."""
-    from ..trainer.trace import trace
+    from ..measure.trace import trace
 
     return trace(model, **_traced_knobs(plan.config))
 
 
 def _traced_knobs(c) -> dict:
     """The plan's knobs as one device runs them with transformers' standard loss (what a trace can run)."""
-    return {**_knobs_of(c), "loss_impl": "standard", "num_gpus": 1, "sharding": None}
+    return {**c.knobs(), "loss_impl": "standard", "num_gpus": 1, "sharding": None}

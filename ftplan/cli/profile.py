@@ -1,4 +1,4 @@
-"""``ftplan profile``: a short real training run, measured (see ``ftplan.trainer.profile``).
+"""``ftplan profile``: a short real training run, measured (see ``ftplan.measure.profile``).
 
 Exit codes: 0 measured, 1 out of memory or the run failed (the JSON says which), 2 bad input.
 """
@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from . import _knobs as K
+from ..units import parse_bytes
 from ._common import echo_json, user_errors
 
 
@@ -34,13 +35,13 @@ def profile_command(
     from ..errors import FtplanError
 
     with user_errors():
-        cap = K.parse_bytes(max_memory)
+        cap = parse_bytes(max_memory)
         kn = K.knobs(method, quant, double_quant, rank, alpha, targets, lora_dropout, micro_batch, seq_len,
                      grad_accum, grad_ckpt, optimizer, attention)
         import ftplan
 
         ftplan.estimate(model, None, **kn)  # validates every knob before anything heavy is imported
-        from ..trainer.profile import profile
+        from ..measure.profile import profile
 
         dev = None if device == "auto" else device
         res = profile(model, steps=steps, device=dev, synthetic_weights=synthetic_weights, max_memory_bytes=cap,
@@ -54,7 +55,7 @@ def profile_command(
     if json_out:
         echo_json(json.dumps(res))
     else:
-        from ..render_measure import render_profile
+        from ..measure.text import profile_text
 
-        typer.echo(render_profile(res))
+        typer.echo(profile_text(res))
     raise typer.Exit(0 if res["status"] == "ok" else 1)

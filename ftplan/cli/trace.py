@@ -1,4 +1,4 @@
-"""``ftplan trace``: a full-size training step under fake tensors (see ``ftplan.trainer.trace``),
+"""``ftplan trace``: a full-size training step under fake tensors (see ``ftplan.measure.trace``),
 beside the analytical model. Exit codes: 0 traced, 2 bad input."""
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ def trace_command(
         import ftplan
 
         est = ftplan.estimate(model, gpu, **kn).to_dict()  # validates the knobs first
-        from ..trainer.trace import trace
+        from ..measure.trace import trace
 
         res = trace(model, argv=["ftplan", "trace", *sys.argv[2:]], **kn)
         res["estimate"] = est
     if json_out:
         echo_json(json.dumps(res))
         return
-    from ..render_measure import render_trace
+    from ..measure.text import trace_text
 
-    typer.echo(render_trace(res, est))
+    typer.echo(trace_text(res, est))

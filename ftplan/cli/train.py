@@ -49,11 +49,12 @@ def run_train(config: str, data: Optional[str], output: Optional[str] = None, ma
               **kw) -> None:
     """Shared by ``ftplan train`` and ``ftplan autotune --then-train``."""
     from ..errors import FtplanError
-    from ..train.loop import TrainOptions, load_config, train
+    from ..best import read_best
+    from ..train.loop import TrainOptions, train
 
     if data is None:
         raise FtplanError("--data is required to train (a JSONL file)")
-    doc = load_config(config)
+    doc = read_best(config)
     out = Path(output) if output else Path(config).resolve().parent / "train"
     quiet = kw.pop("quiet", False)
     bar = _Bar(quiet)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api import _knobs_of
 from ..planner.types import Estimate, Plan, TrainConfig
 from ..profiles.models import get_model
-from ..tune.export import HF_OPTIM, best_config, best_knobs
+from ..best import best_config, best_knobs
+from .exports import HF_OPTIM
 
 
 def config_of(obj: Any) -> TrainConfig:
@@ -70,7 +70,7 @@ def lora_config(obj: Any, model: Any = None):
     stays as PEFT's own keyword). None for full fine-tuning."""
     import peft
 
-    from ..trainer.build import lora_target_modules
+    from ..stack.build import lora_target_modules
 
     cfg = config_of(obj)
     if not cfg.is_lora:
@@ -162,4 +162,4 @@ class MemoryCallback:
 
 def knobs(obj: Any) -> dict[str, Any]:
     """The configuration as ``ftplan.estimate`` keywords."""
-    return _knobs_of(config_of(obj))
+    return config_of(obj).knobs()

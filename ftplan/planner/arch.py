@@ -135,11 +135,6 @@ def linear_params(spec: ModelSpec) -> int:
     return sum(lin.params * lin.count * n_layers_of(spec, lin) for lin in layer_linears(spec))
 
 
-def linear_weight_params(spec: ModelSpec) -> int:
-    """Weight elements of the decoder-layer linears (biases excluded: bitsandbytes keeps them)."""
-    return sum(lin.weight_params * lin.count * n_layers_of(spec, lin) for lin in layer_linears(spec))
-
-
 def norm_params(spec: ModelSpec) -> int:
     """All norm weights (and LayerNorm biases): per layer, qk-norms, and the final norm."""
     per = spec.hidden * (2 if spec.norm == "layernorm" else 1)
@@ -224,14 +219,3 @@ def resolve_targets(spec: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear, 
             if r not in chosen:
                 chosen.append(r)
     return tuple(chosen)
-
-
-@lru_cache(maxsize=1024)
-def lora_params(spec: ModelSpec, targets: tuple[str, ...], rank: int) -> int:
-    """LoRA parameters: ``r * (in + out)`` per targeted module (A is ``in x r``, B is ``r x out``).
-
-    Source: peft ``LoraLayer.update_layer`` creates ``lora_A = nn.Linear(in_features, r, bias=False)``
-    and ``lora_B = nn.Linear(r, out_features, bias=False)``.
-    """
-    return sum(rank * (lin.in_features + lin.out_features) * lin.count * n_layers_of(spec, lin)
-               for lin in resolve_targets(spec, targets))

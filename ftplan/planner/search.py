@@ -124,7 +124,7 @@ def _speed_bucket(tps: float) -> int:
     return -int(math.log(tps) / math.log(1.005)) if tps > 0 else 0
 
 
-def _light_key(objective: str, cfg: TrainConfig, tps: float | None, device_bytes: int, gpu: GPUSpec | None,
+def light_key(objective: str, cfg: TrainConfig, tps: float | None, device_bytes: int, gpu: GPUSpec | None,
                price: float | None) -> tuple:
     """Sort key (smaller is better) from the configuration, its tokens/s and its device bytes."""
     tps = tps or 0.0
@@ -165,7 +165,7 @@ def search(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], objectiv
         if usable is not None and dev > usable:
             continue
         tps = tokens_per_s(spec, cfg, gpu, optimizer_traffic_bytes(spec, cfg))
-        scored.append((_light_key(objective, cfg, tps, dev, gpu, price), cfg))
+        scored.append((light_key(objective, cfg, tps, dev, gpu, price), cfg))
     scored.sort(key=lambda x: x[0])
     feasible = len(scored)
     if diverse:

@@ -82,6 +82,11 @@ def spec_id(spec: ModelSpec) -> int:
     return i
 
 
+def spec_by_id(i: int) -> ModelSpec:
+    """The model whose ``spec_id`` is ``i``."""
+    return _SPEC_REGISTRY[i]
+
+
 @dataclass(frozen=True)
 class GPUSpec:
     """One GPU model. ``None`` means the figure is unknown (never zero-filled)."""
@@ -152,6 +157,13 @@ class TrainConfig:
         d = asdict(self)
         d["lora_targets"] = list(self.lora_targets)
         d["effective_batch"] = self.effective_batch
+        return d
+
+    def knobs(self) -> dict[str, Any]:
+        """The configuration as ``ftplan.estimate`` / ``ftplan.plan`` keywords (``grad_accum`` rather than
+        ``effective_batch``): ``make_config(spec, gpu, **cfg.knobs())`` gives ``cfg`` back."""
+        d = self.to_dict()
+        d.pop("effective_batch")
         return d
 
 

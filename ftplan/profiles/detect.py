@@ -1,11 +1,15 @@
-"""``--gpu auto``: the local NVIDIA GPU through NVML (nvidia-ml-py), with its real free memory."""
+"""``--gpu auto``: the local NVIDIA GPU through NVML (nvidia-ml-py), with its real free memory.
+
+The catalog is passed in (``profiles.gpus`` calls this module, never the reverse)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Mapping
 
 from ..errors import FtplanError
 from ..planner.types import GPUSpec
+from ._names import norm_name
 
 
 def _nvml():
@@ -21,8 +25,8 @@ def _nvml():
     return pynvml
 
 
-def detect_gpu(index: int = 0) -> GPUSpec:
-    """GPU ``index``: its catalog profile when the name matches, its free memory as the budget."""
+def detect_gpu(catalog: Mapping[str, GPUSpec], index: int = 0) -> GPUSpec:
+    """GPU ``index``: its ``catalog`` profile when the name matches, its free memory as the budget."""
     nv = _nvml()
     try:
         count = nv.nvmlDeviceGetCount()
@@ -42,7 +46,7 @@ def detect_gpu(index: int = 0) -> GPUSpec:
             nv.nvmlShutdown()
         except Exception:
             pass
-    base = match_catalog(name)
+    base = match_catalog(name, catalog)
     src = f"NVML free memory on {name} (total {mem.total / 1024**3:.1f} GiB)"
     if base is None:
         return GPUSpec(key="auto", name=name, memory_gb=mem.total / 1e9, usable_bytes=int(mem.free),
@@ -52,14 +56,11 @@ def detect_gpu(index: int = 0) -> GPUSpec:
     return replace(base, usable_bytes=int(mem.free), usable_source=src)
 
 
-def match_catalog(nvml_name: str) -> GPUSpec | None:
-    """Best catalog entry for an NVML name such as 'NVIDIA GeForce RTX 4090' or 'NVIDIA H100 80GB HBM3'."""
-    from ._names import norm_name
-    from .gpus import load_catalog
-
+def match_catalog(nvml_name: str, catalog: Mapping[str, GPUSpec]) -> GPUSpec | None:
+    """Best ``catalog`` entry for an NVML name such as 'NVIDIA GeForce RTX 4090' or 'NVIDIA H100 80GB HBM3'."""
     target = norm_name(nvml_name.replace("NVIDIA", "").replace("GeForce", ""))
     best, best_len = None, 0
-    for g in load_catalog().values():
+    for g in catalog.values():
         for n in (g.key, g.name, *g.aliases):
             k = norm_name(n.replace("GeForce", ""))
             if k and k in target and len(k) > best_len:

@@ -24,12 +24,19 @@ from ._names import norm_name
 DATA = Path(__file__).parent / "data" / "gpus.csv"
 SMI_TO_CUDA_MIB = 600
 GPU_FILE_ENV = "FTPLAN_GPUS"
-FIELDS = ("key", "name", "aliases", "vendor", "architecture", "compute_capability", "memory_gb",
-          "nvidia_smi_total_mib", "torch_total_memory_bytes", "bandwidth_gbs", "bf16_tflops", "fp16_tflops",
-          "fp32_tflops", "bf16", "flash_attention_2", "nvlink", "price_per_hour", "price_provider",
-          "price_date", "sources", "notes")
-NUMERIC = ("compute_capability", "memory_gb", "nvidia_smi_total_mib", "torch_total_memory_bytes",
-           "bandwidth_gbs", "bf16_tflops", "fp16_tflops", "fp32_tflops", "price_per_hour")
+# The one definition of a GPU row, in the packaged CSV's column order (a test holds the file's header to
+# it): column -> kind. number: a float >= 0 or empty (unknown); flag: yes/no; range: a number or "lo-hi"
+# (the high end is used); text: free text (aliases: ';'-separated). User files take any of these columns.
+COLUMNS: dict[str, str] = {
+    "key": "text", "name": "text", "aliases": "text", "vendor": "text", "architecture": "text",
+    "compute_capability": "number", "memory_gb": "number", "nvidia_smi_total_mib": "number",
+    "torch_total_memory_bytes": "number", "bandwidth_gbs": "number", "bf16_tflops": "number",
+    "fp16_tflops": "number", "fp32_tflops": "number", "bf16": "flag", "flash_attention_2": "flag", "nvlink": "flag",
+    "tdp_w": "range", "price_per_hour": "number", "price_provider": "text", "price_date": "text", "sources": "text",
+    "notes": "text",
+}
+FIELDS = tuple(COLUMNS)
+NUMERIC = tuple(k for k, kind in COLUMNS.items() if kind == "number")
 
 
 def _num(row: dict, key: str, where: str) -> float | None:
@@ -153,7 +160,7 @@ def get_gpu(name: str | GPUSpec, extra: str | None = None) -> GPUSpec:
     if str(name).strip().lower() == "auto":
         from .detect import detect_gpu
 
-        return detect_gpu()
+        return detect_gpu(load_catalog(extra))
     catalog = load_catalog(extra)
     key = _index(catalog).get(norm_name(str(name)))
     if key is None:

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..errors import FtplanError
 from ..planner.types import ModelSpec
 

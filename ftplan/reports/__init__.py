@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_text
+from ..atomic import atomic_write_text
 from ..errors import FtplanError
 from .data import Option, Report, build
 

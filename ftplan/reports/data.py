@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._version import __version__
+from .. import __version__
 from ..api import plan_search, suggest
 from ..errors import FtplanError
-from ..fit import parse_count
+from ..units import parse_count
 from ..planner.estimate import ASSUMPTIONS
 from ..planner.types import Plan
 from ..profiles.gpus import get_gpu
@@ -199,13 +199,13 @@ def build(model: str, gpus: str | list[str], tokens: str | float, *, epochs: flo
 
 def load_trials(study: str, storage: str | None) -> list[dict[str, Any]]:
     """The measured trials of an autotune study, predicted beside measured."""
-    from ..tune.study import DEFAULT_RUNS, _open_storage, storage_url, trial_row
+    from ..tune.study import DEFAULT_RUNS, open_storage, storage_url, trial_row
 
     import optuna
 
     url = storage_url(storage, DEFAULT_RUNS)
     try:
-        st = optuna.load_study(study_name=study, storage=_open_storage(url))
+        st = optuna.load_study(study_name=study, storage=open_storage(url))
     except KeyError:
         raise FtplanError(f"--study {study!r} is not in {url}") from None
     return [trial_row(t) for t in st.get_trials(deepcopy=False) if t.user_attrs.get("ran")]

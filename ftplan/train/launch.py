@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .._io import atomic_write_text
+from ..atomic import atomic_write_text
 from ..errors import FtplanError
-from ..tune.export import to_yaml
+from ..integrations.exports import to_yaml
 
 
 def accelerate_config(gpus: int, sharding: str, mixed: str = "bf16") -> dict:
@@ -30,11 +30,11 @@ def accelerate_config(gpus: int, sharding: str, mixed: str = "bf16") -> dict:
 
 def launch_plan(config: str, gpus: int, output: str | None) -> str:
     """Write ``accelerate.yaml`` and return the command that runs ``ftplan train`` on ``gpus`` GPUs."""
-    from ..train.loop import load_config
+    from ..best import read_best
 
     if gpus < 2:
         raise FtplanError(f"--gpus={gpus}: the accelerate command is for 2 or more GPUs")
-    doc = load_config(config)
+    doc = read_best(config)
     sharding = doc["knobs"].get("sharding") or ("fsdp" if doc["knobs"].get("num_gpus", 1) > 1 else "ddp")
     mixed = "fp16" if doc["knobs"].get("quant") == "fp16" else "bf16"
     folder = Path(output) if output else Path(config).resolve().parent

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .._io import atomic_write_text
+from ..atomic import atomic_write_text
 from ..errors import FtplanError
-from ..tune.export import best_config, best_knobs
+from ..best import best_config, best_knobs, read_best
 from . import checkpoint as C
 from . import dist as D
 from .data import IGNORE, batches, pack, read_jsonl, tokenize
@@ -60,19 +60,6 @@ class TrainResult:
     eval_loss: float | None
     files: dict[str, str]
     model: Any = field(default=None, repr=False)
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise FtplanError(f"--config {str(path)!r} does not exist") from None
-    except ValueError as e:
-        raise FtplanError(f"--config {str(path)!r} is not JSON ({e})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("knobs"), dict) or "model" not in doc:
-        raise FtplanError(f"--config {str(path)!r} has no 'model' and 'knobs' (write it with ftplan autotune)")
-    return doc
 
 
 def fingerprint(model: str, knobs: dict[str, Any], data: str, seed: int, packing: bool, lr: float) -> str:
@@ -114,7 +101,7 @@ def _memory(device: str) -> int:
 
 def build(opts: TrainOptions):
     """(model name, spec, config, device, tokenizer, synthetic) from the options (no weights yet)."""
-    from ..trainer.profile import require_stack, resolve_device
+    from ..stack.env import require_stack, resolve_device
     from .tokenizer import load_tokenizer
 
     require_stack()
@@ -130,8 +117,8 @@ def build(opts: TrainOptions):
 def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> TrainResult:
     import torch
 
-    from ..trainer.build import build_model
-    from ..trainer.step import autocast, make_optimizer
+    from ..stack.build import build_model
+    from ..stack.optim import autocast, make_optimizer
 
     if opts.max_steps is not None and opts.max_steps < 1:
         raise FtplanError(f"--max-steps={opts.max_steps} must be at least 1")
@@ -260,7 +247,7 @@ def evaluate(model, rows, cfg, dev: str, pad: int) -> float:
     """Mean loss over the evaluation rows (no gradients), under the training's autocast."""
     import torch
 
-    from ..trainer.step import autocast
+    from ..stack.optim import autocast
 
     model.eval()
     total, n = 0.0, 0
@@ -279,8 +266,8 @@ def load_trained(output: str | Path, device: str | None = None):
     the same synthetic seed, same preparation), the saved adapter loaded with ``peft.PeftModel``."""
     import peft
 
-    from ..trainer.build import load_base
-    from ..trainer.profile import resolve_device
+    from ..stack.build import load_base
+    from ..stack.env import resolve_device
 
     out = Path(output)
     doc = json.loads((out / "ftplan-config.json").read_text())
@@ -304,7 +291,7 @@ def merge(out: Path, doc: dict[str, Any], dev: str) -> Path:
     import peft
     import torch
 
-    from ..trainer.build import load_base
+    from ..stack.build import load_base
 
     spec, cfg = best_config(doc)
     if not cfg.is_lora:

@@ -10,17 +10,8 @@ from ..errors import FtplanError
 from ..planner.options import choice
 from ..profiles.gpus import get_gpu
 from ..profiles.models import get_model
+from ..units import parse_duration
 from .study import DEFAULT_RUNS, TuneResult, TuneSpec, run
-
-
-def parse_duration(text: str | None) -> float | None:
-    """'90s', '10m', '1.5h', '600' -> seconds."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h|hr)?\s*", str(text).lower())
-    if not m or float(m.group(1)) <= 0:
-        raise FtplanError(f"--time-budget={text!r} is not a positive duration; use e.g. 90s, 10m, 1.5h")
-    return float(m.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, None: 1}[m.group(2)]
 
 
 def data_summary(path: str, model: str, seq_len: int | None, synthetic: bool, max_positions: int,
@@ -58,7 +49,7 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
     if not 0.0 <= margin < 1.0:
         raise FtplanError(f"--margin={margin} must be in [0, 1)")
     spec = get_model(model)
-    from ..trainer.profile import require_stack, resolve_device
+    from ..stack.env import require_stack, resolve_device
 
     require_stack()
     dev = resolve_device(device)

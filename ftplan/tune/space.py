@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..api import _knobs_of
 from ..planner.estimate import build_estimate
-from ..planner.search import _light_key, enumerate_configs
+from ..planner.search import light_key, enumerate_configs
 from ..planner.types import GPUSpec, ModelSpec, TrainConfig
 
 # a candidate predicted up to 10% over the budget is still run (the prediction could be pessimistic);
@@ -83,7 +82,7 @@ def candidates(spec: ModelSpec, gpu: GPUSpec, fixed: dict[str, Any], budget: int
             pred = {"peak_allocated_bytes": est.peak_allocated_bytes, "peak_reserved_bytes": est.peak_reserved_bytes,
                     "device_bytes": est.device_bytes, "tokens_per_s": tps}
             c = Candidate(cfg, pred, budget, compared)
-            key = (c.far_over, c.predicted_bytes > budget, _light_key(objective, cfg, tps, c.predicted_bytes, gpu, None))
+            key = (c.far_over, c.predicted_bytes > budget, light_key(objective, cfg, tps, c.predicted_bytes, gpu, None))
             scored.append((key, c))
     scored.sort(key=lambda x: x[0])
     seen, out = set(), []
@@ -103,8 +102,3 @@ def choices(cands: list[Candidate]) -> dict[str, list]:
             if v not in vals:
                 vals.append(v)
     return out
-
-
-def to_knobs(cfg: TrainConfig) -> dict[str, Any]:
-    """The configuration as ``ftplan.estimate`` / ``ftplan profile`` keywords."""
-    return _knobs_of(cfg)

@@ -89,7 +89,7 @@ def storage_url(storage: str | None, runs_dir: Path) -> str:
     return f"sqlite:///{(runs_dir / 'ftplan.db').as_posix()}"
 
 
-def _open_storage(url: str):
+def open_storage(url: str):
     import warnings
 
     import optuna
@@ -194,10 +194,10 @@ class _Runner:
 
         ts = self.ts
         trial.set_user_attr("ran", True)
-        trial.set_user_attr("config", S.to_knobs(cand.config))
+        trial.set_user_attr("config", cand.config.knobs())
         trial.set_user_attr("predicted", cand.predicted)
         self.emit("start", trial=trial.number, candidate=cand)
-        req = {"trial": trial.number, "model": ts.model, "knobs": S.to_knobs(cand.config), "steps": ts.steps,
+        req = {"trial": trial.number, "model": ts.model, "knobs": cand.config.knobs(), "steps": ts.steps,
                "device": ts.device, "synthetic_weights": ts.synthetic_weights, "breakdown": None,
                "max_memory_bytes": ts.max_memory_bytes, "argv": ts.argv}
 
@@ -280,7 +280,7 @@ def run(ts: TuneSpec, emit: Callable[..., None] = lambda *a, **k: None) -> TuneR
     skipped_pred = len(cands) - len(runnable)
     name = ts.study_name or default_study_name(ts.spec, ts.gpu, ts.fixed)
     url = storage_url(ts.storage, ts.runs_dir)
-    storage = _open_storage(url)
+    storage = open_storage(url)
     direction = "maximize" if ts.objective == "throughput" else "minimize"
     sampler = optuna.samplers.TPESampler(seed=ts.seed, n_startup_trials=4)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)  # may stop after step 2 of 3
@@ -348,7 +348,7 @@ def _finish(ts, study, name, url, cands, runnable, skipped_pred, folder, stopped
     from optuna.trial import TrialState
 
     from .. import calibration
-    from .export import write_all
+    from ..integrations.exports import write_all
 
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if _ran(t)]
     skipped: dict[str, int] = {"predicted over memory (never sampled)": skipped_pred}
@@ -365,7 +365,8 @@ def _finish(ts, study, name, url, cands, runnable, skipped_pred, folder, stopped
     cal = None
     if bt is not None:
         best = trial_row(bt)
-        files = write_all(folder, ts, bt, name, _redact(url))
+        doc = best_document(ts, bt, name, _redact(url))
+        files = write_all(folder, doc, (ts.data or {}).get("path") or "train.jsonl")
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _ran(t)]
         fig = "peak_allocated_bytes" if ts.device == "cpu" else "peak_reserved_bytes"
         mem = calibration.ratios((t.user_attrs["measured"].get(fig), t.user_attrs["predicted"].get(fig)) for t in done)
@@ -384,3 +385,14 @@ def trial_row(t) -> dict[str, Any]:
             "measured": t.user_attrs.get("measured"), "outcome": t.user_attrs.get("outcome"),
             "reason": t.user_attrs.get("reason", ""), "seeded_by": t.user_attrs.get("seeded_by"),
             "host": t.user_attrs.get("host"), "pid": t.user_attrs.get("pid")}
+
+
+def best_document(ts: TuneSpec, trial, study: str, storage: str) -> dict[str, Any]:
+    """The winner as a best.json document: what ``ftplan train`` needs to repeat it, and where it came from."""
+    from ..best import document
+
+    return document(model=ts.model, model_name=ts.spec.name, hf_id=ts.spec.hf_id, knobs=trial.user_attrs["config"],
+                    synthetic_weights=ts.synthetic_weights, gpu=ts.gpu.key, device=ts.device,
+                    predicted=trial.user_attrs.get("predicted"), measured=trial.user_attrs.get("measured"),
+                    objective=ts.objective, value=trial.value, study=study, storage=storage, trial=trial.number,
+                    data=ts.data, command=" ".join(ts.argv))

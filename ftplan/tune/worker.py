@@ -43,7 +43,8 @@ def serve() -> int:
         proto.write(json.dumps(obj) + "\n")
         proto.flush()
 
-    from ..trainer.profile import profile, require_stack
+    from ..measure.profile import profile
+    from ..stack.env import require_stack
 
     require_stack()
     import peft  # noqa: F401 - pay the imports once, before the first trial
@@ -79,4 +80,8 @@ def serve() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(serve())
+    from ..stack import quiet_stack
+
+    with quiet_stack():
+        rc = serve()
+    sys.exit(rc)

@@ -34,7 +34,7 @@ def test_hf_trainer_runs_with_them(tiny_llama, tmp_path):
     import torch
     import transformers
 
-    from ftplan.trainer.build import load_base
+    from ftplan.stack.build import load_base
 
     doc = best_doc(tiny_llama, method="lora", quant="bf16", micro_batch=2, grad_accum=1, seq_len=16)
     cfg = hf.config_of(doc)

@@ -3,35 +3,18 @@ nothing fits, the smallest GPU or GPU count that does. Pure library code; the CL
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import plan_search, suggest
-from .errors import FtplanError
-from .planner.cost import DEFAULT_TOKENS
-from .planner.options import DEFAULTS
-from .planner.search import DEFAULT_MARGIN
-from .planner.types import GPUSpec, ModelSpec, Plan
-from .profiles.gpus import get_gpu
-from .profiles.models import get_model
-
-_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
-
-
-def parse_count(text: str | float | int, name: str = "tokens") -> float:
-    """'50M' -> 5e7, '1.5B' -> 1.5e9, '20000' -> 2e4."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbgt]?)\s*", str(text).lower())
-        if not m:
-            raise FtplanError(f"{name}={text!r} is not a count; use e.g. 20000, 50M, 1.5B")
-        value = float(m.group(1)) * _SUFFIX[m.group(2)]
-    if value <= 0:
-        raise FtplanError(f"{name}={text!r} must be greater than 0")
-    return value
-
+from ..api import plan_search, suggest
+from ..errors import FtplanError
+from ..planner.cost import DEFAULT_TOKENS
+from ..planner.options import DEFAULTS
+from ..planner.search import DEFAULT_MARGIN
+from ..planner.types import GPUSpec, ModelSpec, Plan
+from ..profiles.gpus import get_gpu
+from ..profiles.models import get_model
+from ..units import parse_count
 
 @dataclass(frozen=True)
 class FitResult:

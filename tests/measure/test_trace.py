@@ -3,9 +3,9 @@
 import pytest
 
 import ftplan
-from ftplan.compare import rel_error
+from ftplan.measure.compare import rel_error
 from ftplan.errors import FtplanError
-from ftplan.trainer.trace import trace
+from ftplan.measure.trace import trace
 
 TOL = 0.02  # the 1B rows measured within 0.3% (benchmarks/accuracy_trace.py)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from ftplan.trainer.tracker import LiveStorageTracker
+from ftplan.measure.tracker import LiveStorageTracker
 
 
 def test_counts_each_storage_once_and_frees_it():

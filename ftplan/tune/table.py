@@ -30,7 +30,7 @@ def errors(rows: list[dict], figure: str) -> list[float]:
     return out
 
 
-def render(res, device: str) -> str:
+def study_table(res, device: str) -> str:
     fig = "peak_allocated_bytes" if device == "cpu" else "device_bytes"
     lines = [f"study {res.study_name} ({res.storage}): {len(res.rows)} measured trials; stopped: {res.stopped}",
              f"space: {res.candidates} configurations, {res.runnable} runnable; skipped: "

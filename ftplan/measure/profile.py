@@ -17,46 +17,10 @@ from ..errors import FtplanError
 from ..planner.options import make_config
 from ..planner.types import ModelSpec
 from ..profiles.models import get_model
+from ..stack.env import is_oom, require_stack, resolve_device
 
 MEMORY_SOURCE = {"cpu": "live-storage tracker (tensor level; stands in for allocated)",
                  "cuda": "CUDA caching allocator counters and NVML"}
-OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
-
-
-def require_stack() -> None:
-    """Fail early, with the install command, when the training stack is missing."""
-    from . import quiet
-
-    quiet()
-    missing = []
-    for mod in ("torch", "transformers", "peft"):
-        try:
-            __import__(mod)
-        except ImportError:
-            missing.append(mod)
-    if missing:
-        raise FtplanError(f"this command needs {', '.join(missing)}: pip install 'ftplan[train]' "
-                          "(CPU torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise FtplanError(f"--device {device!r} is not valid; use cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise FtplanError("--device cuda: no CUDA GPU is visible to torch (use --device cpu)")
-    return device
-
-
-def is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or any(t in str(exc).lower() for t in OOM_TEXT)
-
-
 def profile(model: str | ModelSpec, *, steps: int = 3, device: str | None = "cpu", synthetic_weights: bool = True,
             max_memory_bytes: int | None = None, breakdown: bool | None = None, seed: int = 0,
             on_step: Callable | None = None, argv: list[str] | None = None, **knobs: Any) -> dict[str, Any]:
@@ -72,7 +36,7 @@ def profile(model: str | ModelSpec, *, steps: int = 3, device: str | None = "cpu
     if cfg.num_gpus > 1:
         raise FtplanError("profile runs one process on one device; --gpus > 1 is planned with accelerate launch")
     dev = resolve_device(device)
-    from .env import provenance
+    from ..stack.env import provenance
 
     track = dev == "cpu" if breakdown is None else breakdown
     out: dict[str, Any] = {"status": "ok", "model": spec.name, "device": dev, "config": cfg.to_dict(),
@@ -93,7 +57,7 @@ def profile(model: str | ModelSpec, *, steps: int = 3, device: str | None = "cpu
 def _run(model, spec, cfg, dev, steps, synthetic, cap, track, seed, on_step):
     import torch
 
-    from .build import build_model
+    from ..stack.build import build_model
     from .step import classify_params, run_steps
     from .tracker import LiveStorageTracker
 
@@ -155,11 +119,3 @@ def summarize(records, grad_accum: int = 1) -> dict[str, Any]:
                   for r in records],
     }
     return res
-
-
-def main_json(argv: list[str]) -> int:  # pragma: no cover - used by ``python -m ftplan.trainer.profile``
-    import json
-
-    res = profile(**json.loads(argv[0]))
-    sys.stdout.write(json.dumps(res) + "\n")
-    return 0 if res["status"] == "ok" else 1

@@ -69,7 +69,7 @@ def quant_state(out_f: int, in_f: int, quant: str, double_quant: bool, device: s
 def _quantize_meta(model, cfg) -> None:
     """Swap the decoder layers' ``nn.Linear`` for 4-bit stand-ins (on meta)."""
     Traced, bnb, torch = _stand_in_class()
-    from .build import decoder_linears, replace_module
+    from ..stack.build import decoder_linears, replace_module
 
     for name, lin in decoder_linears(model):
         new = Traced(lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=torch.bfloat16,
@@ -169,7 +169,7 @@ def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = No
     """Trace ``steps`` training steps of the full-size model; returns the ``profile``-shaped dict."""
     if steps < 2:
         raise FtplanError(f"steps={steps} must be at least 2 (the first step creates the optimizer state)")
-    from .profile import require_stack
+    from ..stack.env import require_stack
 
     require_stack()
     spec = get_model(model)
@@ -185,17 +185,18 @@ def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = No
     import transformers
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from .build import attention_impl, base_dtype, load_hf_config, prepare_for_training, _dtype
-    from .env import provenance
+    from ..stack.build import attention_impl, base_dtype, load_hf_config, prepare_for_training, torch_dtype
+    from ..stack.env import provenance
     from .profile import summarize
-    from .step import make_optimizer, run_steps
+    from ..stack.optim import make_optimizer
+    from .step import run_steps
     from .tracker import LiveStorageTracker
 
     t0 = time.perf_counter()
     hf_cfg = load_hf_config(str(model) if not isinstance(model, ModelSpec) else spec.name, spec,
                             attention_impl(cfg.attention, "cpu"))
     with torch.device("meta"):
-        m = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=_dtype(base_dtype(cfg)),
+        m = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch_dtype(base_dtype(cfg)),
                                                           attn_implementation=hf_cfg._attn_implementation)
     if cfg.quant in ("nf4", "fp4"):
         _quantize_meta(m, cfg)

@@ -8,14 +8,15 @@ pytest.importorskip("bitsandbytes")
 
 @pytest.fixture(scope="session", autouse=True)
 def _quiet():
-    from ftplan.trainer import quiet
+    from ftplan.stack import quiet_stack
 
-    quiet()
+    with quiet_stack():
+        yield
 
 
 @pytest.fixture(scope="session")
 def archs(tmp_path_factory):
-    from ftplan.archs import SMALL_CONFIGS, write_config
+    from ftplan.measure.small_models import SMALL_CONFIGS, write_config
 
     root = tmp_path_factory.mktemp("archs")
     return {name: str(write_config(name, root)) for name in SMALL_CONFIGS}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .compare import PHASES, phase_totals, rel_error, term_rows
-from .planner.types import MiB
+from ..planner.types import MiB
 
 
 def _mib(b: float | None) -> str:
@@ -20,7 +20,7 @@ def comparison_table(predicted: Mapping[str, Mapping[str, int]], measured: Mappi
     return lines
 
 
-def render_profile(res: Mapping[str, Any]) -> str:
+def profile_text(res: Mapping[str, Any]) -> str:
     cfg = res.get("config", {})
     head = (f"ftplan profile: {res.get('model')} on {res.get('device')} "
             f"({res.get('provenance', {}).get('device_name', '')}) — {cfg.get('method')} {cfg.get('quant')}, "
@@ -52,7 +52,7 @@ def render_profile(res: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def render_trace(res: Mapping[str, Any], est: Mapping[str, Any] | None) -> str:
+def trace_text(res: Mapping[str, Any], est: Mapping[str, Any] | None) -> str:
     out = [f"traced (FakeTensorMode, {res.get('trace_seconds', 0):.1f} s): peak {_mib(res.get('peak_allocated_bytes'))} MiB "
            f"in {res.get('peak_phase')}"]
     pred_tot = phase_totals(est["phases"]) if est else {}

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ._version import __version__
-from .fit import FitResult
-from .planner.arch import resolve_targets, total_params
-from .planner.memory.overhead import FRAGMENTATION_PRIOR
-from .planner.timing import MFU_PRIOR
-from .planner.types import Estimate, GiB, Plan
+from .. import __version__
+from . import FitResult
+from ..planner.arch import resolve_targets, total_params
+from ..planner.memory.overhead import FRAGMENTATION_PRIOR
+from ..planner.timing import MFU_PRIOR
+from ..planner.types import Estimate, GiB, Plan
 
 TERM_LABELS = {
     "weights_quantized": "base weights, quantized (packed)",
@@ -102,7 +102,7 @@ def speed_lines(est: Estimate) -> list[str]:
     return out
 
 
-def render_fit(r: FitResult) -> str:
+def fit_text(r: FitResult) -> str:
     spec, g = r.model, r.gpu
     lines = [f"ftplan {__version__}: {spec.name} ({spec.hf_id or spec.source}, {total_params(spec) / 1e9:.2f}B params) "
              f"on {g.name} ({gib(g.usable_bytes)} GiB usable: {g.usable_source})"]

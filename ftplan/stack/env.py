@@ -1,4 +1,5 @@
-"""Provenance of a measurement: device, driver, library versions, date, command."""
+"""The stack's presence and the device (checked before anything heavy runs), and the provenance of a
+measurement: device, driver, library versions, date, command."""
 
 from __future__ import annotations
 
@@ -7,6 +8,41 @@ import platform
 import shlex
 import sys
 from importlib import metadata
+
+from ..errors import FtplanError
+
+OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def require_stack() -> None:
+    """Fail early, with the install command, when the training stack is missing."""
+    missing = []
+    for mod in ("torch", "transformers", "peft"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise FtplanError(f"this command needs {', '.join(missing)}: pip install 'ftplan[train]' "
+                          "(CPU torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise FtplanError(f"--device {device!r} is not valid; use cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FtplanError("--device cuda: no CUDA GPU is visible to torch (use --device cpu)")
+    return device
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or any(t in str(exc).lower() for t in OOM_TEXT)
 
 
 def versions() -> dict[str, str | None]:

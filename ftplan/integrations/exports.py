@@ -1,99 +1,22 @@
-"""The winner of a study as files: ``best.json`` (what ``ftplan train --config`` takes) and the same
-configuration for Axolotl (YAML), LLaMA-Factory (YAML) and TRL/transformers (a Python snippet).
-
-Every file is written atomically (temporary file + rename)."""
+"""A best.json document as the configuration of other trainers: Axolotl (YAML), LLaMA-Factory (YAML) and
+TRL/transformers (a Python snippet). Every file is written atomically (temporary file + rename)."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from pathlib import Path
 from typing import Any
 
-from .._version import __version__
-from .._io import atomic_write_text
+import yaml
+
+from ..atomic import atomic_write_text
+from ..best import write_best
 
 HF_OPTIM = {"adamw": "adamw_torch_fused", "adamw_torch": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit",
             "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit", "sgd": "sgd",
             "adafactor": "adafactor"}
 ATTN_AXOLOTL = {"sdpa": "sdp_attention", "flash_attention_2": "flash_attention", "eager": None}
 ATTN_LLAMAFACTORY = {"sdpa": "sdpa", "flash_attention_2": "fa2", "eager": "disabled"}
-
-
-def best_knobs(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """A best.json document's configuration as ``ftplan.estimate`` keywords (``changes`` override)."""
-    knobs = {k: v for k, v in doc["knobs"].items() if k != "effective_batch"}
-    return {**knobs, **changes}
-
-
-def best_config(doc: dict[str, Any], model: str | None = None, **changes: Any):
-    """(ModelSpec, TrainConfig) of a best.json document, validated like any knobs; ``model`` overrides
-    the document's model, ``changes`` its knobs."""
-    from ..planner.options import make_config
-    from ..profiles.models import get_model
-
-    spec = get_model(model or doc["model"])
-    return spec, make_config(spec, None, **best_knobs(doc, **changes)).config
-
-
-def best_document(ts, trial, study: str, storage: str) -> dict[str, Any]:
-    """What ``ftplan train`` needs to repeat the winner, and where it came from."""
-    knobs = dict(trial.user_attrs["config"])
-    return {
-        "format": "ftplan-best/1",
-        "ftplan_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": ts.model,
-        "model_name": ts.spec.name,
-        "hf_id": ts.spec.hf_id,
-        "synthetic_weights": ts.synthetic_weights,
-        "gpu": ts.gpu.key,
-        "device": ts.device,
-        "knobs": knobs,
-        "effective_batch": knobs["micro_batch"] * knobs["grad_accum"],
-        "predicted": trial.user_attrs.get("predicted"),
-        "measured": trial.user_attrs.get("measured"),
-        "objective": ts.objective,
-        "value": trial.value,
-        "study": study,
-        "storage": storage,
-        "trial": trial.number,
-        "data": ts.data,
-        "command": " ".join(ts.argv),
-    }
-
-
-def _yaml_scalar(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return json.dumps(str(v))  # a JSON string is a valid YAML scalar
-
-
-def to_yaml(d: dict[str, Any]) -> str:
-    """A flat-or-nested mapping of scalars and lists as YAML (no dependency needed)."""
-    lines: list[str] = []
-
-    def emit(obj: dict, indent: int) -> None:
-        pad = "  " * indent
-        for k, v in obj.items():
-            if isinstance(v, dict):
-                lines.append(f"{pad}{k}:")
-                emit(v, indent + 1)
-            elif isinstance(v, (list, tuple)):
-                if not v:
-                    lines.append(f"{pad}{k}: []")
-                else:
-                    lines.append(f"{pad}{k}:")
-                    lines.extend(f"{pad}  - {_yaml_scalar(x)}" for x in v)
-            else:
-                lines.append(f"{pad}{k}: {_yaml_scalar(v)}")
-
-    emit(d, 0)
-    return "\n".join(lines) + "\n"
 
 
 def _targets(knobs: dict) -> Any:
@@ -124,8 +47,7 @@ def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
     attn = ATTN_AXOLOTL.get(k["attention"])
     if attn:
         out[attn] = True
-    out["datasets"] = [data_path]
-    text = to_yaml(out).replace(f'  - {json.dumps(data_path)}', f'  - path: {json.dumps(data_path)}\n    type: completion')
+    text = to_yaml({**out, "datasets": [{"path": data_path, "type": "completion"}]})
     return f"# Axolotl config from ftplan {doc['ftplan_version']} (study {doc['study']}, trial {doc['trial']})\n" + text
 
 
@@ -181,12 +103,16 @@ def trl(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_all(folder: Path, ts, trial, study: str, storage: str) -> dict[str, str]:
-    doc = best_document(ts, trial, study, storage)
-    data_path = (ts.data or {}).get("path") or "train.jsonl"
+def to_yaml(d: dict[str, Any]) -> str:
+    """``d`` as YAML, keys in the order given (``yaml.safe_dump``)."""
+    return yaml.safe_dump(d, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def write_all(folder: Path, doc: dict[str, Any], data_path: str = "train.jsonl") -> dict[str, str]:
+    """``best.json`` and the three trainers' configurations in ``folder``; their paths by name."""
     files = {"best": folder / "best.json", "axolotl": folder / "axolotl.yaml",
              "llamafactory": folder / "llamafactory.yaml", "trl": folder / "trl_sft.py"}
-    atomic_write_text(files["best"], json.dumps(doc, indent=2) + "\n")
+    write_best(files["best"], doc)
     atomic_write_text(files["axolotl"], axolotl(doc, data_path))
     atomic_write_text(files["llamafactory"], llamafactory(doc))
     atomic_write_text(files["trl"], trl(doc))

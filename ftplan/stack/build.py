@@ -91,7 +91,7 @@ def attention_impl(attention: str, device: str) -> str:
     return attention
 
 
-def _dtype(name: str):
+def torch_dtype(name: str):
     import torch
 
     return getattr(torch, TORCH_DTYPES[name])
@@ -171,7 +171,7 @@ def load_base(model: str, spec: ModelSpec, cfg: TrainConfig, device: str, synthe
     torch.manual_seed(seed)
     attn = attention_impl(cfg.attention, device)
     hf_cfg = load_hf_config(model, spec, attn)
-    dtype = _dtype(base_dtype(cfg))
+    dtype = torch_dtype(base_dtype(cfg))
     if synthetic:
         with torch.device(device if cfg.quant not in ("nf4", "fp4", "int8") or device == "cuda" else "cpu"):
             m = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, attn_implementation=attn)

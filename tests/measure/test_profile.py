@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 import ftplan
 from ftplan.cli import app
-from ftplan.compare import phase_totals, rel_error
-from ftplan.trainer.profile import profile
+from ftplan.measure.compare import phase_totals, rel_error
+from ftplan.measure.profile import profile
 
 # |error| of the peak allowed in CI (the benchmark's target is 5% max; these rows measured <= 2%)
 TOL = 0.03
