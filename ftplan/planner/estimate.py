@@ -16,7 +16,8 @@ ASSUMPTIONS = (
 )
 
 
-_TRAFFIC_CACHE: dict = {}
+# key: (spec_id, method, quant, lora_rank, lora_targets, optimizer)
+_TRAFFIC_CACHE: dict[tuple[int, str, str, int, tuple[str, ...], str], float] = {}
 
 
 def optimizer_traffic_bytes(spec: ModelSpec, cfg: TrainConfig) -> float:

@@ -168,7 +168,7 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
     return Resolved(cfg, tuple(warnings))
 
 
-def _grad_accum(k: dict, mb: int, n_gpus: int, warnings: list[str]) -> int:
+def _grad_accum(k: dict[str, Any], mb: int, n_gpus: int, warnings: list[str]) -> int:
     per_step = mb * n_gpus
     if "grad_accum" in k:
         accum = positive_int("grad_accum", k["grad_accum"])

@@ -20,8 +20,8 @@ from typing import Any
 
 from .estimate import build_estimate, optimizer_traffic_bytes
 from .memory.phases import device_bytes_fast
-from .timing import tokens_per_s
 from .options import DEFAULTS, choice, make_config, method_quant, parse_targets, positive_int
+from .timing import tokens_per_s
 from .types import GPUSpec, ModelSpec, Plan, TrainConfig
 
 SEARCH_OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")

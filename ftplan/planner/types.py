@@ -5,8 +5,9 @@ Every size is in bytes (int) unless a name says otherwise; rates are per second.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 GiB = 1024**3
 MiB = 1024**2

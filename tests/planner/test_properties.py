@@ -113,3 +113,22 @@ def test_fast_tokens_per_s_equals_step_time(model, cfg, gpu, n_gpus):
     assert (full is None) == (fast is None)
     if full is not None:
         assert fast == full.tokens_per_s > 0
+
+
+def _device_of(gpu):
+    return "none" if gpu is None else ("cpu" if gpu.key == "cpu" else "cuda")
+
+
+@settings(max_examples=150, deadline=None)
+@given(models, configs, st.sampled_from([get_gpu("cpu"), get_gpu("rtx4090"), get_gpu("h100"), get_gpu("t4")]),
+       st.integers(1, 64), st.sampled_from([1, 2, 8]), st.sampled_from([None, "ddp", "fsdp"]))
+def test_cache_keys_hold_every_knob_the_terms_read(model, cfg, gpu, alpha, gpus, sharding):
+    """The cached terms are computed from a configuration rebuilt from its cache key; computed from the
+    full configuration directly they must be identical, else a term reads a knob outside its key."""
+    from ftplan.planner.memory.phases import cached_terms, dynamic_terms, static_terms
+
+    cfg = replace(cfg, lora_alpha=alpha, num_gpus=gpus, sharding=sharding if gpus > 1 else None)
+    device = _device_of(gpu)
+    static, dynamic = cached_terms(model, cfg, gpu)
+    assert static == static_terms(model, cfg, device, gpu.compute_capability)
+    assert dynamic == dynamic_terms(model, cfg, "cpu" if device == "cpu" else "cuda")

@@ -29,6 +29,7 @@ bitsandbytes, torch autograd):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..arch import Linear, fused_experts, layer_linears, resolve_targets
 from ..types import ModelSpec, TrainConfig
@@ -70,7 +71,12 @@ def saved_linear_inputs(elems: int, in_b: int, cb: int, n_full: int, n_lora: int
     return total
 
 
-def _lora_kw(prec: Precision) -> dict:
+class _LoraKw(TypedDict):
+    lora_recast: bool
+    mask_b: int
+
+
+def _lora_kw(prec: Precision) -> _LoraKw:
     return {"lora_recast": prec.lora_recast, "mask_b": prec.dropout_mask}
 
 
@@ -135,7 +141,8 @@ def layer_activations(spec: ModelSpec, cfg: TrainConfig, prec: Precision, moe: b
     return parts
 
 
-def _lora_tokens(rows, targets, E: int, k: int, moe: bool, fused: bool = False) -> int:
+def _lora_tokens(rows: tuple[Linear, ...], targets: set[Linear], E: int, k: int, moe: bool,
+                 fused: bool = False) -> int:
     """Tokens that pass through LoRA A of targeted modules in one layer (``lora_A``'s output, ``r``
     wide, is saved by ``lora_B``): ``E`` per attention/dense/shared module, ``k*E`` per expert role
     (none for fused expert stacks: their LoRA is folded into the weight, see ``_moe_mlp``)."""
@@ -149,8 +156,9 @@ def _lora_tokens(rows, targets, E: int, k: int, moe: bool, fused: bool = False) 
     return total
 
 
-def _dense_mlp(spec: ModelSpec, f: int, tokens: int, prec: Precision, rows, targets, full, drop,
-               norm_out_b: int, proj_b: int, group_prefix: str) -> dict[str, int]:
+def _dense_mlp(spec: ModelSpec, f: int, tokens: int, prec: Precision, rows: tuple[Linear, ...],
+               targets: set[Linear], full: bool, drop: float, norm_out_b: int, proj_b: int,
+               group_prefix: str) -> dict[str, int]:
     """Gated: ``3F`` saved (act input, act output, up); plain: the fc1 output saved by the activation."""
     X, F = tokens * spec.hidden, tokens * f
     cb = prec.compute
@@ -169,8 +177,8 @@ def _dense_mlp(spec: ModelSpec, f: int, tokens: int, prec: Precision, rows, targ
     return out
 
 
-def _moe_mlp(spec: ModelSpec, cfg: TrainConfig, prec: Precision, rows, targets, full, drop,
-             norm_out_b: int, proj_b: int) -> dict[str, int]:
+def _moe_mlp(spec: ModelSpec, cfg: TrainConfig, prec: Precision, rows: tuple[Linear, ...],
+             targets: set[Linear], full: bool, drop: float, norm_out_b: int, proj_b: int) -> dict[str, int]:
     """HF per-expert loop (Mixtral/Qwen-MoE in transformers 4.x): router softmax, gathered inputs,
     each token's ``top-k`` expert MLPs (``k*E`` rows in total), the routing-weight multiply."""
     E = cfg.micro_batch * cfg.seq_len
@@ -194,8 +202,8 @@ def _moe_mlp(spec: ModelSpec, cfg: TrainConfig, prec: Precision, rows, targets, 
     return out
 
 
-def _fused_experts(spec: ModelSpec, prec: Precision, ex_in, ex_out, targets, kE: int, norm_out_b: int,
-                   proj_b: int) -> dict[str, int]:
+def _fused_experts(spec: ModelSpec, prec: Precision, ex_in: list[Linear], ex_out: list[Linear],
+                   targets: set[Linear], kE: int, norm_out_b: int, proj_b: int) -> dict[str, int]:
     """transformers >= 5 fused expert stacks (``arch.fused_experts``), per MoE layer. Not targeted by
     LoRA: frozen slices, nothing saved for them beyond the gated-MLP activations. Targeted: PEFT builds
     ``W + B@A`` for the whole stack (``baddbmm`` in the stack's dtype, fp32 after kbit preparation) once

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from ..arch import (Linear, embedding_params, fused_experts, layer_linears, lm_head_params, n_layers_of,
-                    norm_params, resolve_targets, router_params)
+from ..arch import (
+    Linear,
+    embedding_params,
+    fused_experts,
+    layer_linears,
+    lm_head_params,
+    n_layers_of,
+    norm_params,
+    resolve_targets,
+    router_params,
+)
 from ..types import ModelSpec, TrainConfig
 from .optimizer import Tensor
 from .precision import Precision
-from .weights import (dense_bytes, four_bit_code_bytes, four_bit_constant_bytes, four_bit_packed_bytes,
-                      int8_constant_bytes, int8_weight_bytes)
+from .weights import (
+    dense_bytes,
+    four_bit_code_bytes,
+    four_bit_constant_bytes,
+    four_bit_packed_bytes,
+    int8_constant_bytes,
+    int8_weight_bytes,
+)
 
 
 def _n(spec: ModelSpec, lin: Linear) -> int:
