@@ -10,13 +10,36 @@ from typing import Any
 import yaml
 
 from ..atomic import atomic_write_text
-from ..best import write_best
+from ..best import best_config, write_best
+from ..planner.types import TrainConfig
 
 HF_OPTIM = {"adamw": "adamw_torch_fused", "adamw_torch": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit",
             "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit", "sgd": "sgd",
             "adafactor": "adafactor"}
 ATTN_AXOLOTL = {"sdpa": "sdp_attention", "flash_attention_2": "flash_attention", "eager": None}
+_KNOB_FIELDS = tuple(TrainConfig().knobs())
 ATTN_LLAMAFACTORY = {"sdpa": "sdpa", "flash_attention_2": "fa2", "eager": "disabled"}
+
+
+def _origin(doc: dict[str, Any]) -> str:
+    """Where the configuration came from, for a file's first comment line (a hand-written best.json
+    has only ``model`` and ``knobs``)."""
+    if doc.get("study") is not None:
+        return f"ftplan {doc.get('ftplan_version', '?')} (study {doc['study']}, trial {doc.get('trial', '?')})"
+    return f"ftplan {doc.get('ftplan_version', '?')}"
+
+
+def _model_id(doc: dict[str, Any]) -> str:
+    return str(doc.get("hf_id") or doc["model"])
+
+
+def _knobs(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every knob of the document; a hand-written one that names only some gets the rest resolved as
+    ``ftplan.estimate`` would (``best_config``)."""
+    knobs = doc["knobs"]
+    if all(f in knobs for f in _KNOB_FIELDS):
+        return knobs
+    return best_config(doc)[1].knobs()
 
 
 def _targets(knobs: dict) -> Any:
@@ -30,8 +53,8 @@ def _precision(knobs: dict) -> dict[str, bool]:
 
 
 def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
-    k = doc["knobs"]
-    out: dict[str, Any] = {"base_model": doc["hf_id"] or doc["model"]}
+    k = _knobs(doc)
+    out: dict[str, Any] = {"base_model": _model_id(doc)}
     if k["method"] == "qlora":
         out.update(adapter="qlora", load_in_4bit=True)
     elif k["method"] == "lora":
@@ -48,12 +71,12 @@ def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
     if attn:
         out[attn] = True
     text = to_yaml({**out, "datasets": [{"path": data_path, "type": "completion"}]})
-    return f"# Axolotl config from ftplan {doc['ftplan_version']} (study {doc['study']}, trial {doc['trial']})\n" + text
+    return f"# Axolotl config from {_origin(doc)}\n" + text
 
 
 def llamafactory(doc: dict[str, Any], dataset: str = "my_dataset") -> str:
-    k = doc["knobs"]
-    out: dict[str, Any] = {"model_name_or_path": doc["hf_id"] or doc["model"], "stage": "sft", "do_train": True,
+    k = _knobs(doc)
+    out: dict[str, Any] = {"model_name_or_path": _model_id(doc), "stage": "sft", "do_train": True,
                            "finetuning_type": "full" if k["method"] == "full" else "lora"}
     if k["method"] != "full":
         targets = _targets(k)
@@ -68,14 +91,14 @@ def llamafactory(doc: dict[str, Any], dataset: str = "my_dataset") -> str:
                flash_attn=ATTN_LLAMAFACTORY[k["attention"]], **_precision(k))
     if not k["gradient_checkpointing"]:
         out["disable_gradient_checkpointing"] = True
-    return f"# LLaMA-Factory config from ftplan {doc['ftplan_version']} (study {doc['study']}, trial {doc['trial']})\n" + to_yaml(out)
+    return f"# LLaMA-Factory config from {_origin(doc)}\n" + to_yaml(out)
 
 
 def trl(doc: dict[str, Any]) -> str:
     """A TRL SFTTrainer script fragment with the winner's settings."""
-    k = doc["knobs"]
-    model_id = doc["hf_id"] or doc["model"]
-    lines = [f"# TRL / transformers settings from ftplan {doc['ftplan_version']} (study {doc['study']}, trial {doc['trial']})",
+    k = _knobs(doc)
+    model_id = _model_id(doc)
+    lines = [f"# TRL / transformers settings from {_origin(doc)}",
              "import torch", "from peft import LoraConfig", "from transformers import AutoModelForCausalLM, BitsAndBytesConfig",
              "from trl import SFTConfig, SFTTrainer", ""]
     if k["quant"] in ("nf4", "fp4"):

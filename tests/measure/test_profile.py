@@ -69,3 +69,26 @@ def test_cli_profile_json_and_exit_codes(archs):
     assert r.exit_code == 2 and "--max-memory" in r.output
     r = runner.invoke(app, base + ["--device", "tpu"])
     assert r.exit_code == 2 and "tpu" in r.output
+
+
+def test_measuring_leaves_the_callers_warning_filters_alone(tmp_path):
+    """A program that calls ``profile`` keeps its own warning filters and log levels (a fresh process,
+    outside this folder's quiet fixture; the stack is imported first, since its libraries add filters of
+    their own at import)."""
+    import subprocess
+    import sys
+
+    from ftplan.measure.small_models import write_config
+
+    folder = write_config("llama", tmp_path)
+    code = ("import logging, warnings\n"
+            "import torch, transformers, peft, bitsandbytes  # their own import-time filters are theirs\n"
+            "before = (list(warnings.filters), logging.getLogger('transformers').level)\n"
+            "from ftplan.measure.profile import profile\n"
+            f"res = profile({str(folder)!r}, steps=2, device='cpu', synthetic_weights=True, seq_len=16)\n"
+            "assert res['status'] == 'ok', res\n"
+            "after = (list(warnings.filters), logging.getLogger('transformers').level)\n"
+            "print(before == after)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
