@@ -1,3 +1,5 @@
+"""``python -m ftplan``: the same as the ``ftplan`` command."""
+
 from .cli import main
 
 main()

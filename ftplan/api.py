@@ -1,4 +1,5 @@
-"""The library face: ``estimate``, ``plan``, ``suggest``. Plain objects, no side effects, no torch."""
+"""The library face: ``estimate``, ``plan``, ``suggest`` (re-exported by ``ftplan``; top level because it
+joins the planner, the catalogs and the calibration store). Plain objects, no side effects, no torch."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Atomic file writes: a temporary file in the same folder, flushed, then renamed over the target, so
-a crash or a kill never leaves half a file. Standard library only."""
+"""Atomic file writes, on their own because every writer uses them (calibration store, best.json and
+exports, training outputs, reports, the HF config cache, benchmark results): a temporary file in the
+same folder, flushed, then renamed over the target, so a crash or a kill never leaves half a file.
+Standard library only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The calibration store: measured/predicted ratios from real runs, per GPU and library versions.
+"""The calibration store: measured/predicted ratios from real runs, per GPU and library versions; on
+its own because ``tune`` writes it and the library face (``api``) reads it.
 
 ``ftplan autotune`` writes, after each study, the median ratio of the measured to the predicted
 figure over its finished trials (``memory``: peak reserved on CUDA, the tensor-level peak on the CPU;
