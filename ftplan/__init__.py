@@ -12,8 +12,7 @@ from __future__ import annotations
 from ._version import __version__
 from .api import estimate, get_gpu, get_model, plan, plan_search, suggest
 from .errors import FtplanError, UnknownNameError
-from .planner.types import (Calibration, CostEstimate, Estimate, GiB, GPUSpec, MiB, ModelSpec, Plan,
-                            TimeEstimate, TrainConfig)
+from .planner.types import Calibration, CostEstimate, Estimate, GiB, GPUSpec, MiB, ModelSpec, Plan, TimeEstimate, TrainConfig
 
 __all__ = ["__version__", "estimate", "plan", "plan_search", "suggest", "get_gpu", "get_model", "FtplanError",
            "UnknownNameError", "Estimate", "Plan", "TrainConfig", "ModelSpec", "GPUSpec", "TimeEstimate",

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .atomic import atomic_write_text
 from .planner.types import Calibration, Estimate

@@ -3,10 +3,10 @@
 the floors in pyproject.toml are the versions constraints.txt pins (the ones CI tests)."""
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,8 @@ from typing import Optional
 
 import typer
 
-from . import _knobs as K
 from ..units import parse_bytes
+from . import _knobs as K
 from ._common import echo_json, user_errors
 
 

@@ -48,8 +48,8 @@ class _Bar:
 def run_train(config: str, data: Optional[str], output: Optional[str] = None, max_steps: Optional[int] = None,
               **kw) -> None:
     """Shared by ``ftplan train`` and ``ftplan autotune --then-train``."""
-    from ..errors import FtplanError
     from ..best import read_best
+    from ..errors import FtplanError
     from ..train.loop import TrainOptions, train
 
     if data is None:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import plan_search, suggest
-from ..errors import FtplanError
 from ..planner.cost import DEFAULT_TOKENS
 from ..planner.options import DEFAULTS
 from ..planner.search import DEFAULT_MARGIN
@@ -15,6 +14,7 @@ from ..planner.types import GPUSpec, ModelSpec, Plan
 from ..profiles.gpus import get_gpu
 from ..profiles.models import get_model
 from ..units import parse_count
+
 
 @dataclass(frozen=True)
 class FitResult:

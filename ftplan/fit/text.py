@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 from .. import __version__
-from . import FitResult
 from ..planner.arch import resolve_targets, total_params
 from ..planner.memory.overhead import FRAGMENTATION_PRIOR
 from ..planner.timing import MFU_PRIOR
 from ..planner.types import Estimate, GiB, Plan
+from . import FitResult
 
 TERM_LABELS = {
     "weights_quantized": "base weights, quantized (packed)",

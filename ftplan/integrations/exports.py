@@ -3,7 +3,6 @@ TRL/transformers (a Python snippet). Every file is written atomically (temporary
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..best import best_config, best_knobs
 from ..planner.types import Estimate, Plan, TrainConfig
 from ..profiles.models import get_model
-from ..best import best_config, best_knobs
 from .exports import HF_OPTIM
 
 

@@ -7,8 +7,8 @@ activation from a saved one), so both sides are folded into the same groups firs
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 GROUP_OF = {
     "weights_quantized": "weights_quantized", "quant_constants": "quant_constants",

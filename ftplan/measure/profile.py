@@ -10,8 +10,8 @@ simulated cap (``max_memory_bytes``), is a result with ``status: "oom"``, never 
 from __future__ import annotations
 
 import gc
-import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import FtplanError
 from ..planner.options import make_config

@@ -14,8 +14,9 @@ of each phase) and NVML's figure for the process; on the CPU (or under fake tens
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..planner.types import TrainConfig
 from ..stack.optim import autocast, make_optimizer

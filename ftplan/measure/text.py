@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from .compare import PHASES, phase_totals, rel_error, term_rows
 from ..planner.types import MiB
+from .compare import PHASES, phase_totals, rel_error, term_rows
 
 
 def _mib(b: float | None) -> str:

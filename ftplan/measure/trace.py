@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import FtplanError
+from ..planner.memory.weights import FOUR_BIT_CODE_ENTRIES, NESTED_CODE_ENTRIES
 from ..planner.options import make_config
 from ..planner.types import ModelSpec
-from ..planner.memory.weights import FOUR_BIT_CODE_ENTRIES, NESTED_CODE_ENTRIES
 from ..profiles.models import get_model
 
 
@@ -187,8 +187,8 @@ def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = No
 
     from ..stack.build import attention_impl, base_dtype, load_hf_config, prepare_for_training, torch_dtype
     from ..stack.env import provenance
-    from .profile import summarize
     from ..stack.optim import make_optimizer
+    from .profile import summarize
     from .step import run_steps
     from .tracker import LiveStorageTracker
 

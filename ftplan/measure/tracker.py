@@ -22,9 +22,10 @@ total above it raises ``torch.OutOfMemoryError`` (how CPU tests simulate a GPU r
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

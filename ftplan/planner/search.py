@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from .estimate import build_estimate, optimizer_traffic_bytes
 from .memory.phases import device_bytes_fast
 from .options import DEFAULTS, choice, make_config, method_quant, parse_targets, positive_int
 from .timing import tokens_per_s
-from .types import GPUSpec, ModelSpec, Plan, TrainConfig
+from .types import Estimate, GPUSpec, ModelSpec, Plan, TrainConfig
 
 SEARCH_OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 QUALITY_RANKS = (8, 16, 32, 64, 128)
@@ -31,6 +32,10 @@ DEFAULT_MARGIN = 0.05  # keep 5% of the usable memory free
 _METHOD_LEVEL = {("full", "fp32"): 6, ("full", "bf16"): 5, ("full", "fp16"): 5, ("lora", "fp32"): 4,
                  ("lora", "bf16"): 4, ("lora", "fp16"): 4, ("lora", "int8"): 3, ("qlora", "nf4"): 2,
                  ("qlora", "fp4"): 1}
+
+SortKey = tuple[int, ...]  # light_key's: smaller is better
+_Scored = tuple[SortKey, TrainConfig]
+_Signature = tuple[str, str, bool, int, bool, str, int, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _formats(fixed: dict, gpu: GPUSpec | None) -> list[tuple[str, str, bool]]:
+def _formats(fixed: dict[str, Any], gpu: GPUSpec | None) -> list[tuple[str, str, bool]]:
     """(method, quant, double_quant) combinations to try."""
     sixteen = "bf16" if (gpu is None or gpu.bf16 or gpu.key == "cpu") else "fp16"
     combos = [("qlora", "nf4", True), ("qlora", "nf4", False), ("qlora", "fp4", True), ("qlora", "fp4", False),
@@ -65,7 +70,8 @@ def _formats(fixed: dict, gpu: GPUSpec | None) -> list[tuple[str, str, bool]]:
     return combos
 
 
-def enumerate_configs(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], objective: str):
+def enumerate_configs(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any],
+                      objective: str) -> Iterator[tuple[TrainConfig, tuple[str, ...]]]:
     """Yield (TrainConfig, warnings) for every combination of the free knobs."""
     base = make_config(spec, gpu, **fixed)  # validates the fixed knobs once
     cfg0 = base.config
@@ -106,7 +112,7 @@ def enumerate_configs(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any
                     lora_targets=tg), base.warnings
 
 
-def _with(fields: dict, **changes: Any) -> TrainConfig:
+def _with(fields: dict[str, Any], **changes: Any) -> TrainConfig:
     """A TrainConfig from validated fields without re-running the dataclass machinery (hot loop)."""
     cfg = object.__new__(TrainConfig)
     cfg.__dict__.update(fields)
@@ -114,7 +120,7 @@ def _with(fields: dict, **changes: Any) -> TrainConfig:
     return cfg
 
 
-def _tokens_per_s(est) -> float:
+def _tokens_per_s(est: Estimate) -> float:
     return est.time.tokens_per_s if est.time else 0.0
 
 
@@ -125,7 +131,7 @@ def _speed_bucket(tps: float) -> int:
 
 
 def light_key(objective: str, cfg: TrainConfig, tps: float | None, device_bytes: int, gpu: GPUSpec | None,
-               price: float | None) -> tuple:
+               price: float | None) -> SortKey:
     """Sort key (smaller is better) from the configuration, its tokens/s and its device bytes."""
     tps = tps or 0.0
     simple = (cfg.loss_impl != "standard", cfg.attention != "sdpa")
@@ -140,7 +146,7 @@ def light_key(objective: str, cfg: TrainConfig, tps: float | None, device_bytes:
     return (_speed_bucket(tps), *simple, device_bytes)
 
 
-def score_of(objective: str, est) -> float:
+def score_of(objective: str, est: Estimate) -> float:
     tps = _tokens_per_s(est)
     if objective == "cost" and est.cost and est.cost.dollars is not None and tps:
         return est.cost.dollars
@@ -156,11 +162,12 @@ def search(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], objectiv
     if "lora_targets" in fixed:
         fixed["lora_targets"] = parse_targets(fixed["lora_targets"])
     usable = gpu.usable_bytes * (1.0 - margin) if gpu is not None else None
-    scored: list = []
+    scored: list[_Scored] = []
     n = 0
     warnings: tuple[str, ...] = ()
-    for cfg, warnings in enumerate_configs(spec, gpu, fixed, objective):
+    for cfg, cfg_warnings in enumerate_configs(spec, gpu, fixed, objective):
         n += 1
+        warnings = cfg_warnings  # the fixed knobs' warnings: the same for every candidate
         dev = device_bytes_fast(spec, cfg, gpu)
         if usable is not None and dev > usable:
             continue
@@ -176,15 +183,15 @@ def search(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], objectiv
     return SearchResult(plans, n, feasible, warnings)
 
 
-def _signature(cfg: TrainConfig) -> tuple:
+def _signature(cfg: TrainConfig) -> _Signature:
     return (cfg.method, cfg.quant, cfg.double_quant, cfg.micro_batch, cfg.gradient_checkpointing, cfg.loss_impl,
             cfg.lora_rank, cfg.lora_targets)
 
 
-def _diverse(scored: list) -> list:
+def _diverse(scored: list[_Scored]) -> list[_Scored]:
     """Best first, but only the best of each (method, base, micro-batch, checkpointing, loss, rank, targets):
     runner-ups that differ only in an equivalent optimizer or kernel say nothing new."""
-    seen: set = set()
+    seen: set[_Signature] = set()
     out = []
     for key, cfg in scored:
         sig = _signature(cfg)

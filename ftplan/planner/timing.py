@@ -19,6 +19,8 @@ datasheet bandwidth. Both are priors until a calibration from measured runs repl
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..errors import FtplanError
 from .arch import layer_linears, n_layers_of, resolve_targets
 from .memory.params import numel, trainable_tensors
@@ -106,7 +108,8 @@ def achievable_tflops(gpu: GPUSpec) -> tuple[float | None, str]:
     return None, "no compute rate known"
 
 
-_WORK_CACHE: dict = {}
+# key: (spec_id, method, quant, double_quant, lora_rank, lora_targets, seq_len, gradient_checkpointing)
+_WORK_CACHE: dict[tuple[int, str, str, bool, int, tuple[str, ...], int, bool], tuple[float, float, float, float]] = {}
 
 
 def work_per_token(spec: ModelSpec, cfg: TrainConfig) -> tuple[float, float, float, float]:
@@ -123,20 +126,32 @@ def work_per_token(spec: ModelSpec, cfg: TrainConfig) -> tuple[float, float, flo
     return w
 
 
-def _step_parts(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec, opt_bytes: float, tflops: float):
-    bw = gpu.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY
+class _Rate(NamedTuple):
+    """What a step time needs from a GPU whose figures are known."""
+
+    tflops: float  # achievable dense TFLOPS
+    source: str  # the datasheet figure they start from
+    bandwidth_gbs: float
+    nvlink: bool
+
+
+def _step_parts(spec: ModelSpec, cfg: TrainConfig, rate: _Rate,
+                opt_bytes: float) -> tuple[int, float, float, float, float, float, float, float]:
+    """(tokens per step, step time, FLOPs per token, one micro-batch's compute, weight-read and
+    dequantization times, the step's optimizer and communication times); times in seconds."""
+    bw = rate.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY
     tokens_micro = cfg.micro_batch * cfg.seq_len
     fpt, read_bytes, dequant_bytes, n_train = work_per_token(spec, cfg)
     shard = cfg.num_gpus if (cfg.sharding == "fsdp" and cfg.num_gpus > 1) else 1
     n_pass = passes(cfg)
-    compute = fpt * tokens_micro / (tflops * 1e12)
+    compute = fpt * tokens_micro / (rate.tflops * 1e12)
     reads = read_bytes * n_pass / bw
     dequant = dequant_bytes * n_pass / bw
     micro = max(compute, reads) + dequant
     optimizer = opt_bytes / shard / bw
     comm = 0.0
     if cfg.num_gpus > 1:
-        link = (NVLINK_GBS if gpu.nvlink else PCIE_GBS) * 1e9
+        link = (NVLINK_GBS if rate.nvlink else PCIE_GBS) * 1e9
         n = cfg.num_gpus
         grad_bytes = n_train * (4 if cfg.is_lora else 2)
         comm = 2 * (n - 1) / n * grad_bytes / link
@@ -148,12 +163,12 @@ def _step_parts(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec, opt_bytes: floa
     return tokens_step, step, fpt, compute, reads, dequant, optimizer, comm
 
 
-def _rate(gpu: GPUSpec | None) -> tuple[float, str] | None:
-    """(achievable TFLOPS, its source) when a step time can be computed for ``gpu``, else None."""
+def _rate(gpu: GPUSpec | None) -> _Rate | None:
+    """The rates of ``gpu`` when a step time can be computed for it, else None."""
     if gpu is None or gpu.key == "cpu" or not gpu.bandwidth_gbs:
         return None
     tflops, src = achievable_tflops(gpu)
-    return None if tflops is None else (tflops, src)
+    return None if tflops is None else _Rate(tflops, src, gpu.bandwidth_gbs, gpu.nvlink)
 
 
 def tokens_per_s(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes: float = 0.0) -> float | None:
@@ -161,7 +176,7 @@ def tokens_per_s(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_byt
     rate = _rate(gpu)
     if rate is None:
         return None
-    tokens_step, step = _step_parts(spec, cfg, gpu, opt_bytes, rate[0])[:2]
+    tokens_step, step = _step_parts(spec, cfg, rate, opt_bytes)[:2]
     return tokens_step / step
 
 
@@ -170,16 +185,15 @@ def step_time(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes:
     rate = _rate(gpu)
     if rate is None:
         return None
-    tflops, rate_src = rate
-    tokens_step, step, fpt, compute, reads, dequant, optimizer, comm = _step_parts(spec, cfg, gpu, opt_bytes, tflops)
+    tokens_step, step, fpt, compute, reads, dequant, optimizer, comm = _step_parts(spec, cfg, rate, opt_bytes)
     if step <= 0:
         raise FtplanError("step time is zero: check the model and GPU figures")
-    notes = [f"compute from the {rate_src} rate x {MFU_PRIOR} (prior)"]
+    notes = [f"compute from the {rate.source} rate x {MFU_PRIOR} (prior)"]
     if cfg.num_gpus > 1:
-        link = NVLINK_GBS if gpu.nvlink else PCIE_GBS
-        notes.append(f"gradient sync over {'NVLink' if gpu.nvlink else 'PCIe'} at {link:.0f} GB/s")
+        link = NVLINK_GBS if rate.nvlink else PCIE_GBS
+        notes.append(f"gradient sync over {'NVLink' if rate.nvlink else 'PCIe'} at {link:.0f} GB/s")
     bound = "compute" if compute >= reads + dequant else "memory"
     return TimeEstimate(tokens_per_s=tokens_step / step, step_time_s=step, flops_per_token=fpt,
                         compute_s=cfg.grad_accum * compute, memory_s=cfg.grad_accum * (reads + dequant),
-                        overhead_s=optimizer + comm, bound=bound, achievable_tflops=tflops,
+                        overhead_s=optimizer + comm, bound=bound, achievable_tflops=rate.tflops,
                         efficiency=MFU_PRIOR, notes=tuple(notes))

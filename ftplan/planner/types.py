@@ -264,8 +264,8 @@ class Estimate:
             "warnings": list(self.warnings),
             "assumptions": list(self.assumptions),
         }
-        if d["calibration"]:
-            d["calibration"]["factors"] = dict(self.calibration.factors)  # type: ignore[union-attr]
+        if self.calibration:
+            d["calibration"]["factors"] = dict(self.calibration.factors)
         return d
 
 

@@ -4,8 +4,8 @@ The catalog is passed in (``profiles.gpus`` calls this module, never the reverse
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Mapping
 
 from ..errors import FtplanError
 from ..planner.types import GPUSpec

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 STACK_LOGGERS = ("bitsandbytes", "transformers", "peft", "accelerate")
 

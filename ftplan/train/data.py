@@ -12,9 +12,10 @@ Every line is checked before any training starts; a bad line is an error naming 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import FtplanError
 
@@ -106,16 +107,16 @@ def pack(rows: list[tuple[list[int], list[int]]], seq_len: int) -> list[tuple[li
     """Concatenate examples and cut them into blocks of exactly ``seq_len`` (the tail is dropped)."""
     ids: list[int] = []
     labels: list[int] = []
-    for i, l in rows:
-        ids += i
-        labels += l
+    for row_ids, row_labels in rows:
+        ids += row_ids
+        labels += row_labels
     n = len(ids) // seq_len
     return [(ids[k * seq_len:(k + 1) * seq_len], labels[k * seq_len:(k + 1) * seq_len]) for k in range(n)]
 
 
 def stats(rows: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
     lengths = sorted(len(i) for i, _ in rows)
-    trained = sum(sum(1 for x in l if x != IGNORE) for _, l in rows)
+    trained = sum(sum(1 for x in lab if x != IGNORE) for _, lab in rows)
     return {"examples": len(rows), "tokens": sum(lengths), "trained_tokens": trained,
             "max_len": lengths[-1] if lengths else 0, "p95_len": lengths[int(0.95 * (len(lengths) - 1))] if lengths else 0}
 
@@ -134,5 +135,5 @@ def batches(rows: list, micro_batch: int, pad_id: int, order: list[int]) -> Iter
         chunk = [rows[i] for i in order[k:k + micro_batch]]
         width = max(len(i) for i, _ in chunk)
         yield {"input_ids": [i + [pad_id] * (width - len(i)) for i, _ in chunk],
-               "labels": [l + [IGNORE] * (width - len(l)) for _, l in chunk],
+               "labels": [lab + [IGNORE] * (width - len(lab)) for _, lab in chunk],
                "attention_mask": [[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk]}

@@ -15,13 +15,14 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..atomic import atomic_write_text
+from ..best import best_config, best_knobs
 from ..errors import FtplanError
-from ..best import best_config, best_knobs, read_best
 from . import checkpoint as C
 from . import dist as D
 from .data import IGNORE, batches, pack, read_jsonl, tokenize

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..planner.estimate import build_estimate
-from ..planner.search import light_key, enumerate_configs
+from ..planner.search import enumerate_configs, light_key
 from ..planner.types import GPUSpec, ModelSpec, TrainConfig
 
 # a candidate predicted up to 10% over the budget is still run (the prediction could be pessimistic);

@@ -5,7 +5,6 @@ import pytest
 
 import ftplan
 from ftplan.integrations import hf
-
 from tests.stack_fixtures import best_doc
 
 

@@ -3,8 +3,8 @@
 import pytest
 
 import ftplan
-from ftplan.measure.compare import rel_error
 from ftplan.errors import FtplanError
+from ftplan.measure.compare import rel_error
 from ftplan.measure.trace import trace
 
 TOL = 0.02  # the 1B rows measured within 0.3% (benchmarks/accuracy_trace.py)

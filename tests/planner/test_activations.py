@@ -7,8 +7,7 @@ residual stream fp32 (hb=4), autocast compute bf16 (cb=2), rank 4 on all 7 linea
 
 from dataclasses import replace
 
-from ftplan.planner.memory.activations import (activation_memory, layer_activations, norm_saved,
-                                               saved_linear_inputs)
+from ftplan.planner.memory.activations import activation_memory, layer_activations, norm_saved, saved_linear_inputs
 from ftplan.planner.memory.logits import loss_memory
 from ftplan.planner.memory.precision import precision
 

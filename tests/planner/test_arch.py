@@ -3,8 +3,8 @@ and LoRA counts (golden: PEFT's print_trainable_parameters output)."""
 
 import pytest
 
-from ftplan.errors import FtplanError, UnknownNameError
 import ftplan
+from ftplan.errors import FtplanError, UnknownNameError
 from ftplan.planner.arch import active_params, resolve_targets, total_params
 from ftplan.profiles.models import get_model
 

@@ -2,8 +2,7 @@
 
 import pytest
 
-from ftplan.planner.memory.optimizer import (Tensor, adafactor_state_bytes, adam8bit_state_bytes, gradient_bytes,
-                                             optimizer_memory)
+from ftplan.planner.memory.optimizer import Tensor, adafactor_state_bytes, adam8bit_state_bytes, gradient_bytes, optimizer_memory
 
 
 def test_adam8bit_blockwise_layout():

@@ -1,7 +1,12 @@
 """4-bit / 8-bit / dense weight terms, checked against hand-computed bytes."""
 
-from ftplan.planner.memory.weights import (dense_bytes, four_bit_constant_bytes, four_bit_packed_bytes,
-                                           int8_constant_bytes, int8_weight_bytes)
+from ftplan.planner.memory.weights import (
+    dense_bytes,
+    four_bit_constant_bytes,
+    four_bit_packed_bytes,
+    int8_constant_bytes,
+    int8_weight_bytes,
+)
 
 
 def test_four_bit_packs_two_values_per_byte():

@@ -60,7 +60,7 @@ def test_chat_loss_on_assistant_turns_only():
     tok = ByteTokenizer(512)
     ex = parse_line({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}, "x:1")
     ids, labels = tokenize(ex, tok, 256)
-    trained = tok.decode([l for l in labels if l != IGNORE])
+    trained = tok.decode([t for t in labels if t != IGNORE])
     assert trained == "<|assistant|>\na\n"
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from ftplan.errors import FtplanError
-
 from tests.stack_fixtures import best_doc
 
 
@@ -87,7 +86,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_llama, data_file, tmp_path)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
-    steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert steps[-1] == 10 and max(steps) == 10
 
 

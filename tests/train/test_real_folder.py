@@ -54,5 +54,5 @@ def test_train_real_folder_with_chat_data(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "out" / "adapter" / "tokenizer_config.json").exists()  # the tokenizer travels with it
-    losses = [json.loads(l)["loss"] for l in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0]
