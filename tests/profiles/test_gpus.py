@@ -116,3 +116,17 @@ def test_nvml_names_match_catalog():
 
 def test_data_file_is_packaged():
     assert gpumod.DATA.exists()
+
+
+def test_one_schema_for_the_catalog_and_user_files(tmp_path):
+    """The packaged CSV's header is the schema's column list, so every catalog column (tdp_w included)
+    is also accepted in a user file."""
+    import csv
+
+    with gpumod.DATA.open(newline="") as fh:
+        assert tuple(next(csv.reader(fh))) == gpumod.FIELDS
+    f = tmp_path / "mine.csv"
+    f.write_text(",".join(gpumod.FIELDS) + "\n" + "my-card,My Card,mc,ACME,Ada,8.9,40,,,900,100,100,50,yes,yes,no,"
+                 "250-300,1.25,me,2026-11,my datasheet,\n")
+    g = load_catalog(str(f))["my-card"]
+    assert (g.tdp_w, g.bandwidth_gbs, g.bf16, g.nvlink, g.aliases) == (300.0, 900.0, True, False, ("mc",))
