@@ -1,4 +1,5 @@
-"""Read a Hugging Face ``config.json`` into a ``ModelSpec``: from a path, the local HF cache, or the Hub.
+"""Read a Hugging Face ``config.json`` into a ``ModelSpec``: from a path, or for an HF id through
+``huggingface_hub`` (the local HF cache, then the Hub).
 
 Field names follow transformers' configuration classes (``hidden_size``, ``num_key_value_heads``,
 ``head_dim``, ``tie_word_embeddings``, ``attention_bias``, ``num_local_experts`` /
@@ -10,13 +11,9 @@ Field names follow transformers' configuration classes (``hidden_size``, ``num_k
 from __future__ import annotations
 
 import json
-import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_bytes
 from ..errors import FtplanError
 from ..planner.types import ModelSpec
 
@@ -129,64 +126,95 @@ def spec_from_path(path: Path) -> ModelSpec:
     return spec_from_config(_load_json(cfg_path, str(cfg_path)), name=name, where=str(cfg_path))
 
 
-def hf_cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    return home / "hub"
+_LOGIN = "log in with `hf auth login` (`huggingface-cli login` on older huggingface_hub) or set HF_TOKEN"
 
 
-def cached_config(hf_id: str) -> Path | None:
-    """``config.json`` of ``hf_id`` in the local HF cache (``models--org--name/snapshots/<rev>/``)."""
-    repo = hf_cache_dir() / ("models--" + hf_id.replace("/", "--"))
-    snaps = repo / "snapshots"
-    if not snaps.is_dir():
-        return None
-    ref = repo / "refs" / "main"
-    if ref.exists():
-        p = snaps / ref.read_text().strip() / "config.json"
-        if p.exists():
-            return p
-    found = sorted(snaps.glob("*/config.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return found[0] if found else None
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def _ftplan_cache() -> Path:
-    return Path(os.environ.get("FTPLAN_CACHE", Path.home() / ".cache" / "ftplan")) / "configs"
+def _hub_error(e: Exception, hf_id: str, revision: str | None) -> str:
+    """A one-line message for an error from ``hf_hub_download``: what went wrong and what to do."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        DisabledRepoError,
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    model = f"model {hf_id!r}"
+    fallback = "or pass a path to its config.json"
+    response = getattr(e, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(e, GatedRepoError):
+        return (f"{model} is gated on the Hugging Face Hub: accept its terms on its Hub page and {_LOGIN}; "
+                f"{fallback}")
+    if isinstance(e, RepositoryNotFoundError):
+        if status == 401:  # what the Hub answers without a token, for a missing and for a private repository
+            return (f"{model} was not found on the Hugging Face Hub: check the id (`ftplan models` lists the "
+                    f"built-in ones), or if it is private or gated, {_LOGIN}")
+        return (f"{model} does not exist on the Hugging Face Hub (or your token cannot see it): check the id "
+                f"(`ftplan models` lists the built-in ones), {fallback}")
+    if isinstance(e, RevisionNotFoundError):
+        return (f"{model} has no revision {revision or 'main'!r} on the Hugging Face Hub: check the branch, tag "
+                "or commit")
+    if isinstance(e, DisabledRepoError):
+        return f"{model} has been disabled on the Hugging Face Hub; {fallback}"
+    # not cached and no Hub: LocalEntryNotFoundError (before EntryNotFoundError: it is one), or a connection
+    # error the library let through (OfflineModeIsEnabled is a ConnectionError)
+    if isinstance(e, (LocalEntryNotFoundError, ConnectionError, TimeoutError)):
+        if constants.HF_HUB_OFFLINE:
+            return (f"{model} is not in the catalog or the local Hugging Face cache, and Hugging Face offline "
+                    "mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE): unset it to fetch its config.json from "
+                    f"the Hub, {fallback}")
+        reason = e.__cause__ if isinstance(e, LocalEntryNotFoundError) else e
+        cause = f" ({_first_line(reason)})" if reason is not None else ""
+        return (f"{model} is not in the catalog or the local Hugging Face cache, and the Hub cannot be reached"
+                f"{cause}: check your connection (and HF_ENDPOINT if you use a mirror), {fallback}")
+    if isinstance(e, EntryNotFoundError):
+        return f"{model} has no config.json on the Hugging Face Hub (is it a model repository?); {fallback}"
+    if isinstance(e, HfHubHTTPError) and status in (401, 403):
+        return f"{model}: the Hugging Face Hub refused access (HTTP {status}): {_LOGIN}"
+    if isinstance(e, HfHubHTTPError) and status is not None:
+        return f"{model}: the Hugging Face Hub answered HTTP {status} for its config.json; try again later, {fallback}"
+    if isinstance(e, HFValidationError):
+        return f"model {hf_id!r} is neither an existing path nor a valid Hugging Face id (org/name)"
+    return f"{model}: fetching its config.json from the Hugging Face Hub failed ({_first_line(e)}); {fallback}"
 
 
-def spec_from_hub(hf_id: str, timeout: float = 10.0) -> ModelSpec:
-    """An HF id: the HF cache, ftplan's own config cache, then the Hub (unless ``HF_HUB_OFFLINE``)."""
-    for p in (cached_config(hf_id), _ftplan_cache() / (hf_id.replace("/", "--") + ".json")):
-        if p is not None and p.exists():
-            return spec_from_config(_load_json(p, str(p)), name=hf_id, hf_id=hf_id, where=f"{hf_id} ({p})")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-        raise FtplanError(f"model {hf_id!r} is not in the catalog or the local HF cache and HF_HUB_OFFLINE is "
-                          "set; pass a path to its config.json")
-    url = f"https://huggingface.co/{hf_id}/resolve/main/config.json"
-    req = urllib.request.Request(url)
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
+def hub_config_path(hf_id: str, revision: str | None = None) -> Path:
+    """``config.json`` of ``hf_id`` through ``huggingface_hub``: the shared HF cache first (no network),
+    then the Hub, which stores it in that cache. The library handles the login token (``hf auth login`` /
+    ``HF_TOKEN``), ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE`` / ``HF_HOME``. Imported here only,
+    so planning with catalog models or local configs loads no HTTP stack."""
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            raw = r.read()
-    except urllib.error.HTTPError as e:
-        hint = " (gated: set HF_TOKEN)" if e.code in (401, 403) else ""
-        raise FtplanError(f"model {hf_id!r}: the Hub answered HTTP {e.code}{hint}; check the id or pass a "
-                          "path to its config.json") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise FtplanError(f"model {hf_id!r} is not in the catalog or the local HF cache, and the Hub cannot "
-                          f"be reached ({reason}); pass a path to its config.json") from None
+        import huggingface_hub
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        raise FtplanError(f"model {hf_id!r} is not in the catalog: reading a Hugging Face id needs the "
+                          "huggingface_hub package (pip install huggingface_hub), or pass a path to its "
+                          "config.json") from None
     try:
-        cfg = json.loads(raw)
-    except json.JSONDecodeError:
-        raise FtplanError(f"model {hf_id!r}: the Hub's config.json is not valid JSON") from None
-    spec = spec_from_config(cfg, name=hf_id, hf_id=hf_id, where=f"{hf_id} (Hub)")
-    dest = _ftplan_cache() / (hf_id.replace("/", "--") + ".json")
-    try:  # keep it for offline use; atomic so a kill never leaves half a file
-        atomic_write_bytes(dest, raw)
-    except OSError:
-        pass
-    return spec
+        try:
+            path = huggingface_hub.hf_hub_download(hf_id, "config.json", revision=revision, local_files_only=True)
+        except LocalEntryNotFoundError:
+            path = huggingface_hub.hf_hub_download(hf_id, "config.json", revision=revision)
+    except Exception as e:  # only the library call is guarded: its errors become one line, never a traceback
+        raise FtplanError(_hub_error(e, hf_id, revision)) from None
+    return Path(path)
+
+
+def spec_from_hub(hf_id: str, revision: str | None = None) -> ModelSpec:
+    """An HF id not in the catalog: its ``config.json`` from the local HF cache, else the Hub (see
+    ``hub_config_path``)."""
+    path = hub_config_path(hf_id, revision)
+    return spec_from_config(_load_json(path, f"{hf_id} config.json ({path})"), name=hf_id, hf_id=hf_id,
+                            where=f"{hf_id} ({path})")

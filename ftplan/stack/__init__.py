@@ -14,7 +14,7 @@ import os
 import warnings
 from collections.abc import Iterator
 
-STACK_LOGGERS = ("bitsandbytes", "transformers", "peft", "accelerate")
+STACK_LOGGERS = ("bitsandbytes", "transformers", "peft", "accelerate", "huggingface_hub")
 
 
 @contextlib.contextmanager

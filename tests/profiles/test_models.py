@@ -1,4 +1,5 @@
-"""The model catalog and --model resolution (aliases, HF ids offline, config.json paths, HF cache)."""
+"""The model catalog and --model resolution (aliases, HF ids offline, config.json paths); HF ids outside the
+catalog (HF cache, Hub) are in test_hub.py."""
 
 import json
 
@@ -80,24 +81,6 @@ def test_families_from_config():
     gemma3 = spec_from_config({"model_type": "gemma3", "text_config": {**_llama_cfg(), "model_type": "gemma3_text",
                                                                        "head_dim": 128}}, "g")
     assert gemma3.head_dim == 128 and gemma3.qk_norm
-
-
-def test_hf_cache_lookup(tmp_path, monkeypatch):
-    snap = tmp_path / "models--acme--tiny" / "snapshots" / "abc123"
-    snap.mkdir(parents=True)
-    (snap / "config.json").write_text(json.dumps(_llama_cfg()))
-    (tmp_path / "models--acme--tiny" / "refs").mkdir()
-    (tmp_path / "models--acme--tiny" / "refs" / "main").write_text("abc123")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    assert get_model("acme/tiny").hidden == 256
-
-
-def test_offline_hf_id_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setenv("FTPLAN_CACHE", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FtplanError, match="not in the catalog or the local HF cache"):
-        get_model("acme/not-here")
 
 
 def test_unknown_alias_suggests():
