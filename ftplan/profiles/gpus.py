@@ -5,8 +5,11 @@ Usable memory (what ``device_bytes`` must fit in), in order of preference:
 1. ``torch_total_memory_bytes`` (``cudaDeviceProp.totalGlobalMem``), where it was read;
 2. nvidia-smi's total minus 600 MiB: CUDA reports a few hundred MiB less than nvidia-smi
    (RTX 3090: 24,115 vs 24,576 MiB; RTX 6000 Ada: 48,509 vs 49,140 MiB);
-3. the marketing size read as GB = 1e9 B, minus 600 MiB: conservative (GeForce "24 GB" is 24 GiB), and
-   flagged as estimated.
+3. the marketing size read as binary (``N GB`` is ``N x 1024 MiB``: GDDR and HBM parts come in binary sizes;
+   measured nvidia-smi totals: RTX 4090 "24 GB" 24,564 MiB, A100 "80 GB" 81,920 MiB), less 1/16 on cards
+   that ship with ECC on GDDR memory (``gddr_ecc``: A10 23,028 MiB with ECC on vs 24,564 off; L40S 46,068
+   of 49,152), as the nvidia-smi total, then minus 600 MiB as in 2; flagged as estimated. Reading the size
+   as GB = 1e9 B (as before) put 18 cards ~7% low: a 4 GB GTX 1650 at 3.14 GiB usable instead of 3.41 GiB.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ._names import norm_name
 
 DATA = Path(__file__).parent / "data" / "gpus.csv"
 SMI_TO_CUDA_MIB = 600
+ECC_KEEPS = 15 / 16  # GDDR with ECC on: one byte in 16 holds the check bits (A10: 23,028 of 24,564 MiB)
 GPU_FILE_ENV = "FTPLAN_GPUS"
 # The one definition of a GPU row, in the packaged CSV's column order (a test holds the file's header to
 # it): column -> kind. number: a float >= 0 or empty (unknown); flag: yes/no; range: a number or "lo-hi"
@@ -32,7 +36,7 @@ COLUMNS: dict[str, str] = {
     "compute_capability": "number", "memory_gb": "number", "nvidia_smi_total_mib": "number",
     "torch_total_memory_bytes": "number", "bandwidth_gbs": "number", "bf16_tflops": "number",
     "fp16_tflops": "number", "fp32_tflops": "number", "bf16": "flag", "flash_attention_2": "flag", "nvlink": "flag",
-    "tdp_w": "range", "price_per_hour": "number", "price_provider": "text", "price_date": "text", "sources": "text",
+    "gddr_ecc": "flag", "tdp_w": "range", "price_per_hour": "number", "price_provider": "text", "price_date": "text", "sources": "text",
     "notes": "text",
 }
 FIELDS = tuple(COLUMNS)
@@ -64,7 +68,9 @@ def usable_bytes(row: dict) -> tuple[int, str]:
     gb = _num(row, "memory_gb", where)
     if not gb:
         raise FtplanError(f"{where}: no memory size (memory_gb, nvidia_smi_total_mib or torch_total_memory_bytes)")
-    return int(gb * 1e9 - SMI_TO_CUDA_MIB * MiB), "estimated from the marketing size (GB = 1e9 B)"
+    smi_estimate = gb * 1024 * (ECC_KEEPS if _yes(row.get("gddr_ecc")) else 1.0)
+    src = "estimated from the marketing size (binary GiB" + (", less ECC's 1/16)" if _yes(row.get("gddr_ecc")) else ")")
+    return int((smi_estimate - SMI_TO_CUDA_MIB) * MiB), src
 
 
 def _yes(v: str | None) -> bool:

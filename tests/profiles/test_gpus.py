@@ -6,6 +6,8 @@ import types
 
 import pytest
 
+import ftplan
+
 from ftplan.errors import FtplanError, UnknownNameError
 from ftplan.planner.types import MiB
 from ftplan.profiles import gpus as gpumod
@@ -34,9 +36,32 @@ def test_usable_memory_sources():
     assert get_gpu("rtx3090").usable_bytes == 25_286_672_384
     # RTX 4090: nvidia-smi 24,564 MiB minus 600 MiB
     assert get_gpu("rtx4090").usable_bytes == (24_564 - 600) * MiB
-    # GTX 1650: no nvidia-smi figure read: 4 GB marketing size, flagged as estimated
+    # GTX 1650: no nvidia-smi figure read: the 4 GB marketing size read as binary (4,096 MiB), flagged
     g = get_gpu("gtx1650")
-    assert g.usable_source.startswith("estimated") and g.usable_bytes == int(4e9 - 600 * MiB)
+    assert g.usable_source.startswith("estimated") and g.usable_bytes == (4_096 - 600) * MiB
+    # L40: 48 GB GDDR6 with ECC on as shipped: 15/16 of 49,152 MiB (the L40S reads 46,068 MiB in nvidia-smi)
+    assert get_gpu("l40").usable_bytes == (46_080 - 600) * MiB
+    assert abs(get_gpu("l40").usable_bytes - get_gpu("l40s").usable_bytes) < 16 * MiB
+
+
+def test_binary_reading_matches_every_measured_row():
+    """Where the catalog has a measured nvidia-smi total, the binary reading of the marketing size (with
+    ECC's 1/16 where flagged) lands within 3% of it; the decimal reading (GB = 1e9 B) was 7% low."""
+    import csv
+
+    with gpumod.DATA.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["nvidia_smi_total_mib"]]
+    assert len(rows) >= 15
+    for r in rows:
+        estimated = dict(r, nvidia_smi_total_mib="", torch_total_memory_bytes="")
+        est, _ = gpumod.usable_bytes(estimated)
+        real = (float(r["nvidia_smi_total_mib"]) - gpumod.SMI_TO_CUDA_MIB) * MiB
+        assert abs(est - real) / real < 0.03, (r["key"], est / MiB, real / MiB)
+
+
+def test_llama_1b_fits_a_gtx1650():
+    """The headline small card: with the binary reading the 1B model fits (it missed by 0.02 GiB)."""
+    assert ftplan.plan("meta-llama/Llama-3.2-1B", "gtx1650")
 
 
 def test_unknown_figures_stay_unknown():
@@ -57,7 +82,7 @@ def test_user_file_overrides_price_and_adds_a_gpu(tmp_path):
     cat = load_catalog(str(f))
     assert cat["rtx4090"].price_per_hour == 0.35 and cat["rtx4090"].price_date == "user file"
     assert cat["rtx4090"].bandwidth_gbs == 1008  # other columns kept
-    assert cat["my-card"].usable_bytes == int(40e9 - 600 * MiB)
+    assert cat["my-card"].usable_bytes == (40 * 1024 - 600) * MiB
     assert get_gpu("My Card", str(f)).key == "my-card"
 
 
@@ -126,7 +151,12 @@ def test_one_schema_for_the_catalog_and_user_files(tmp_path):
     with gpumod.DATA.open(newline="") as fh:
         assert tuple(next(csv.reader(fh))) == gpumod.FIELDS
     f = tmp_path / "mine.csv"
-    f.write_text(",".join(gpumod.FIELDS) + "\n" + "my-card,My Card,mc,ACME,Ada,8.9,40,,,900,100,100,50,yes,yes,no,"
-                 "250-300,1.25,me,2026-11,my datasheet,\n")
+    row = {"key": "my-card", "name": "My Card", "aliases": "mc", "vendor": "ACME", "architecture": "Ada",
+           "compute_capability": "8.9", "memory_gb": "40", "bandwidth_gbs": "900", "bf16_tflops": "100",
+           "fp16_tflops": "100", "fp32_tflops": "50", "bf16": "yes", "flash_attention_2": "yes", "nvlink": "no",
+           "gddr_ecc": "no", "tdp_w": "250-300", "price_per_hour": "1.25", "price_provider": "me",
+           "price_date": "2026-11", "sources": "my datasheet"}
+    assert set(row) <= set(gpumod.FIELDS)
+    f.write_text(",".join(gpumod.FIELDS) + "\n" + ",".join(row.get(k, "") for k in gpumod.FIELDS) + "\n")
     g = load_catalog(str(f))["my-card"]
     assert (g.tdp_w, g.bandwidth_gbs, g.bf16, g.nvlink, g.aliases) == (300.0, 900.0, True, False, ("mc",))
