@@ -23,7 +23,7 @@ def report_command(
     prices: Optional[str] = typer.Option(None, "--prices", help="CSV: gpu,price_per_hour[,spot_price_per_hour][,purchase_price][,source][,date]"),
     spot_discount: float = typer.Option(0.6, "--spot-discount", help="spot price = on-demand x (1 - this)"),
     hours_per_week: float = typer.Option(40.0, "--utilization-hours-per-week", help="hours a week an owned GPU would train"),
-    study: Optional[str] = typer.Option(None, "--study", help="an `ftplan autotune` study: its measured trials beside the predictions"),
+    study: Optional[str] = typer.Option(None, "--study", help="an `ftplan autotune` study: its measured trials beside the predictions (needs optuna: ftplan[tune])"),
     storage: Optional[str] = typer.Option(None, "--storage", help="the study's storage [default: sqlite:///ftplan-runs/ftplan.db]"),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", "-s"),
     effective_batch: Optional[int] = typer.Option(None, "--effective-batch", "-e"),

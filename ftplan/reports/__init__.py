@@ -25,10 +25,10 @@ __all__ = ["build", "write_html", "frames", "write_tables", "write_pdf", "find_b
 
 
 def write_html(report: Report, path: str | Path) -> Path:
-    from .html import render
+    from .html import page
 
     try:
-        text = render(report)
+        text = page(report)
     except ImportError as e:
         raise FtplanError(f"the HTML report needs plotly: pip install 'ftplan[report]' ({e.name} missing)") from None
     p = Path(path)

@@ -14,11 +14,11 @@ from typing import Any
 from .. import __version__
 from ..api import plan_search, suggest
 from ..errors import FtplanError
-from ..units import parse_count
 from ..planner.estimate import ASSUMPTIONS
 from ..planner.types import Plan
 from ..profiles.gpus import get_gpu
 from ..profiles.models import get_model
+from ..units import parse_count
 from .prices import Price, read_prices
 
 # the memory picture in words a finance reader can follow: (label, model terms and overheads)
@@ -198,10 +198,14 @@ def build(model: str, gpus: str | list[str], tokens: str | float, *, epochs: flo
 
 
 def load_trials(study: str, storage: str | None) -> list[dict[str, Any]]:
-    """The measured trials of an autotune study, predicted beside measured."""
-    from ..tune.study import DEFAULT_RUNS, open_storage, storage_url, trial_row
+    """The measured trials of an autotune study, predicted beside measured. Optuna is optional (the
+    ``tune`` extra): without it ``--study`` is a bad request with its fix, not a traceback."""
+    try:
+        import optuna
+    except ImportError:
+        raise FtplanError("--study needs optuna, which is not installed: pip install 'ftplan[tune]'") from None
 
-    import optuna
+    from ..tune.study import DEFAULT_RUNS, open_storage, storage_url, trial_row
 
     url = storage_url(storage, DEFAULT_RUNS)
     try:

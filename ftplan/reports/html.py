@@ -144,7 +144,7 @@ def _trials_table(r: Report) -> str:
             "<th>Measured tokens/second</th><th class=l>Note</th></tr>" + "".join(rows) + "</table>")
 
 
-def render(r: Report) -> str:
+def page(r: Report) -> str:
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 

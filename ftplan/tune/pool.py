@@ -12,9 +12,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass
@@ -26,13 +27,15 @@ class Outcome:
 
 
 class Worker:
-    """One ``python -m ftplan.tune.worker`` process."""
+    """One ``python -m ftplan.tune.worker`` process, in a session of its own (a terminal's Ctrl-C is the
+    tuner's to handle) that ends with this process however it ends (``--parent``, see the worker)."""
 
     def __init__(self, log_path: Path, start_timeout: float = 300.0, env: dict | None = None) -> None:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ftplan.tune.worker"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "ftplan.tune.worker", "--parent", str(os.getpid())],
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._log, start_new_session=True,
                                      env={**os.environ, **(env or {})})
         self.events: queue.Queue = queue.Queue()

@@ -13,17 +13,28 @@
    configuration enqueued again. Several workers may share one study (PostgreSQL): each runs until the
    study holds the requested number of measured trials; a configuration measured or running under a
    lower trial number is never run twice.
+5. Heartbeats: while a trial runs, a thread records its heartbeat in the storage every
+   ``FTPLAN_HEARTBEAT_S`` seconds (default 60). On start and before each trial, a RUNNING trial whose
+   heartbeat is older than ``FTPLAN_GRACE_S`` seconds (default three intervals, 180) is failed with a
+   ``stale: ...`` reason and its configuration enqueued again: its worker died where no process id can
+   be checked (another machine) or froze. Every worker of a shared study needs the same settings: a
+   grace shorter than another worker's interval fails that worker's live trials.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import socket
+import threading
 import time
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import FtplanError
 from ..planner.types import GPUSpec, ModelSpec
@@ -31,6 +42,9 @@ from . import space as S
 
 DEFAULT_RUNS = Path("ftplan-runs")
 MAX_IDLE_ASKS = 20  # proposals in a row that need no run before the planner's order takes over
+HEARTBEAT_S = 60.0  # default seconds between two heartbeats of a running trial
+GRACE_HEARTBEATS = 3  # default grace period, in heartbeat intervals
+RETRIED = ("interrupted:", "stale:")  # reasons of a trial failed because its worker vanished (then retried)
 
 
 @dataclass
@@ -89,21 +103,47 @@ def storage_url(storage: str | None, runs_dir: Path) -> str:
     return f"sqlite:///{(runs_dir / 'ftplan.db').as_posix()}"
 
 
+def _seconds_from_env(name: str, default: float) -> float:
+    """A positive number of seconds from the environment variable ``name``, ``default`` when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise FtplanError(f"{name}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def heartbeat_settings() -> tuple[float, float]:
+    """``(interval, grace)`` in seconds: ``FTPLAN_HEARTBEAT_S`` (default 60) and ``FTPLAN_GRACE_S``
+    (default three intervals). The grace must span more than one interval, or a live trial would be
+    failed between two of its heartbeats."""
+    interval = _seconds_from_env("FTPLAN_HEARTBEAT_S", HEARTBEAT_S)
+    grace = _seconds_from_env("FTPLAN_GRACE_S", GRACE_HEARTBEATS * interval)
+    if grace <= interval:
+        raise FtplanError(f"FTPLAN_GRACE_S={grace:g} must be longer than the heartbeat interval "
+                          f"FTPLAN_HEARTBEAT_S={interval:g} (e.g. {GRACE_HEARTBEATS * interval:g})")
+    return interval, grace
+
+
 def open_storage(url: str):
-    import warnings
-
+    """The Optuna RDB storage at ``url``, with heartbeats configured (``heartbeat_settings``) so that a
+    trial whose worker vanished can be told from a live one, even from another machine."""
     import optuna
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     if "://" not in url:
         raise FtplanError(f"--storage {url!r} is not a database URL (e.g. sqlite:///runs.db, postgresql://user@host/db)")
-    kwargs = {"heartbeat_interval": 60, "grace_period": 180,
+    interval, grace = heartbeat_settings()
+    kwargs = {"heartbeat_interval": interval, "grace_period": grace,
               "engine_kwargs": {"pool_pre_ping": True} if not url.startswith("sqlite") else None}
-    # heartbeats let other machines fail a trial whose worker vanished (no pid to check from afar)
     for attempt in range(6):
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
+            with warnings.catch_warnings():  # heartbeat_interval is "experimental": not the user's concern
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kwargs)
         except ImportError:
             raise FtplanError(f"--storage {_redact(url)}: the database driver is not installed "
                               "(PostgreSQL: pip install 'ftplan[postgres]')") from None
@@ -135,6 +175,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _fail_and_retry(study, storage, trial_id: int, t, reason: str) -> bool:
+    """Fail the RUNNING trial ``t`` (its worker is gone) with ``reason`` and enqueue its configuration
+    again. False when another worker finished it first: that one enqueues the retry, so it runs once."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        storage.set_trial_user_attr(trial_id, "reason", reason)
+        if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+            return False
+    except UpdateFinishedTrialError:
+        return False
+    if t.params:
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    return True
+
+
 def recover_interrupted(study, storage) -> int:
     """Fail the RUNNING trials of this host whose process is gone and enqueue their configurations again."""
     from optuna.trial import TrialState
@@ -146,12 +203,56 @@ def recover_interrupted(study, storage) -> int:
         if t.user_attrs.get("host") != host or _pid_alive(int(t.user_attrs.get("pid", -1))):
             continue
         tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_user_attr(tid, "reason", "interrupted: its process was killed; retried")
-        storage.set_trial_state_values(tid, TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        n += 1
+        n += _fail_and_retry(study, storage, tid, t, "interrupted: its process was killed; retried")
     return n
+
+
+def _stale_trial_ids(storage, study_id: int) -> list[int]:
+    """The RUNNING trials whose last heartbeat is older than the storage's grace period (measured on the
+    database's clock, so the machines' clocks need not agree); trials that never beat are left out.
+    Optuna 5 has this query under a private name only; its public ``fail_stale_trials`` runs the same
+    query but fails the trials at once, leaving no moment to record why on them."""
+    return list(storage._get_stale_trial_ids(study_id))
+
+
+def fail_stale(study, storage, grace: float) -> int:
+    """Fail the RUNNING trials of any host whose heartbeat stopped more than ``grace`` seconds ago and
+    enqueue their configurations again; the number failed. ``recover_interrupted`` catches this host's
+    dead processes at once; this catches the rest: workers on other machines, or frozen ones."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    n = 0
+    for tid in _stale_trial_ids(storage, study_id):
+        t = storage.get_trial(tid)
+        who = f"host {t.user_attrs.get('host', 'unknown')}"
+        if "pid" in t.user_attrs:
+            who += f" (pid {t.user_attrs['pid']})"
+        n += _fail_and_retry(study, storage, tid, t, f"stale: no heartbeat from {who} for more than {grace:g} s; retried")
+    return n
+
+
+@contextmanager
+def heartbeat(storage, trial_id: int, interval: float):
+    """Record the trial's heartbeat every ``interval`` seconds while the block runs (a daemon thread).
+    ``study.ask``/``tell`` start none of their own (only ``study.optimize`` does), and a trial that never
+    beats can never be found stale."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception:  # noqa: BLE001 - a database blip: the grace period spans several beats
+                pass
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"ftplan-heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 def _value(objective: str, tps: float, price: float | None) -> float:
@@ -174,9 +275,14 @@ def _ran(t) -> bool:
     return bool(t.user_attrs.get("ran"))
 
 
+def _retried(t) -> bool:
+    """A trial failed because its worker vanished (interrupted or stale); its configuration runs again."""
+    return t.state.name == "FAIL" and str(t.user_attrs.get("reason", "")).startswith(RETRIED)
+
+
 def _counts(t) -> bool:
-    """A measured trial that counts towards ``--trials`` (an interrupted one is retried instead)."""
-    return _ran(t) and "interrupted" not in str(t.user_attrs.get("reason", ""))
+    """A measured trial that counts towards ``--trials`` (an interrupted or stale one is retried instead)."""
+    return _ran(t) and not _retried(t)
 
 
 class _Runner:
@@ -237,6 +343,29 @@ class _Runner:
         self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         self.emit("end", trial=trial.number, candidate=cand, state=state.name, value=value, reason=reason)
 
+    def attempt(self, trial, budget: int) -> bool:
+        """Run the configuration Optuna proposed, or skip it (outside the planner's space, predicted far
+        over the budget, or measured already); True when it ran."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        key = S.key_of(trial.params)
+        cand = self.by_key.get(key)
+        if cand is None:
+            self.skip(trial, "not a configuration of the planner's space", "not-in-space")
+        elif cand.far_over:
+            self.skip(trial, f"predicted {cand.predicted_bytes / 2**30:.2f} GiB, more than "
+                             f"{1 + S.FAR_OVER:.0%} of the budget {budget / 2**30:.2f} GiB", "predicted-over")
+        elif (dup := self.duplicate_of(trial, key)) is not None:
+            self.skip(trial, f"same configuration as trial {dup.number}", "duplicate")
+        else:
+            try:
+                self.run_trial(trial, cand)
+            except UpdateFinishedTrialError:  # this process froze past the grace period: another worker failed it
+                self.emit("end", trial=trial.number, candidate=cand, state="FAIL", value=None,
+                          reason="failed by another worker: no heartbeat within the grace period; retried there")
+            return True
+        return False
+
     def skip(self, trial, why: str, kind: str) -> None:
         from optuna.trial import TrialState
 
@@ -245,12 +374,16 @@ class _Runner:
         self.study.tell(trial, None, state=TrialState.PRUNED)
 
     def duplicate_of(self, trial, key: str):
+        """The trial that measured, or is measuring, this configuration already; None when there is none.
+        Of two workers that ask for the same configuration at once, the lower trial number runs it: a
+        RUNNING lower trial counts from the moment it is asked (not only once it started to measure),
+        else both could check before either starts and both would measure it."""
         from optuna.trial import TrialState
 
         for t in self.study.get_trials(deepcopy=False):
             if t.number == trial.number or not t.params or S.key_of(t.params) != key:
                 continue
-            if t.state == TrialState.RUNNING and t.number < trial.number and _ran(t):
+            if t.state == TrialState.RUNNING and t.number < trial.number and not t.user_attrs.get("skipped"):
                 return t
             if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) and _counts(t):
                 return t
@@ -262,14 +395,23 @@ class _Runner:
 
 
 def run(ts: TuneSpec, emit: Callable[..., None] = lambda *a, **k: None) -> TuneResult:
+    """Run (or resume) the study; Optuna's per-trial log lines are quieted for the run only (the caller's
+    Optuna verbosity is restored after)."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return _run(ts, emit)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _run(ts: TuneSpec, emit: Callable[..., None]) -> TuneResult:
     import optuna
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState
 
-    import warnings
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if ts.trials < 1:
         raise FtplanError(f"--trials={ts.trials} must be at least 1")
     budget = S.budget_for(ts.gpu, ts.margin, ts.max_memory_bytes)
@@ -295,7 +437,8 @@ def run(ts: TuneSpec, emit: Callable[..., None] = lambda *a, **k: None) -> TuneR
     study.set_user_attr("model", ts.model)
     folder = ts.runs_dir / name
     folder.mkdir(parents=True, exist_ok=True)
-    recovered = recover_interrupted(study, storage)
+    interval, grace = heartbeat_settings()
+    recovered = recover_interrupted(study, storage) + fail_stale(study, storage, grace)
     emit("begin", study=name, storage=_redact(url), candidates=len(cands), runnable=len(runnable),
          skipped=skipped_pred, budget=budget, recovered=recovered,
          done=sum(1 for t in study.get_trials(deepcopy=False) if _ran(t) and t.state != TrialState.RUNNING))
@@ -303,11 +446,13 @@ def run(ts: TuneSpec, emit: Callable[..., None] = lambda *a, **k: None) -> TuneR
         study.enqueue_trial(c.params, user_attrs={"seeded_by": "planner"}, skip_if_exists=True)
     dists = {k: CategoricalDistribution(v) for k, v in S.choices(cands).items()}
     runner = _Runner(ts, study, cands, folder, emit)
+    study_id = storage.get_study_id_from_name(name)
     t0 = time.monotonic()
     idle, stopped = 0, "trials"
     host, pid = socket.gethostname(), os.getpid()
     try:
         while True:
+            fail_stale(study, storage, grace)  # a worker that died meanwhile no longer holds a trial
             measured = sum(1 for t in study.get_trials(deepcopy=False) if _counts(t))
             if measured >= ts.trials:
                 break
@@ -322,23 +467,10 @@ def run(ts: TuneSpec, emit: Callable[..., None] = lambda *a, **k: None) -> TuneR
                 study.enqueue_trial(nxt.params, user_attrs={"seeded_by": "planner order"})
                 idle = 0
             trial = study.ask(dists)
-            trial.set_user_attr("host", host)
-            trial.set_user_attr("pid", pid)
-            key = S.key_of(trial.params)
-            cand = runner.by_key.get(key)
-            if cand is None:
-                runner.skip(trial, "not a configuration of the planner's space", "not-in-space")
-                idle += 1
-            elif cand.far_over:
-                runner.skip(trial, f"predicted {cand.predicted_bytes / 2**30:.2f} GiB, more than "
-                                   f"{1 + S.FAR_OVER:.0%} of the budget {budget / 2**30:.2f} GiB", "predicted-over")
-                idle += 1
-            elif (dup := runner.duplicate_of(trial, key)) is not None:
-                runner.skip(trial, f"same configuration as trial {dup.number}", "duplicate")
-                idle += 1
-            else:
-                runner.run_trial(trial, cand)
-                idle = 0
+            with heartbeat(storage, storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), interval):
+                trial.set_user_attr("host", host)
+                trial.set_user_attr("pid", pid)
+                idle = 0 if runner.attempt(trial, budget) else idle + 1
     finally:
         runner.pool.close()
     return _finish(ts, study, name, url, cands, runnable, skipped_pred, folder, stopped, emit)

@@ -8,17 +8,29 @@ each measured step and ``{"event": "result", "result": {...}}`` (the ``ftplan pr
 out-of-memory run is a result with ``status: "oom"``) or ``{"event": "error", "error": "..."}``.
 
 ``FTPLAN_TUNE_FAULT`` injects faults for tests of the tuner itself: ``crash@N`` makes the worker die
-(exit 3) on trial N, ``hang@N`` makes it hang there (the parent's timeout must fire), ``oom@N`` runs
-trial N under a 1-byte simulated memory cap (a real out-of-memory result from the profiler).
+(exit 3) on trial N, ``hang@N`` makes it hang there (the parent's timeout must fire; a line on stderr,
+the worker's log, says so first), ``oom@N`` runs trial N under a 1-byte simulated memory cap (a real
+out-of-memory result from the profiler).
+
+The worker runs in a session of its own (a terminal's Ctrl-C reaches the tuner, which stops it), so
+it does not die with its parent by itself: ``--parent PID`` names the tuner, and the worker exits when
+that process is gone, even in the middle of a trial (see ``die_with_parent``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies (Linux)
+EXIT_ORPHANED = 4  # the exit status of a worker whose parent was gone
+WATCH_PARENT_S = 1.0  # how often the fallback looks at the parent's process id
 
 
 def _fault(trial: int, req: dict) -> None:
@@ -29,9 +41,66 @@ def _fault(trial: int, req: dict) -> None:
             if what == "crash":
                 os._exit(3)
             if what == "hang":
+                print(f"worker {os.getpid()}: FTPLAN_TUNE_FAULT hangs trial {trial}", file=sys.stderr, flush=True)
                 time.sleep(3600)
             if what == "oom":
                 req["max_memory_bytes"] = 1
+
+
+def _request_death_signal() -> bool:
+    """Linux: ask the kernel to SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG);
+    False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                          ctypes.c_ulong(0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watch_parent(parent: int, direct: bool) -> None:
+    """Exit as soon as ``parent`` is gone: this process was adopted by another (``direct``: the tuner
+    started it), or no process ``parent`` exists (a launcher sits between them, e.g. a venv redirector)."""
+    while os.getppid() == parent if direct else _pid_exists(parent):
+        time.sleep(WATCH_PARENT_S)
+    os._exit(EXIT_ORPHANED)
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this worker end with the tuner ``parent``, however the tuner ends (SIGKILL included).
+
+    On Linux the kernel kills it (PR_SET_PDEATHSIG, set here rather than in a ``preexec_fn``, which is
+    unsafe in a parent with threads); the check right after closes the race with a parent that died
+    before the request. Everywhere, a daemon thread also watches the parent: a busy worker reads no
+    stdin, so it would not notice the end of its input until the trial ended. (On Linux the death
+    signal comes when the thread that started the worker exits; the tuner starts its workers from the
+    thread that runs the whole study.)"""
+    _request_death_signal()
+    direct = os.getppid() == parent
+    if not direct and not _pid_exists(parent):
+        os._exit(EXIT_ORPHANED)
+    threading.Thread(target=_watch_parent, args=(parent, direct), name="ftplan-watch-parent", daemon=True).start()
+
+
+def _parent_from_argv(argv: list[str]) -> int:
+    """``--parent PID`` from the command line; the process that started this one when not given."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m ftplan.tune.worker")
+    ap.add_argument("--parent", type=int, default=None, help="the tuner's process id: exit when it is gone")
+    return ap.parse_args(argv).parent or os.getppid()
 
 
 def serve() -> int:
@@ -80,6 +149,8 @@ def serve() -> int:
 
 
 if __name__ == "__main__":
+    die_with_parent(_parent_from_argv(sys.argv[1:]))  # first: the imports below take seconds
+
     from ..stack import quiet_stack
 
     with quiet_stack():

@@ -7,7 +7,6 @@ import types
 import pytest
 
 import ftplan
-
 from ftplan.errors import FtplanError, UnknownNameError
 from ftplan.planner.types import MiB
 from ftplan.profiles import gpus as gpumod

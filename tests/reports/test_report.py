@@ -100,19 +100,35 @@ def test_study_trials_beside_predictions(tmp_path):
     optuna = pytest.importorskip("optuna")
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     st = optuna.create_study(study_name="s", storage=url, direction="maximize")
-    for i, (pred, meas) in enumerate([(10, 11), (20, 19)]):
+    for pred, meas in [(10, 11), (20, 19)]:
         t = st.ask()
         t.set_user_attr("ran", True)
         t.set_user_attr("predicted", {"device_bytes": pred * 2**30, "tokens_per_s": 1000.0})
         t.set_user_attr("measured", {"device_bytes": meas * 2**30, "tokens_per_s": 900.0})
         st.tell(t, 900.0)
     r = reports.build("8b", "h100", "10M", study="s", storage=url)
-    from ftplan.reports.html import render
+    from ftplan.reports.html import page
 
-    text = render(r)
+    text = page(r)
     assert "trial 0" in text and "-9.1%" in text and "+5.3%" in text  # (10-11)/11, (20-19)/19
     with pytest.raises(FtplanError, match="not in"):
         reports.build("8b", "h100", "10M", study="nope", storage=url)
+
+
+def test_study_without_optuna_is_a_one_line_error(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ftplan.cli import app
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` fails as if it were not installed
+    out = tmp_path / "r.html"
+    res = CliRunner().invoke(app, ["report", "--model", "8b", "--gpus", "h100", "--tokens", "10M", "--study", "s",
+                                   "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}", "-o", str(out)])
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    (line,) = res.output.strip().splitlines()
+    assert line == "error: --study needs optuna, which is not installed: pip install 'ftplan[tune]'"
+    assert not out.exists()
 
 
 def _browser():

@@ -1,10 +1,12 @@
 """``ftplan autotune`` end to end on the CPU: a small Llama-shaped model with random weights, generated
 JSONL, real profiled trials in worker processes; faults injected on chosen trials (a worker crash, a
-real out-of-memory under a simulated cap, a hang past the timeout, a killed study)."""
+real out-of-memory under a simulated cap, a hang past the timeout, a killed study, a trial worker
+that must not outlive its killed parent)."""
 
 import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,8 +15,10 @@ import time
 import pytest
 
 from tests.stack_fixtures import write_jsonl
+from tests.tune.helpers import process_gone, wait_for
 
 yaml = pytest.importorskip("yaml")
+pytestmark = pytest.mark.slow  # every test here starts autotune processes that import the training stack
 
 
 def _cli(args, cwd, fault="", **kw):
@@ -117,3 +121,31 @@ def test_bad_input_exit_2(tiny_llama, tmp_path):
         p = _cli(args, tmp_path)
         _, err = p.communicate(timeout=120)
         assert p.returncode == 2 and needle in err and "Traceback" not in err, (args, err)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker's state in /proc")
+def test_worker_dies_with_its_parent(tiny_llama, data_file, tmp_path):
+    """The trial worker runs in its own session (a terminal's Ctrl-C reaches the tuner, which stops it);
+    when the tuner itself is killed outright it must not live on, holding memory and a device."""
+    p = _cli(_tune_args(tiny_llama, data_file, 1, "--study", "orphan"), tmp_path, fault="hang@0")
+    logs = tmp_path / "ftplan-runs" / "orphan"
+
+    def hanging_worker():
+        for log in logs.glob(f"worker-{p.pid}-*.log"):
+            m = re.search(r"worker (\d+): FTPLAN_TUNE_FAULT hangs trial 0", log.read_text(errors="replace"))
+            if m:
+                return int(m.group(1))
+        return None
+
+    worker = wait_for("the worker to hang in trial 0", hanging_worker, proc=p)
+    try:
+        assert not process_gone(worker)
+        os.kill(p.pid, signal.SIGKILL)  # the tuner only: no cleanup of its own can run
+        p.communicate()
+        deadline = time.monotonic() + 5
+        while not process_gone(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process_gone(worker), f"trial worker {worker} outlived its killed parent {p.pid}"
+    finally:
+        if not process_gone(worker):
+            os.kill(worker, signal.SIGKILL)
