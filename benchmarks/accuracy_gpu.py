@@ -1,8 +1,10 @@
 """Analytical model vs real GPU runs: ``ftplan profile --device cuda --synthetic-weights`` for each
 configuration (one subprocess each, so allocator state and an OOM never leak into the next), beside
 ``ftplan.estimate`` for the same GPU. Compares peak allocated, peak reserved and the process's NVML
-memory; prints the per-term breakdown error of the tracked runs; writes
-``results/accuracy_gpu-<gpu>.json`` with the provenance (GPU, driver, versions, date, command).
+memory; writes ``results/accuracy_gpu-<gpu>.json`` with the provenance (GPU, driver, versions, date,
+command, CPU count). A run that errored, ran out of memory, timed out or did not measure is a failed
+row: listed with its reason, counted in every summary line ("N of M rows failed") and saved under
+``failed``; it is never part of a median or maximum.
 
     python benchmarks/accuracy_gpu.py [--gpu auto|h100|...] [--quick] [--timeout 600]
 
@@ -17,13 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-import ftplan
-from ftplan.measure.compare import rel_error
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _accuracy import failure_summary, scrub  # noqa: E402
+
+import ftplan  # noqa: E402
+from ftplan.atomic import atomic_write_text  # noqa: E402
+from ftplan.measure.compare import rel_error  # noqa: E402
 
 MiB = 1024**2
 
@@ -75,11 +83,36 @@ def profile_subprocess(model: str, kn: dict, timeout: int) -> dict:
     try:
         out = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"status": "timeout"}
+        return {"status": "timeout", "error": f"no result within {timeout} s"}
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if not lines:
-        return {"status": "error", "error": out.stderr.strip().splitlines()[-1:] or ["no output"]}
-    return json.loads(lines[-1])
+        tail = out.stderr.strip().splitlines()[-1:]
+        return {"status": "error", "error": f"exit {out.returncode}: {tail[0] if tail else 'no output'}"}
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError as e:
+        return {"status": "error", "error": f"unreadable JSON from ftplan profile: {e}"}
+
+
+KEYS = ("peak_allocated_bytes", "peak_reserved_bytes", "device_bytes")
+
+
+def summarize(results: list[dict]) -> dict:
+    """Per measured figure: median and max |error| over the rows that measured it, and the failed rows."""
+    failed = sum(r["status"] != "ok" for r in results)
+    out: dict = {}
+    for key in KEYS:
+        ok = [r for r in results if r["status"] == "ok"]
+        errs = [abs(rel_error(r["predicted"][key], r["measured"][key])) for r in ok if r["measured"][key]]
+        out[key] = {"runs": len(errs), "without_figure": len(ok) - len(errs),
+                    "median_abs_error": statistics.median(errs) if errs else None,
+                    "max_abs_error": max(errs) if errs else None}
+        line = (f"median |error| {100 * statistics.median(errs):.2f}%, max {100 * max(errs):.2f}% ({len(errs)} runs)"
+                if errs else "no run measured it")
+        if len(ok) > len(errs):
+            line += f"; {len(ok) - len(errs)} ran without this figure"
+        out[key]["summary"] = f"{key}: {line}; {failure_summary(failed, len(results))}"
+    return out
 
 
 def main() -> int:
@@ -105,45 +138,59 @@ def main() -> int:
     print(f"{'#':>3} {'model':<5} {'configuration':<64} {'alloc':>9} {'err':>7} {'reserved':>9} {'err':>7} "
           f"{'nvml':>9} {'err':>7} {'tok/s':>8}")
     for i, (model, kn) in enumerate(rows, 1):
-        m = profile_subprocess(model, kn, args.timeout)
-        est = ftplan.estimate(model, gpu, calibrate=False, **kn)
-        rec = {"model": model, "knobs": kn, "status": m.get("status"), "error": m.get("error"),
-               "predicted": {"peak_allocated_bytes": est.peak_allocated_bytes,
-                             "peak_reserved_bytes": est.peak_reserved_bytes, "device_bytes": est.device_bytes,
-                             "tokens_per_s": est.time.tokens_per_s if est.time else None,
-                             "phases": {k: dict(v) for k, v in est.phases.items()}},
-               "measured": {k: m.get(k) for k in ("peak_allocated_bytes", "peak_reserved_bytes", "device_bytes",
-                                                  "tokens_per_s", "phase_peaks", "peak_phase")}}
-        results.append(rec)
+        rec: dict = {"row": i, "model": model, "knobs": kn}
+        try:
+            est = ftplan.estimate(model, gpu, calibrate=False, **kn)
+        except Exception as e:  # noqa: BLE001 - one broken row must not hide the others
+            est, m = None, {"status": "error", "error": f"prediction failed: {type(e).__name__}: {e}"}
+        else:
+            m = profile_subprocess(model, kn, args.timeout)
+            rec["predicted"] = {"peak_allocated_bytes": est.peak_allocated_bytes,
+                                "peak_reserved_bytes": est.peak_reserved_bytes, "device_bytes": est.device_bytes,
+                                "tokens_per_s": est.time.tokens_per_s if est.time else None,
+                                "phases": {k: dict(v) for k, v in est.phases.items()}}
+        status = m.get("status") or "error"
+        if status == "ok" and not m.get("peak_allocated_bytes"):
+            status, m = "no measurement", {**m, "error": "the run reported ok but no peak allocated bytes"}
+        rec["status"] = status
+        rec["measured"] = {k: m.get(k) for k in (*KEYS, "tokens_per_s", "phase_peaks", "peak_phase")}
         desc = " ".join(f"{k}={v}" for k, v in kn.items() if k != "grad_accum")[:64]
-        if m.get("status") != "ok":
-            print(f"{i:>3} {model:<5} {desc:<64} {m.get('status')}: {m.get('error')}")
+        if status != "ok":
+            rec["reason"] = scrub(" ".join(str(m.get("error") or "no error text").split())[:500])
+            results.append(rec)
+            print(f"{i:>3} {model:<5} {desc:<64} FAILED {status}: {rec['reason'][:200]}", flush=True)
             continue
+        results.append(rec)
 
-        def cell(key):
+        def cell(key: str, m: dict = m, est=est) -> str:
             meas, pred = m.get(key), getattr(est, key)
             if not meas:
                 return f"{'?':>9} {'':>7}"
             return f"{meas / MiB:>9.0f} {100 * rel_error(pred, meas):>+6.1f}%"
         print(f"{i:>3} {model:<5} {desc:<64} {cell('peak_allocated_bytes')} {cell('peak_reserved_bytes')} "
               f"{cell('device_bytes')} {m.get('tokens_per_s') or 0:>8.0f}", flush=True)
-    for key in ("peak_allocated_bytes", "peak_reserved_bytes", "device_bytes"):
-        errs = [abs(rel_error(r["predicted"][key], r["measured"][key])) for r in results
-                if r["status"] == "ok" and r["measured"][key]]
-        if errs:
-            print(f"{key}: median |error| {100 * statistics.median(errs):.2f}%, max {100 * max(errs):.2f}% "
-                  f"({len(errs)} runs)")
-    ok = [r for r in results if r["status"] == "ok" and r["measured"]["peak_allocated_bytes"]]
+    summary = summarize(results)
+    print()
+    for key in KEYS:
+        print(summary[key]["summary"])
+    failed = [r for r in results if r["status"] != "ok"]
+    if failed:
+        print("failed rows:")
+        for r in failed:
+            print(f"  #{r['row']} {r['model']} {r['knobs']}: {r['status']}: {r['reason']}")
+    ok = [r for r in results if r["status"] == "ok" and r["measured"]["peak_allocated_bytes"]
+          and r["measured"]["peak_reserved_bytes"]]
     if ok:
         over = [r["measured"]["peak_reserved_bytes"] / r["measured"]["peak_allocated_bytes"] for r in ok]
-        print(f"reserved / allocated: median {statistics.median(over):.3f} (sets the allocator overhead prior)")
+        print(f"reserved / allocated: median {statistics.median(over):.3f} over {len(ok)} runs "
+              "(sets the allocator overhead prior)")
     out = Path(args.out or Path(__file__).parent / "results" / f"accuracy_gpu-{gpu.key}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"provenance": provenance("cuda", ["python", "benchmarks/accuracy_gpu.py",
-                                                                 *sys.argv[1:]]), "results": results}, indent=1))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    prov = {**provenance("cuda", ["python", "benchmarks/accuracy_gpu.py", *sys.argv[1:]]), "cpu_count": os.cpu_count()}
+    doc = {"provenance": prov, "rows": len(results), "failed_count": len(failed), "summary": summary,
+           "results": [r for r in results if r["status"] == "ok"], "failed": failed}
+    atomic_write_text(out, json.dumps(doc, indent=1))
+    print(f"wrote {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out.name}")
     return 0
 
 

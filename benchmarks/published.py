@@ -20,20 +20,37 @@ metric is unspecified with ``peak_reserved_bytes`` (the middle figure), and mark
 
 No constant of the model is fitted to these rows.
 
-    python benchmarks/published.py [--csv PATH] [--all]
+A selected row whose prediction fails or whose published figure cannot be read is a failed row: it is
+listed with its reason, counted on the summary lines ("N of M rows failed") and saved under ``failed``;
+it is never part of the median, percentile or maximum. The table, the failed and the excluded rows go
+to ``results/published.json`` with the provenance (versions, date, command, CPU count, the CSV's sha256).
+
+    python benchmarks/published.py [--csv PATH] [--all] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
 import re
+import shlex
 import statistics
 import sys
 from pathlib import Path
 
-import ftplan
-from ftplan.errors import FtplanError
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _accuracy import failure_summary, scrub  # noqa: E402
+
+import ftplan  # noqa: E402
+from ftplan.atomic import atomic_write_text  # noqa: E402
+from ftplan.errors import FtplanError  # noqa: E402
+from ftplan.stack.env import versions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT.parent / "shared" / "reference" / "published_memory_dev.csv"
@@ -136,48 +153,112 @@ def row_knobs(r: dict) -> tuple[dict | None, str]:
     return knobs, ""
 
 
+def _p90(errs: list[float]) -> float:
+    errs = sorted(errs)
+    return errs[min(len(errs) - 1, int(round(0.9 * (len(errs) - 1))))]
+
+
+def _stats(errs: list[float]) -> dict:
+    return {"median_abs_error": statistics.median(errs) if errs else None,
+            "p90_abs_error": _p90(errs) if errs else None, "max_abs_error": max(errs) if errs else None}
+
+
+def _line(errs: list[float], failed: int, total: int) -> str:
+    if not errs:
+        return f"no row compared; {failure_summary(failed, total)}"
+    return (f"median {statistics.median(errs):.1%}, 90th percentile {_p90(errs):.1%}, max {max(errs):.1%}; "
+            f"{failure_summary(failed, total)}")
+
+
+def _shown(path: Path) -> str:
+    """The CSV as the results name it: relative to the folder above the repository, never absolute."""
+    try:
+        return path.resolve().relative_to(ROOT.parent.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     ap.add_argument("--all", action="store_true", help="also list the excluded rows and why")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "published.json")
     args = ap.parse_args()
     if not args.csv.exists():
         sys.exit(f"error: {args.csv} not found; pass --csv PATH to published_memory_dev.csv")
+    raw = args.csv.read_bytes()
     rows = list(csv.DictReader(args.csv.open(newline="")))
     print(f"{'row':>4} {'model':<20}{'method':<7}{'base':<5}{'r':>4}{'mb':>3}{'seq':>6}{'ck':>3} {'optimizer':<17}"
           f"{'metric':<9}{'published GiB':>14}{'predicted':>10}{'error':>8}{'device err':>11}  source")
-    errors, excluded, dev_errors = [], [], []
+    compared: list[dict] = []
+    failed: list[dict] = []
+    excluded: list[dict] = []
     for r in rows:
         knobs, why = row_knobs(r)
         if knobs is None:
-            excluded.append((r["row_id"], why))
+            excluded.append({"row_id": r["row_id"], "reason": why})
             continue
-        est = ftplan.estimate(r["hf_model_id"], **knobs)
         attr, label = _metric(r["peak_mem_metric"])
+        try:
+            pub = float(r["peak_mem_value"]) * UNITS[r["peak_mem_unit"]]
+            if pub <= 0:
+                raise ValueError(f"published figure {r['peak_mem_value']!r} is not positive")
+        except (KeyError, ValueError) as e:
+            reason = f"published figure unreadable: {r['peak_mem_value']!r} {r['peak_mem_unit']!r} ({type(e).__name__}: {e})"
+        else:
+            try:
+                est = ftplan.estimate(r["hf_model_id"], **knobs)
+                reason = ""
+            except Exception as e:  # noqa: BLE001 - one broken row must not hide the others
+                reason = f"prediction failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        if reason:
+            reason = scrub(reason)
+            failed.append({"row_id": r["row_id"], "model": r["hf_model_id"] or r["model"], "knobs": knobs,
+                           "source_group": r["source_group"], "status": "error", "reason": reason})
+            print(f"{r['row_id']:>4} {(r['hf_model_id'] or r['model'])[:19]:<20}FAILED {reason[:160]}  {r['source_group']}")
+            continue
         pred = getattr(est, attr)
-        pub = float(r["peak_mem_value"]) * UNITS[r["peak_mem_unit"]]
         err = (pred - pub) / pub
-        errors.append(abs(err))
         # unspecified metric: also show the error if the figure was the process's device memory
         dev_err = (est.device_bytes - pub) / pub if label == "?" else err
-        dev_errors.append(abs(dev_err))
+        compared.append({"row_id": r["row_id"], "model": est.model, "knobs": knobs, "metric": label,
+                         "compared_with": attr, "published_bytes": pub, "predicted_bytes": pred, "error": err,
+                         "device_error": dev_err, "source_group": r["source_group"]})
         print(f"{r['row_id']:>4} {est.model[:19]:<20}{knobs['method']:<7}{knobs['quant']:<5}"
               f"{knobs.get('lora_rank', '-'):>4}{knobs['micro_batch']:>3}{knobs['seq_len']:>6}"
               f"{'y' if knobs['gradient_checkpointing'] else 'n':>3} {knobs['optimizer']:<17}{label:<9}"
               f"{pub / 1024**3:>14.2f}{pred / 1024**3:>10.2f}{err:>+8.1%}{dev_err:>+11.1%}  {r['source_group']}")
-    if not errors:
-        sys.exit("no comparable rows")
-    errors.sort()
-    p90 = errors[min(len(errors) - 1, int(round(0.9 * (len(errors) - 1))))]
-    print(f"\n{len(errors)} rows compared, {len(excluded)} excluded. |error|: median {statistics.median(errors):.1%}, "
-          f"90th percentile {p90:.1%}, max {errors[-1]:.1%}")
-    dev_errors.sort()
-    p90d = dev_errors[min(len(dev_errors) - 1, int(round(0.9 * (len(dev_errors) - 1))))]
-    print(f"reading the unspecified ('?') figures as device memory instead: median {statistics.median(dev_errors):.1%}, "
-          f"90th percentile {p90d:.1%}, max {dev_errors[-1]:.1%}")
+    total = len(compared) + len(failed)
+    errors = [abs(c["error"]) for c in compared]
+    dev_errors = [abs(c["device_error"]) for c in compared]
+    print(f"\n{len(compared)} rows compared, {len(failed)} failed, {len(excluded)} excluded. "
+          f"|error|: {_line(errors, len(failed), total)}")
+    print(f"reading the unspecified ('?') figures as device memory instead: {_line(dev_errors, len(failed), total)}")
+    if failed:
+        print("failed rows:")
+        for f in failed:
+            print(f"  row {f['row_id']} ({f['model']}): {f['reason']}")
     if args.all:
-        for rid, why in excluded:
-            print(f"  excluded row {rid}: {why}")
+        for x in excluded:
+            print(f"  excluded row {x['row_id']}: {x['reason']}")
+
+
+    prov = {"what": "predictions only (ftplan.estimate), against published figures; nothing runs",
+            "versions": versions(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": shlex.join(["python", "benchmarks/published.py", *sys.argv[1:]]),
+            "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "csv": {"path": _shown(args.csv), "sha256": hashlib.sha256(raw).hexdigest(), "rows": len(rows)}}
+    doc = {"provenance": prov, "rows": total, "compared": len(compared), "failed_count": len(failed),
+           "excluded_count": len(excluded), **_stats(errors),
+           "as_device_memory": _stats(dev_errors),
+           "summary": f"{len(compared)} rows compared: {_line(errors, len(failed), total)}",
+           "results": compared, "failed": failed, "excluded": excluded}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(doc, indent=1))
+    out = args.out.resolve()
+    print(f"saved {out.relative_to(ROOT.resolve()) if out.is_relative_to(ROOT.resolve()) else out.name}")
+    if not compared:
+        sys.exit("no comparable rows")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ def cold_cli(runs: int) -> list[float]:
 
 def search_times(runs: int, **kwargs) -> tuple[list[float], int, int]:
     import ftplan
-    from ftplan.planner.memory import phases
     from ftplan.planner import estimate, timing
+    from ftplan.planner.memory import phases
 
     times = []
     res = None
