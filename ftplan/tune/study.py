@@ -39,6 +39,7 @@ from typing import Any
 from ..errors import FtplanError
 from ..planner.types import GPUSpec, ModelSpec
 from . import space as S
+from .procs import pid_alive
 
 DEFAULT_RUNS = Path("ftplan-runs")
 MAX_IDLE_ASKS = 20  # proposals in a row that need no run before the planner's order takes over
@@ -165,16 +166,6 @@ def _redact(url: str) -> str:
     return url
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _fail_and_retry(study, storage, trial_id: int, t, reason: str) -> bool:
     """Fail the RUNNING trial ``t`` (its worker is gone) with ``reason`` and enqueue its configuration
     again. False when another worker finished it first: that one enqueues the retry, so it runs once."""
@@ -200,7 +191,9 @@ def recover_interrupted(study, storage) -> int:
     n = 0
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host") != host or _pid_alive(int(t.user_attrs.get("pid", -1))):
+        pid = t.user_attrs.get("pid")
+        # no pid yet: a worker on this host is between asking and recording it; heartbeats cover it
+        if t.user_attrs.get("host") != host or pid is None or pid_alive(int(pid)):
             continue
         tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         n += _fail_and_retry(study, storage, tid, t, "interrupted: its process was killed; retried")

@@ -28,6 +28,8 @@ import threading
 import time
 import traceback
 
+from .procs import pid_alive
+
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies (Linux)
 EXIT_ORPHANED = 4  # the exit status of a worker whose parent was gone
 WATCH_PARENT_S = 1.0  # how often the fallback looks at the parent's process id
@@ -60,20 +62,10 @@ def _request_death_signal() -> bool:
         return False
 
 
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _watch_parent(parent: int, direct: bool) -> None:
     """Exit as soon as ``parent`` is gone: this process was adopted by another (``direct``: the tuner
     started it), or no process ``parent`` exists (a launcher sits between them, e.g. a venv redirector)."""
-    while os.getppid() == parent if direct else _pid_exists(parent):
+    while os.getppid() == parent if direct else pid_alive(parent):
         time.sleep(WATCH_PARENT_S)
     os._exit(EXIT_ORPHANED)
 
@@ -89,7 +81,7 @@ def die_with_parent(parent: int) -> None:
     thread that runs the whole study.)"""
     _request_death_signal()
     direct = os.getppid() == parent
-    if not direct and not _pid_exists(parent):
+    if not direct and not pid_alive(parent):
         os._exit(EXIT_ORPHANED)
     threading.Thread(target=_watch_parent, args=(parent, direct), name="ftplan-watch-parent", daemon=True).start()
 

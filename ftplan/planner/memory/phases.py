@@ -107,31 +107,6 @@ def _sharded(x: int, n: int) -> int:
     return -(-x // n)
 
 
-@dataclass(frozen=True)
-class Components:
-    """Every memory term of a configuration, before the phases combine them."""
-
-    resident: dict[str, int]
-    grads: int
-    opt_temp: int
-    opt_paged: int
-    gathered: int
-    act_layers: int  # saved by the decoder layers (or their checkpoints)
-    act_model: int  # saved outside the layers (final norm, rotary tables, ids...)
-    act_rest: int  # the part of act_model that outlives the final norm's backward
-    recompute: int
-    last_layer: int
-    backward_transient: int
-    forward_transient: int
-    loss_forward: int
-    loss_backward: int
-    head_copy: int
-    other_copies: int
-    dequant: int
-    n_train: int
-    tied_grad: int = 0  # tied-embedding gradient accumulation at the end of backward (full FT)
-
-
 class StaticKey(NamedTuple):
     """The knobs the batch-independent terms depend on (``TrainConfig`` field names)."""
 
@@ -284,66 +259,59 @@ def cached_terms(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> tupl
             _dynamic_cached(sid, dynamic_key(cfg), "cpu" if device == "cpu" else "cuda"))
 
 
-def components(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> Components:
-    s, d = cached_terms(spec, cfg, gpu)
-    return Components(s.resident, s.grads, s.opt_temp, s.opt_paged, s.gathered, d.act_layers, d.act_model,
-                      d.act_rest, d.recompute, d.last_layer, d.backward_transient, d.forward_transient,
-                      d.loss_forward, d.loss_backward, s.head_copy, s.other_copies, s.dequant, s.n_train, s.tied_grad)
-
-
-def _phases(c: Components, cfg: TrainConfig, layers: int) -> dict[str, dict[str, int]]:
+def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> dict[str, dict[str, int]]:
     """The live set of each phase, term by term. ``device_bytes_fast`` restates these sums without the
     dicts; a property test holds the two equal: change both together."""
     accum = cfg.grad_accum > 1
-    grads_live = c.grads if accum else 0
+    grads_live = s.grads if accum else 0
 
     def phase(**terms: int) -> dict[str, int]:
-        d = dict(c.resident)
+        live = dict(s.resident)
         for k, v in terms.items():
             if v:
-                d[k] = d.get(k, 0) + v
-        return d
+                live[k] = live.get(k, 0) + v
+        return live
 
-    fwd_logits = c.loss_forward >= c.forward_transient
-    copies_start, copies_top = backward_copies(c.other_copies, cfg, layers)
+    fwd_logits = d.loss_forward >= d.forward_transient
+    copies_start, copies_top = backward_copies(s.other_copies, cfg, layers)
     forward_end = phase(
-        gradients=grads_live, activations=c.act_layers + c.act_model,
-        autocast_weight_copies=c.head_copy + c.other_copies,
-        fsdp_gathered=c.gathered, logits_loss=c.loss_forward if fwd_logits else 0,
-        forward_transient=0 if fwd_logits else c.forward_transient)
+        gradients=grads_live, activations=d.act_layers + d.act_model,
+        autocast_weight_copies=s.head_copy + s.other_copies,
+        fsdp_gathered=s.gathered, logits_loss=d.loss_forward if fwd_logits else 0,
+        forward_transient=0 if fwd_logits else d.forward_transient)
     bwd_start = phase(
-        gradients=grads_live, activations=c.act_layers + c.act_model,
-        autocast_weight_copies=c.head_copy + copies_start, fsdp_gathered=c.gathered, logits_loss=c.loss_backward)
+        gradients=grads_live, activations=d.act_layers + d.act_model,
+        autocast_weight_copies=s.head_copy + copies_start, fsdp_gathered=s.gathered, logits_loss=d.loss_backward)
     bwd_top = phase(
-        gradients=c.grads if accum else c.grads // max(layers, 1), activations=c.act_layers + c.act_rest,
-        recompute=c.recompute, backward_transient=c.backward_transient, dequant_transient=c.dequant,
-        autocast_weight_copies=copies_top, fsdp_gathered=c.gathered)
-    bwd_end = phase(gradients=c.grads, backward_transient=c.backward_transient, activations=c.last_layer,
-                    dequant_transient=c.dequant, fsdp_gathered=c.gathered)
+        gradients=s.grads if accum else s.grads // max(layers, 1), activations=d.act_layers + d.act_rest,
+        recompute=d.recompute, backward_transient=d.backward_transient, dequant_transient=s.dequant,
+        autocast_weight_copies=copies_top, fsdp_gathered=s.gathered)
+    bwd_end = phase(gradients=s.grads, backward_transient=d.backward_transient, activations=d.last_layer,
+                    dequant_transient=s.dequant, fsdp_gathered=s.gathered)
     candidates = [bwd_start, bwd_top, bwd_end]
-    if c.tied_grad:
-        candidates.append(phase(gradients=c.grads, backward_transient=c.tied_grad, fsdp_gathered=c.gathered))
-    backward = max(candidates, key=lambda d: sum(d.values()))
-    step = phase(gradients=c.grads, optimizer_temp=c.opt_temp)
+    if s.tied_grad:
+        candidates.append(phase(gradients=s.grads, backward_transient=s.tied_grad, fsdp_gathered=s.gathered))
+    backward = max(candidates, key=lambda live: sum(live.values()))
+    step = phase(gradients=s.grads, optimizer_temp=s.opt_temp)
     return {"forward_end": forward_end, "backward": backward, "optimizer_step": step}
 
 
-def _overheads(c: Components, peak_alloc: int, gpu: GPUSpec | None) -> dict[str, int]:
-    static = sum(c.resident.values())
+def _overheads(s: StaticTerms, peak_alloc: int, gpu: GPUSpec | None) -> dict[str, int]:
+    static = sum(s.resident.values())
     return {"allocator_overhead": allocator_overhead_bytes(peak_alloc - static, gpu),
-            "cuda_context": cuda_context_bytes(gpu), "paged_optimizer_state": c.opt_paged}
+            "cuda_context": cuda_context_bytes(gpu), "paged_optimizer_state": s.opt_paged}
 
 
 def memory_model(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> MemoryResult:
-    c = components(spec, cfg, gpu)
-    phases = _phases(c, cfg, spec.layers)
+    s, d = cached_terms(spec, cfg, gpu)
+    phases = _phases(s, d, cfg, spec.layers)
     totals = {k: sum(v.values()) for k, v in phases.items()}
     peak_phase = max(PHASES, key=lambda k: totals[k])
     peak_alloc = totals[peak_phase]
-    overheads = _overheads(c, peak_alloc, gpu)
+    overheads = _overheads(s, peak_alloc, gpu)
     reserved = peak_alloc + overheads["allocator_overhead"]
     device = reserved + overheads["cuda_context"] + overheads["paged_optimizer_state"]
-    return MemoryResult(phases, peak_phase, peak_alloc, reserved, device, overheads, c.n_train, total_params(spec))
+    return MemoryResult(phases, peak_phase, peak_alloc, reserved, device, overheads, s.n_train, total_params(spec))
 
 
 def device_bytes_fast(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> int:
