@@ -12,9 +12,24 @@ kernel reads the packed weight and constants and writes bf16 (``~2.5 B/param``),
 the bf16 weight (``2 B/param``). That traffic is memory-bound and serialised with the matmuls.
 
 Step time = ``max(compute, weight reads) + dequantization + optimizer + communication``.
-Achievable rates: the datasheet dense bf16 rate (fp16 on GPUs without bf16, the fp32 CUDA-core
-rate where no tensor rate is known) times ``MFU_PRIOR``; memory at ``BANDWIDTH_EFFICIENCY`` of the
-datasheet bandwidth. Both are priors until a calibration from measured runs replaces them.
+
+Which rate the compute term uses (``compute_rate``; the estimate's first note says which, and
+``ranking_basis`` what the throughput objective then ranks by):
+1. the compute dtype (``compute_dtype``): fp32 for an fp32 model without autocast, else fp16 for an
+   fp16 model or a GPU without bf16, else bf16;
+2. bf16/fp16: the datasheet dense tensor rate of that dtype with fp32 accumulation (the catalog holds the
+   fp32-accumulate figure: GeForce cards run fp16 with fp16 accumulation at twice that rate, which
+   training does not use); where only the other 16-bit figure is known it is used and said (the two are
+   equal with fp32 accumulation from Ampere on);
+3. fp32: the fp32 CUDA-core rate (PyTorch keeps TF32 off for matmuls by default);
+4. a GPU without tensor cores (the catalog's sourced ``no-tensor:`` tag): the fp32 CUDA-core rate, said;
+5. no rate for the compute dtype (a tensor-core GPU whose dense figure no datasheet gave us): no
+   estimate, and ``ranking_basis`` says the search ranked by device memory instead. A bandwidth-only
+   figure ignores compute (a 3B model on an RTX 4070 Ti read 193,000 tokens/s, tens of times too fast)
+   and the fp32 CUDA-core rate understates tensor cores several times: neither is shown as a speed;
+6. no bandwidth (or the CPU): no estimate (the search then ranks by device memory).
+Achievable rates are the datasheet figure times ``MFU_PRIOR`` and ``BANDWIDTH_EFFICIENCY`` of the
+datasheet bandwidth: priors until a calibration from measured runs replaces them.
 """
 
 from __future__ import annotations
@@ -97,15 +112,64 @@ def weight_read_bytes_per_pass(spec: ModelSpec, cfg: TrainConfig) -> float:
     return float(b) * base_linear_weights(spec)
 
 
-def achievable_tflops(gpu: GPUSpec) -> tuple[float | None, str]:
-    """(dense TFLOPS a training step can use, which datasheet figure it starts from)."""
-    if gpu.bf16 and gpu.bf16_tflops:
-        return gpu.bf16_tflops * MFU_PRIOR, "bf16 tensor"
-    if gpu.fp16_tflops:
-        return gpu.fp16_tflops * MFU_PRIOR, "fp16 tensor"
-    if gpu.fp32_tflops:
-        return gpu.fp32_tflops * MFU_PRIOR, "fp32 CUDA-core (tensor rate unknown: a lower bound)"
-    return None, "no compute rate known"
+# What a step time rests on (``compute_rate``'s third value; the estimate's first note says it in words).
+BASIS_TENSOR = "tensor"  # the datasheet dense tensor rate of the compute dtype
+BASIS_CUDA_CORE = "cuda-core"  # the fp32 CUDA-core rate (fp32 compute, or a GPU without tensor cores)
+BASIS_BANDWIDTH = "bandwidth"  # no rate for the compute dtype: no speed estimate (bandwidth alone would be far too fast)
+BASIS_NONE = "none"  # no estimate (no bandwidth in the catalog, or the CPU)
+# The catalog's ``sources`` tag for a sourced "this GPU has no tensor cores" (GTX 16xx).
+NO_TENSOR_TAG = "no-tensor:"
+BANDWIDTH_BOUND_NOTE = "no tensor rate in the catalog: speed not estimated"
+
+
+def compute_dtype(gpu: GPUSpec, cfg: TrainConfig) -> str:
+    """The dtype the matmuls run in: ``fp32`` for an fp32 model without autocast; else ``fp16`` for an fp16
+    model or a GPU without bf16; else ``bf16`` (autocast and the 4-bit/8-bit compute dtype)."""
+    if cfg.quant == "fp32" and not cfg.autocast:
+        return "fp32"
+    if cfg.quant == "fp16" or not gpu.bf16:
+        return "fp16"
+    return "bf16"
+
+
+def has_tensor_cores(gpu: GPUSpec) -> bool:
+    """False only where the catalog cites a source for "no tensor cores" (``no-tensor:`` in ``sources``)."""
+    return NO_TENSOR_TAG not in gpu.sources
+
+
+def compute_rate(gpu: GPUSpec, dtype: str) -> tuple[float | None, str, str]:
+    """(datasheet dense TFLOPS for matmuls in ``dtype`` or None, what that figure is, the basis: one of
+    ``BASIS_TENSOR``/``BASIS_CUDA_CORE``/``BASIS_BANDWIDTH``); the rules are in the module docstring."""
+    if dtype == "fp32":
+        if gpu.fp32_tflops:
+            return gpu.fp32_tflops, "fp32 CUDA-core", BASIS_CUDA_CORE
+        return None, "no fp32 rate in the catalog", BASIS_BANDWIDTH
+    if not has_tensor_cores(gpu):
+        if gpu.fp32_tflops:
+            return (gpu.fp32_tflops, f"fp32 CUDA-core (no tensor cores: {dtype} matmuls run on the CUDA cores "
+                    "with fp32 accumulation)", BASIS_CUDA_CORE)
+        return None, "no tensor cores and no fp32 rate in the catalog", BASIS_BANDWIDTH
+    bf16 = gpu.bf16_tflops if gpu.bf16 else None
+    if dtype == "bf16":
+        if bf16:
+            return bf16, "bf16 tensor", BASIS_TENSOR
+        if gpu.fp16_tflops:
+            return (gpu.fp16_tflops, "fp16 tensor (no bf16 figure in the catalog; the two are equal with fp32 "
+                    "accumulation from Ampere on)", BASIS_TENSOR)
+    else:
+        if gpu.fp16_tflops:
+            return gpu.fp16_tflops, "fp16 tensor", BASIS_TENSOR
+        if bf16:
+            return (bf16, "bf16 tensor (no fp16 figure in the catalog; the two are equal with fp32 "
+                    "accumulation from Ampere on)", BASIS_TENSOR)
+    return None, f"no {dtype} tensor rate in the catalog", BASIS_BANDWIDTH
+
+
+def achievable_tflops(gpu: GPUSpec, dtype: str = "bf16") -> tuple[float | None, str]:
+    """(dense TFLOPS a training step can use for ``dtype`` matmuls, which datasheet figure it starts from);
+    None where the catalog has no rate for that dtype (never another dtype's CUDA-core rate in silence)."""
+    peak, src, _ = compute_rate(gpu, dtype)
+    return (None if peak is None else peak * MFU_PRIOR), src
 
 
 # key: (spec_id, method, quant, double_quant, lora_rank, lora_targets, seq_len, gradient_checkpointing)
@@ -127,10 +191,12 @@ def work_per_token(spec: ModelSpec, cfg: TrainConfig) -> tuple[float, float, flo
 
 
 class _Rate(NamedTuple):
-    """What a step time needs from a GPU whose figures are known."""
+    """What a step time needs from a GPU: its achievable compute rate (None: not modelled) and bandwidth."""
 
-    tflops: float  # achievable dense TFLOPS
-    source: str  # the datasheet figure they start from
+    tflops: float | None  # achievable dense TFLOPS for the compute dtype; None: bandwidth-bound estimate
+    source: str  # the datasheet figure they start from (or why there is none)
+    basis: str  # BASIS_TENSOR, BASIS_CUDA_CORE or BASIS_BANDWIDTH
+    dtype: str  # the compute dtype
     bandwidth_gbs: float
     nvlink: bool
 
@@ -144,7 +210,7 @@ def _step_parts(spec: ModelSpec, cfg: TrainConfig, rate: _Rate,
     fpt, read_bytes, dequant_bytes, n_train = work_per_token(spec, cfg)
     shard = cfg.num_gpus if (cfg.sharding == "fsdp" and cfg.num_gpus > 1) else 1
     n_pass = passes(cfg)
-    compute = fpt * tokens_micro / (rate.tflops * 1e12)
+    compute = 0.0 if rate.tflops is None else fpt * tokens_micro / (rate.tflops * 1e12)
     reads = read_bytes * n_pass / bw
     dequant = dequant_bytes * n_pass / bw
     micro = max(compute, reads) + dequant
@@ -163,37 +229,62 @@ def _step_parts(spec: ModelSpec, cfg: TrainConfig, rate: _Rate,
     return tokens_step, step, fpt, compute, reads, dequant, optimizer, comm
 
 
-def _rate(gpu: GPUSpec | None) -> _Rate | None:
-    """The rates of ``gpu`` when a step time can be computed for it, else None."""
+def _rate(gpu: GPUSpec | None, cfg: TrainConfig) -> _Rate | None:
+    """The rates a step time of ``cfg`` on ``gpu`` uses, or None when no estimate can be made (no GPU, the
+    CPU, or no bandwidth in the catalog)."""
     if gpu is None or gpu.key == "cpu" or not gpu.bandwidth_gbs:
         return None
-    tflops, src = achievable_tflops(gpu)
-    return None if tflops is None else _Rate(tflops, src, gpu.bandwidth_gbs, gpu.nvlink)
+    dtype = compute_dtype(gpu, cfg)
+    peak, src, basis = compute_rate(gpu, dtype)
+    return _Rate(None if peak is None else peak * MFU_PRIOR, src, basis, dtype, gpu.bandwidth_gbs, gpu.nvlink)
+
+
+def speed_basis(gpu: GPUSpec | None, cfg: TrainConfig) -> str:
+    """What a speed estimate of ``cfg`` on ``gpu`` rests on: ``BASIS_TENSOR``, ``BASIS_CUDA_CORE``,
+    ``BASIS_BANDWIDTH`` or ``BASIS_NONE`` (no estimate)."""
+    rate = _rate(gpu, cfg)
+    return BASIS_NONE if rate is None else rate.basis
+
+
+def ranking_basis(gpu: GPUSpec | None, cfg: TrainConfig) -> str:
+    """What the search's throughput objective effectively ranks ``cfg`` by on ``gpu``, in words."""
+    return _ranking(_rate(gpu, cfg))
+
+
+def _ranking(rate: _Rate | None) -> str:
+    if rate is None:
+        return "least device memory (no speed estimate: no bandwidth for this GPU in the catalog)"
+    if rate.tflops is None:
+        return (f"least device memory (no speed estimate: {rate.source}; a bandwidth-only figure would ignore "
+                "compute and read many times too fast)")
+    return f"tokens/s from the {rate.source} rate"
 
 
 def tokens_per_s(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes: float = 0.0) -> float | None:
     """``step_time(...).tokens_per_s`` without building the estimate object (the search's hot loop)."""
-    rate = _rate(gpu)
-    if rate is None:
+    rate = _rate(gpu, cfg)
+    if rate is None or rate.tflops is None:
         return None
     tokens_step, step = _step_parts(spec, cfg, rate, opt_bytes)[:2]
     return tokens_step / step
 
 
 def step_time(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes: float = 0.0) -> TimeEstimate | None:
-    """One optimizer step (``grad_accum`` micro-batches on each of ``num_gpus`` GPUs)."""
-    rate = _rate(gpu)
-    if rate is None:
+    """One optimizer step (``grad_accum`` micro-batches on each of ``num_gpus`` GPUs). ``notes[0]`` says
+    what the estimate rests on; a note starting ``throughput objective:`` says what the search ranks by."""
+    rate = _rate(gpu, cfg)
+    if rate is None or rate.tflops is None:  # ranking_basis() says what the search ranks by instead
         return None
     tokens_step, step, fpt, compute, reads, dequant, optimizer, comm = _step_parts(spec, cfg, rate, opt_bytes)
     if step <= 0:
         raise FtplanError("step time is zero: check the model and GPU figures")
     notes = [f"compute from the {rate.source} rate x {MFU_PRIOR} (prior)"]
+    notes.append(f"throughput objective: {_ranking(rate)}")
     if cfg.num_gpus > 1:
         link = NVLINK_GBS if rate.nvlink else PCIE_GBS
         notes.append(f"gradient sync over {'NVLink' if rate.nvlink else 'PCIe'} at {link:.0f} GB/s")
     bound = "compute" if compute >= reads + dequant else "memory"
     return TimeEstimate(tokens_per_s=tokens_step / step, step_time_s=step, flops_per_token=fpt,
                         compute_s=cfg.grad_accum * compute, memory_s=cfg.grad_accum * (reads + dequant),
-                        overhead_s=optimizer + comm, bound=bound, achievable_tflops=rate.tflops,
+                        overhead_s=optimizer + comm, bound=bound, achievable_tflops=rate.tflops or 0.0,
                         efficiency=MFU_PRIOR, notes=tuple(notes))

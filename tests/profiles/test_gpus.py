@@ -64,7 +64,7 @@ def test_llama_1b_fits_a_gtx1650():
 
 
 def test_unknown_figures_stay_unknown():
-    g = get_gpu("rtx5090")
+    g = get_gpu("rtx4070ti")
     assert g.bf16_tflops is None and g.price_per_hour is None
     assert get_gpu("gtx1650").bf16 is False
 
