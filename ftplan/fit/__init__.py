@@ -1,5 +1,6 @@
 """The fit question end to end (what ``ftplan --model ... --gpu ...`` runs): search, then, when
-nothing fits, the smallest GPU or GPU count that does. Pure library code; the CLI only formats."""
+nothing fits, the nearest ways out (a shorter sequence, a lighter method, a larger GPU, more GPUs),
+each checked with the same search. Pure library code; the CLI only formats."""
 
 from __future__ import annotations
 
@@ -8,16 +9,23 @@ from typing import Any
 
 from ..api import plan_search, suggest
 from ..planner.cost import DEFAULT_TOKENS
-from ..planner.options import DEFAULTS
+from ..planner.options import DEFAULTS, choice
 from ..planner.search import DEFAULT_MARGIN
 from ..planner.types import GPUSpec, ModelSpec, Plan
 from ..profiles.gpus import get_gpu
 from ..profiles.models import get_model
 from ..units import parse_count
 
+DEFAULTED = ("seq_len", "effective_batch", "lora_rank", "lora_targets")  # defaults the fit header names
+SEARCHED_BY = {"quality": ("lora_rank", "lora_targets")}  # knobs an objective searches (planner.search)
+LORA_KNOBS = ("lora_rank", "lora_targets")
+
 
 @dataclass(frozen=True)
 class FitResult:
+    """The fit question's answer: the plans (best first; empty when nothing fits), the search's counts,
+    the defaults it used, and (when nothing fits) ``suggest``'s ways out."""
+
     model: ModelSpec
     gpu: GPUSpec
     plans: list[Plan]
@@ -40,18 +48,35 @@ class FitResult:
 def run_fit(model: str, gpu: str, *, objective: str = "throughput", tokens: float | str | None = None,
             epochs: float = 1.0, price: float | None = None, margin: float = DEFAULT_MARGIN, top: int = 6,
             gpu_file: str | None = None, spot_discount: float = 0.0, **knobs: Any) -> FitResult:
+    """Search ``model`` on ``gpu`` with the knobs given fixed; when nothing fits, ``suggest`` the ways out
+    (each checked with this same search: objective, margin, calibration, fixed knobs)."""
     spec = get_model(model)
     g = get_gpu(gpu, gpu_file)
     tok = parse_count(tokens) if tokens is not None else float(DEFAULT_TOKENS)
     fixed = {k: v for k, v in knobs.items() if v is not None}
-    defaults_used = {k: DEFAULTS[k] for k in ("seq_len", "effective_batch", "lora_rank", "lora_targets")
-                     if k not in fixed and not (k == "effective_batch" and "grad_accum" in fixed)}
+    defaults_used = defaults_in_use(fixed, objective)
     if tokens is None:
         defaults_used["tokens"] = DEFAULT_TOKENS
     res = plan_search(spec, g, objective=objective, tokens=tok, epochs=epochs, price=price, margin=margin,
                       top=top, gpu_file=gpu_file, spot_discount=spot_discount, diverse=True, **fixed)
     sugg: dict[str, Any] = {}
     if not res.plans:
-        sugg = suggest(spec, g, margin=margin, gpu_file=gpu_file, **fixed)
+        sugg = suggest(spec, g, objective=objective, margin=margin, gpu_file=gpu_file, **fixed)
     return FitResult(spec, g, res.plans, res.candidates, res.feasible, objective, tok, epochs, margin, fixed,
                      defaults_used, res.warnings, sugg)
+
+
+def defaults_in_use(fixed: dict[str, Any], objective: str) -> dict[str, Any]:
+    """The defaults the search holds every candidate to: the knobs of ``DEFAULTED`` that the caller did
+    not fix, less the searched ones (rank and targets under ``quality``) and those that mean nothing
+    for the method (LoRA knobs with ``method="full"``)."""
+    searched = SEARCHED_BY.get(choice("objective", objective), ())
+    full = "method" in fixed and choice("method", fixed["method"]) == "full"
+    out = {}
+    for k in DEFAULTED:
+        if k in fixed or k in searched or (full and k in LORA_KNOBS):
+            continue
+        if k == "effective_batch" and "grad_accum" in fixed:
+            continue
+        out[k] = DEFAULTS[k]
+    return out

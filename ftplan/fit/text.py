@@ -9,7 +9,7 @@ from .. import __version__
 from ..planner.arch import resolve_targets, total_params
 from ..planner.memory.overhead import FRAGMENTATION_PRIOR
 from ..planner.timing import MFU_PRIOR
-from ..planner.types import Estimate, GiB, Plan
+from ..planner.types import Estimate, GiB, Plan, TrainConfig
 from . import FitResult
 
 TERM_LABELS = {
@@ -153,18 +153,77 @@ def fit_text(r: FitResult) -> str:
 
 
 def _nothing_fits(r: FitResult) -> list[str]:
-    s = r.suggestion
-    lines = [f"DOES NOT FIT: none of {r.candidates} configurations of {r.model.name} fits {r.gpu.name} "
-             f"({gib(r.gpu.usable_bytes)} GiB usable, {r.margin:.0%} margin)."]
+    """The DOES NOT FIT answer: the budget checked, the leanest candidate, then the nearest ways out."""
+    s, g = r.suggestion, r.gpu
+    budget = s.get("budget_bytes", g.usable_bytes * (1 - r.margin))
+    lines = [f"DOES NOT FIT: none of {r.candidates} configurations of {r.model.name} fits {g.name}.",
+             f"  budget checked: {gib(budget)} GiB ({gib(g.usable_bytes)} GiB usable less the {r.margin:.0%} "
+             "margin, --margin)"]
     if s.get("lean_bytes") is not None:
-        lines.append(f"  the leanest allowed configuration needs {gib(s['lean_bytes'])} GiB on the device")
-    if s.get("smallest_gpu"):
-        lines.append(f"  smallest GPU that fits it: {s['smallest_gpu']}")
-    else:
-        lines.append("  no single GPU in the catalog fits it")
-    if s.get("gpu_count"):
-        lines.append(f"  or {s['gpu_count']} x {r.gpu.key} with FSDP (--gpus {s['gpu_count']} --sharding fsdp)")
+        over = s["lean_bytes"] - budget
+        lines.append(f"  the leanest configuration searched needs {gib(s['lean_bytes'])} GiB on the device "
+                     f"({gib(over)} GiB over): {_short_config(s['lean_config'])}")
+    lines += ["", "Nearest ways out, each checked with the same search:"]
+    for label, text in (("shorter sequences", _seq_text(s)), ("lighter method", _method_text(s)),
+                        ("larger GPU", _gpu_text(r)), ("more GPUs", _count_text(r))):
+        lines.append(f"  {label:<19}{text}")
     return lines
+
+
+def _short_config(c: TrainConfig) -> str:
+    """One line for a configuration: method, base, batch, checkpointing, optimizer, loss."""
+    base = c.quant + ("+dq" if c.double_quant and c.quant in ("nf4", "fp4") else "")
+    return (f"{c.method} {base}, micro-batch {c.micro_batch} x {c.grad_accum}, checkpointing "
+            f"{'on' if c.gradient_checkpointing else 'off'}, {c.optimizer}, {c.loss_impl} loss, "
+            f"{c.seq_len} tokens")
+
+
+def _seq_text(s: dict[str, Any]) -> str:
+    """The longest shorter sequence that fits, or why none is offered."""
+    if s.get("seq_len_fixed"):
+        return f"not searched: the length is fixed (--seq-len {s['seq_len_fixed']})"
+    if s.get("seq_len"):
+        return f"--seq-len {s['seq_len']} fits (the longest power of two below the default that does)"
+    tried = ", ".join(str(n) for n in s.get("seq_len_tried", ()))
+    return f"none fits (tried {tried}; nothing shorter is offered)" if tried else "none offered"
+
+
+def _method_text(s: dict[str, Any]) -> str:
+    """The next lighter method that fits, when the method was fixed."""
+    if not s.get("method_fixed"):
+        return "already searched (the search tries QLoRA 4-bit, the lightest)"
+    if s.get("method"):
+        m = s["method"]
+        return f"--method {m['method']} --quant {m['quant']} fits (lighter than {s['method_fixed']})"
+    tried = ", ".join(s.get("method_tried", ()))
+    return (f"none lighter than {s['method_fixed']} fits (tried {tried})" if tried
+            else f"none: {s['method_fixed']} is the lightest")
+
+
+def _gpu_text(r: FitResult) -> str:
+    """The smallest catalog GPU that fits (or that fits at the shortest length offered)."""
+    s = r.suggestion
+    n = int(r.fixed.get("num_gpus") or 1)
+    each = f" (x {n}, as --gpus {n})" if n > 1 else ""
+    if s.get("smallest_gpu"):
+        return (f"smallest GPU that fits: {s['smallest_gpu']}{each} ({s.get('smallest_gpu_name')}, "
+                f"{gib(s.get('smallest_gpu_usable_bytes'))} GiB usable)")
+    if s.get("smallest_gpu_short"):
+        short = s["smallest_gpu_short"]
+        return (f"none in the catalog fits at this length; {short['gpu']}{each} fits with "
+                f"--seq-len {short['seq_len']}")
+    return "no single GPU in the catalog fits"
+
+
+def _count_text(r: FitResult) -> str:
+    """The least FSDP count of the GPU that fits (only when no single GPU does), with its link."""
+    s, g = r.suggestion, r.gpu
+    n = s.get("gpu_count")
+    if not n:
+        return s.get("gpu_count_note") or "none"
+    link = "NVLink" if g.nvlink else f"PCIe (no NVLink on {g.name})"
+    return (f"{n} x {g.key} with FSDP (--gpus {n} --sharding fsdp): no single GPU fits; gradient sync "
+            f"over {link}")
 
 
 def fit_json(r: FitResult) -> dict[str, Any]:

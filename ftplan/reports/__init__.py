@@ -53,7 +53,8 @@ def frames(report: Report) -> dict[str, Any]:
                      "price_per_gpu_hour": o.price_per_gpu_hour, "price_source": o.price_source, "price_date": o.price_date,
                      "cost_on_demand": o.cost, "cost_spot": o.spot_cost, "cost_per_million_tokens": o.per_million,
                      "cost_per_million_tokens_spot": o.spot_per_million, "breakeven_weeks": o.breakeven_weeks,
-                     "cheapest": report.cheapest is o, "fastest": report.fastest is o, "note": o.note})
+                     "cheapest": report.cheapest is o, "fastest": report.fastest is o, "note": o.note,
+                     "nvlink": o.nvlink, "interconnect": o.interconnect})
     out = {"options": pd.DataFrame(rows)}
     if report.trials:
         out["trials"] = pd.DataFrame([{"trial": t["number"], "state": t["state"], "reason": t.get("reason", ""),

@@ -60,10 +60,26 @@ class Option:
     spot_per_million: float | None
     breakeven_weeks: float | None
     note: str = ""
+    nvlink: bool = False  # the catalog's GPUSpec.nvlink
 
     @property
     def label(self) -> str:
         return self.gpu_name if self.count == 1 else f"{self.count} x {self.gpu_name}"
+
+    @property
+    def pcie_only(self) -> bool:
+        """Several GPUs with no NVLink: the gradient sync goes over PCIe."""
+        return self.count > 1 and not self.nvlink
+
+    @property
+    def interconnect(self) -> str:
+        """How the option's GPUs talk, in words ('' for one GPU)."""
+        if self.count == 1:
+            return ""
+        if self.nvlink:
+            return "data-parallel over NVLink"
+        return ("no NVLink: the speed assumes data-parallel scaling with the gradient sync over PCIe "
+                "(slower links or a cross-socket path make it slower)")
 
 
 @dataclass(frozen=True)
@@ -132,7 +148,8 @@ def _option(spec, key: str, count: int, tokens: float, epochs: float, prices: di
     spot = (p.spot_per_hour if p and p.spot_per_hour is not None else (price * (1 - spot_discount) if price is not None else None))
     if plan is None or plan.estimate.time is None or plan.estimate.cost is None:
         return Option(key, gpu.name, count, plan is not None, plan, _memory(plan) if plan else {}, gpu.usable_bytes,
-                      None, None, None, price, spot, p.purchase if p else None, src, date, None, None, None, None, None, note)
+                      None, None, None, price, spot, p.purchase if p else None, src, date, None, None, None, None, None, note,
+                      gpu.nvlink)
     c = plan.estimate.cost
     gh = c.gpu_hours
     cost = gh * price if price is not None else None
@@ -146,7 +163,8 @@ def _option(spec, key: str, count: int, tokens: float, epochs: float, prices: di
             be = purchase / ((price - power) * hours_per_week)  # weeks per GPU (count cancels out)
     return Option(key, gpu.name, count, True, plan, _memory(plan), gpu.usable_bytes, plan.estimate.time.tokens_per_s,
                   c.hours, gh, price, spot, purchase, src, date, cost, spot_cost,
-                  cost / mtok if cost is not None else None, spot_cost / mtok if spot_cost is not None else None, be, note)
+                  cost / mtok if cost is not None else None, spot_cost / mtok if spot_cost is not None else None, be, note,
+                  gpu.nvlink)
 
 
 def gpu_tdp_kw(gpu) -> float | None:
@@ -174,10 +192,11 @@ def build(model: str, gpus: str | list[str], tokens: str | float, *, epochs: flo
         o = _option(spec, key, count, tok, epochs, price_map, spot_discount, hours_per_week, knobs)
         options.append(o)
         if not o.fits and count == 1:
-            n = suggest(spec, key, **knobs).get("gpu_count")
+            n = suggest(spec, key, **knobs).get("gpu_count")  # only when no single catalog GPU fits
             if n:
                 options.append(_option(spec, key, n, tok, epochs, price_map, spot_discount, hours_per_week, knobs,
-                                       note=f"the smallest count of {o.gpu_name} that fits (FSDP)"))
+                                       note=f"no single GPU in the catalog fits: the smallest count of {o.gpu_name} "
+                                            "that does (FSDP, one node at most)"))
     priced = [o for o in options if o.cost is not None]
     timed = [o for o in options if o.hours is not None]
     cheapest = min(priced, key=lambda o: o.cost) if priced else None
@@ -190,6 +209,8 @@ def build(model: str, gpus: str | list[str], tokens: str | float, *, epochs: flo
         f"power at {POWER_PRICE} US dollars per kWh is counted only where the board power is known",
         "Memory: the peak during a training step, including the CUDA context and allocator overhead; "
         "a configuration fits when it stays under the card's usable memory less a 5% margin",
+        "Several GPUs: the speed assumes data-parallel scaling (FSDP/DDP) with the gradient sync over NVLink "
+        "where the catalog says the card has it, else over PCIe; options on cards without NVLink are marked",
     ]
     trials = load_trials(study, storage) if study else []
     return Report(model, spec.name, tok, epochs, options, cheapest, fastest, spot_discount, hours_per_week,

@@ -117,8 +117,11 @@ def _table(r: Report) -> str:
         if r.fastest is o:
             tags.append("fastest")
         label = _e(o.label) + (f" <b>({', '.join(tags)})</b>" if tags else "") + (f"<br><span class=muted>{_e(o.note)}</span>" if o.note else "")
+        if o.pcie_only:
+            label += f"<br><span class='muted nonvlink'>{_e(o.interconnect)}</span>"
         speed = f"{o.tokens_per_s:,.0f} tokens/second" if o.tokens_per_s else "-"
-        rows.append(f"<tr class='{'fit' if o.fits else 'nofit'}' data-gpu='{_e(o.gpu)}' data-count='{o.count}'>"
+        rows.append(f"<tr class='{'fit' if o.fits else 'nofit'}' data-gpu='{_e(o.gpu)}' data-count='{o.count}' "
+                    f"data-nvlink='{'yes' if o.nvlink else 'no'}'>"
                     f"<td class=l>{label}</td><td>{'yes' if o.fits else 'no'}</td><td class=l>{_e(config_words(o))}</td>"
                     f"<td>{used}</td><td>{speed}</td><td data-hours='{o.hours or ''}'>{hours(o.hours)}</td>"
                     f"<td>{'-' if o.gpu_hours is None else f'{o.gpu_hours:,.1f}'}</td><td>{money(o.price_per_gpu_hour)}</td>"
@@ -158,8 +161,9 @@ def page(r: Report) -> str:
         callouts.append(f"<div class=callout>Cheapest<b>{_e(r.cheapest.label)}</b>{money(r.cheapest.cost)} on demand, "
                         f"{hours(r.cheapest.hours)}</div>")
     if r.fastest:
+        link = (f"<br><span class='muted nonvlink'>{_e(r.fastest.interconnect)}</span>" if r.fastest.pcie_only else "")
         callouts.append(f"<div class=callout>Fastest<b>{_e(r.fastest.label)}</b>{hours(r.fastest.hours)}, "
-                        f"{money(r.fastest.cost)} on demand</div>")
+                        f"{money(r.fastest.cost)} on demand{link}</div>")
     prices = "".join(f"<li>{_e(o.label)}: {money(o.price_per_gpu_hour)} per GPU-hour, source {_e(o.price_source or 'none')}"
                      f"{', dated ' + _e(o.price_date) if o.price_date else ''}"
                      f"{'; purchase ' + money(o.purchase_per_gpu) + ' per GPU' if o.purchase_per_gpu is not None else ''}</li>"
@@ -170,7 +174,7 @@ def page(r: Report) -> str:
     be_text = (f"<ul>{be}</ul>" if be else "<p class=muted>No purchase prices were given, so the break-even is not "
                "computed: add a purchase_price column to the price file (--prices).</p>")
     data = {"model": r.model_name, "tokens": r.tokens, "epochs": r.epochs,
-            "options": [{"gpu": o.gpu, "count": o.count, "fits": o.fits, "hours": o.hours, "cost": o.cost,
+            "options": [{"gpu": o.gpu, "count": o.count, "fits": o.fits, "nvlink": o.nvlink, "hours": o.hours, "cost": o.cost,
                          "spot_cost": o.spot_cost, "per_million": o.per_million, "tokens_per_s": o.tokens_per_s,
                          "device_bytes": o.plan.estimate.device_bytes if o.plan else None} for o in r.options]}
     return f"""<!DOCTYPE html>

@@ -116,3 +116,37 @@ def test_catalog_commands():
 def test_version():
     r = run("--version")
     assert r.exit_code == 0 and ftplan.__version__ in r.output
+
+
+def test_does_not_fit_names_the_budget_and_ways_out_that_fit():
+    # was: "smallest GPU that fits it: t4" for the T4 itself, and no budget
+    args = ("--model", "7b", "--gpu", "t4", "--method", "lora", "--seq-len", "512")
+    r = run(*args)
+    assert r.exit_code == 1, r.output
+    out = r.output
+    assert "budget checked: 13.69 GiB (14.41 GiB usable less the 5% margin" in out
+    assert "not searched: the length is fixed (--seq-len 512)" in out
+    assert "--method lora --quant int8 fits" in out
+    assert "smallest GPU that fits: a4000" in out and "smallest GPU that fits: t4" not in out
+    assert "not suggested: a single GPU fits" in out
+    doc = json.loads(run(*args, "--json").stdout)
+    s = doc["suggestion"]
+    assert doc["fits"] is False and s["smallest_gpu"] == "a4000" and s["budget_bytes"] < s["lean_bytes"]
+    for extra in (("--gpu", "a4000"), ("--quant", "int8")):
+        assert run(*args, *extra).exit_code == 0, extra  # each way out fits with the same command
+
+
+def test_no_fsdp_count_for_a_model_one_larger_gpu_fits():
+    r = run("--model", "70b", "--gpu", "rtx4090")
+    assert r.exit_code == 1
+    assert "16 x rtx4090" not in r.output and "--gpus" not in r.output  # one H100 fits
+    assert "smallest GPU that fits: h100-pcie" in r.output
+
+
+def test_quality_defaults_header_omits_the_searched_rank():
+    r = run("--model", "8b", "--gpu", "h100", "--objective", "quality", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["recommendation"]["config"]["lora_rank"] != 16
+    assert "lora_rank" not in doc["defaults_used"] and "lora_targets" not in doc["defaults_used"]
+    header = run("--model", "8b", "--gpu", "h100", "--objective", "quality").output.splitlines()[1]
+    assert "defaults:" in header and "lora_rank" not in header
