@@ -8,8 +8,8 @@ from typing import Any
 from .. import __version__
 from ..planner.arch import resolve_targets, total_params
 from ..planner.memory.overhead import FRAGMENTATION_PRIOR
-from ..planner.timing import MFU_PRIOR
-from ..planner.types import Estimate, GiB, Plan, TrainConfig
+from ..planner.timing import MFU_PRIOR, ranking_basis
+from ..planner.types import Estimate, GiB, GPUSpec, Plan, TrainConfig
 from . import FitResult
 
 TERM_LABELS = {
@@ -87,10 +87,12 @@ def breakdown_lines(est: Estimate) -> list[str]:
     return lines
 
 
-def speed_lines(est: Estimate) -> list[str]:
+def speed_lines(est: Estimate, gpu: GPUSpec | None = None) -> list[str]:
     t, c = est.time, est.cost
     if t is None:
-        return ["Speed: unknown (no compute rate or bandwidth for this GPU in the catalog)"]
+        if gpu is None or gpu.key == "cpu":
+            return ["  Speed: not estimated (no GPU, or the CPU)"]
+        return [f"  Speed: unknown; the throughput objective ranked by {ranking_basis(gpu, est.config)}"]
     out = [f"  tokens/s     {t.tokens_per_s:,.0f}  ({t.bound}-bound; step {t.step_time_s:.2f} s; "
            f"{t.flops_per_token / 1e9:.1f} GFLOP/token; {t.notes[0]})"]
     if c is not None:
@@ -126,7 +128,7 @@ def fit_text(r: FitResult) -> str:
     lines += breakdown_lines(est)
     lines.append("")
     lines.append("Speed and cost")
-    lines += speed_lines(est)
+    lines += speed_lines(est, r.gpu)
     if len(r.plans) > 1:
         lines.append("")
         lines.append("Runner-ups")
@@ -245,6 +247,7 @@ def fit_json(r: FitResult) -> dict[str, Any]:
         "candidates": r.candidates,
         "feasible": r.feasible,
         "recommendation": r.plans[0].to_dict() if r.plans else None,
+        "ranked_by": ranking_basis(r.gpu, r.plans[0].config) if r.plans else None,
         "runner_ups": [p.to_dict() for p in r.plans[1:]],
         "suggestion": sugg or None,
         "warnings": list(r.warnings),

@@ -150,3 +150,15 @@ def test_quality_defaults_header_omits_the_searched_rank():
     assert "lora_rank" not in doc["defaults_used"] and "lora_targets" not in doc["defaults_used"]
     header = run("--model", "8b", "--gpu", "h100", "--objective", "quality").output.splitlines()[1]
     assert "defaults:" in header and "lora_rank" not in header
+
+
+def test_a_gpu_without_a_sourced_tensor_rate_shows_no_speed_and_says_what_ranked():
+    """RTX 4070 Ti: no dense tensor figure was sourced. No made-up speed; the answer says the ranking
+    used device memory instead (text and JSON)."""
+    r = run("--model", "3b", "--gpu", "rtx4070ti")
+    assert r.exit_code == 0
+    assert "Speed: unknown; the throughput objective ranked by least device memory" in r.output
+    doc = json.loads(run("--model", "3b", "--gpu", "rtx4070ti", "--json").stdout)
+    assert doc["recommendation"]["estimate"]["time"] is None
+    assert doc["ranked_by"].startswith("least device memory")
+    assert json.loads(run("--model", "3b", "--gpu", "rtx4090", "--json").stdout)["ranked_by"].startswith("tokens/s")
