@@ -50,6 +50,7 @@ def fit_callback(
     margin: float = typer.Option(DEFAULT_MARGIN, help="fraction of usable memory kept free"),
     top: int = typer.Option(6, help="how many configurations to show (recommendation + runner-ups)"),
     gpu_file: Optional[str] = typer.Option(None, "--gpu-file", help="CSV/JSON adding or overriding GPUs and prices"),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration", help="apply the factors `ftplan autotune` measured for this GPU, library versions and model size (the output says which) [default: on]"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
     trace: bool = typer.Option(False, "--trace", help="also trace the recommended configuration at full size on the CPU (FakeTensorMode; needs torch, transformers, peft, bitsandbytes; seconds to a minute)"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
@@ -76,7 +77,8 @@ def fit_callback(
 
             raise FtplanError(f"--top={top} must be at least 1")
         result = run_fit(model, gpu, objective=objective, tokens=tokens, epochs=epochs, price=price, margin=margin,
-                         top=top, gpu_file=gpu_file, spot_discount=spot_discount, method=method, quant=quant,
+                         top=top, gpu_file=gpu_file, spot_discount=spot_discount, calibrate=calibration,
+                         method=method, quant=quant,
                          double_quant=double_quant, lora_rank=rank, lora_alpha=alpha, lora_targets=targets,
                          lora_dropout=lora_dropout, micro_batch=micro_batch, seq_len=seq_len,
                          effective_batch=effective_batch, grad_accum=grad_accum, gradient_checkpointing=grad_ckpt,

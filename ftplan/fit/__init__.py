@@ -47,7 +47,8 @@ class FitResult:
 
 def run_fit(model: str, gpu: str, *, objective: str = "throughput", tokens: float | str | None = None,
             epochs: float = 1.0, price: float | None = None, margin: float = DEFAULT_MARGIN, top: int = 6,
-            gpu_file: str | None = None, spot_discount: float = 0.0, **knobs: Any) -> FitResult:
+            gpu_file: str | None = None, spot_discount: float = 0.0, calibrate: bool = True,
+            **knobs: Any) -> FitResult:
     """Search ``model`` on ``gpu`` with the knobs given fixed; when nothing fits, ``suggest`` the ways out
     (each checked with this same search: objective, margin, calibration, fixed knobs)."""
     spec = get_model(model)
@@ -58,10 +59,11 @@ def run_fit(model: str, gpu: str, *, objective: str = "throughput", tokens: floa
     if tokens is None:
         defaults_used["tokens"] = DEFAULT_TOKENS
     res = plan_search(spec, g, objective=objective, tokens=tok, epochs=epochs, price=price, margin=margin,
-                      top=top, gpu_file=gpu_file, spot_discount=spot_discount, diverse=True, **fixed)
+                      top=top, gpu_file=gpu_file, spot_discount=spot_discount, diverse=True, calibrate=calibrate,
+                      **fixed)
     sugg: dict[str, Any] = {}
     if not res.plans:
-        sugg = suggest(spec, g, objective=objective, margin=margin, gpu_file=gpu_file, **fixed)
+        sugg = suggest(spec, g, objective=objective, margin=margin, gpu_file=gpu_file, calibrate=calibrate, **fixed)
     return FitResult(spec, g, res.plans, res.candidates, res.feasible, objective, tok, epochs, margin, fixed,
                      defaults_used, res.warnings, sugg)
 

@@ -145,10 +145,9 @@ def fit_text(r: FitResult) -> str:
     lines.append("")
     cal = r.plans[0].estimate.calibration if r.plans else None
     if cal is not None:
-        factors = ", ".join(f"{k} x{v:.3f}" for k, v in cal.factors.items())
-        lines.append(f"Calibrated with measured factors ({factors}) from {cal.source}; "
-                     "calibrate=False in the library for the raw model. --json for every figure.")
-    else:
+        lines.append(f"Calibration: {cal.summary}.")
+        lines.append("--no-calibration (calibrate=False in the library) for the raw model. --json for every figure.")
+    if cal is None or not cal.applied:
         lines.append(f"Uncalibrated priors: compute at {MFU_PRIOR} of the datasheet rate, allocator fragmentation "
                      f"{FRAGMENTATION_PRIOR:.0%} of transient memory. --json for every figure.")
     return "\n".join(lines)

@@ -9,33 +9,56 @@ unless the objective is ``quality`` (which searches them) or the caller fixes th
 
 Objectives: ``throughput`` (tokens/s), ``cost`` ($ per token; GPU-seconds when no price is known),
 ``quality`` (least quantization, then widest adapter, then tokens/s).
+
+Ties: rates are bucketed in steps of ``SPEED_TIE`` down from the best one (bucket 0: within 0.5% of
+the best; the model is not that precise), and within a bucket the simpler and, on a real GPU, faster
+setup wins (``tie_break``): the
+standard loss and SDPA (no extra kernels), no gradient checkpointing, a plain AdamW when the optimizer
+state is small (``optimizer_state_is_small``), the largest micro-batch (fewest accumulation steps);
+only then less memory. Memory decides only when it is the constraint: whatever is ranked fits.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .estimate import build_estimate, optimizer_traffic_bytes
-from .memory.phases import device_bytes_fast
+from .memory.phases import cached_terms, device_bytes_fast
 from .options import DEFAULTS, choice, make_config, method_quant, parse_targets, positive_int
 from .timing import tokens_per_s
-from .types import Estimate, GPUSpec, ModelSpec, Plan, TrainConfig
+from .types import Estimate, GiB, GPUSpec, ModelSpec, Plan, TrainConfig
 
 SEARCH_OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 QUALITY_RANKS = (8, 16, 32, 64, 128)
 QUALITY_TARGETS = (("all-linear",), ("attention",))
 DEFAULT_MARGIN = 0.05  # keep 5% of the usable memory free
+# Rates within 0.5% of each other tie: the speed model's priors (MFU, bandwidth efficiency) are far less
+# precise than that, so a 0.5% edge is no reason to take a more complex or leaner setup.
+SPEED_TIE = 0.005
+# A plain AdamW keeps two moments in the trainable parameters' dtype (8 B/param for fp32 LoRA adapters);
+# 8-bit AdamW keeps ~2 B/param, so switching saves 3/4 of the plain state. Under 1 GiB of plain state
+# that is at most 0.75 GiB (about one CUDA context plus the allocator's slack, below the model's own
+# error on a multi-GiB peak); under 5% of the memory budget it is at most 3.75% of it, inside the
+# default 5% safety margin. Such a saving does not pay for bitsandbytes' block-wise quantized moments
+# (an optimizer-quality risk) or paged state (host-device page traffic under memory pressure), so ties
+# go to the plain optimizer then. Above both, memory decides among tied configurations as before.
+SMALL_OPTIMIZER_STATE_BYTES = 1 * GiB
+SMALL_OPTIMIZER_STATE_FRACTION = 0.05
+# Among tied configurations with a small optimizer state: plain fused AdamW, then the foreach variant,
+# then bitsandbytes' 8-bit and paged variants (in the allocator, then managed memory).
+_OPTIMIZER_PREFERENCE = {"adamw": 0, "adamw_torch": 1, "adamw_8bit": 2, "paged_adamw_8bit": 3,
+                         "paged_adamw_32bit": 3}
 _METHOD_LEVEL = {("full", "fp32"): 6, ("full", "bf16"): 5, ("full", "fp16"): 5, ("lora", "fp32"): 4,
                  ("lora", "bf16"): 4, ("lora", "fp16"): 4, ("lora", "int8"): 3, ("qlora", "nf4"): 2,
                  ("qlora", "fp4"): 1}
 
 SortKey = tuple[int, ...]  # light_key's: smaller is better
 _Scored = tuple[SortKey, TrainConfig]
-_Signature = tuple[str, str, bool, int, bool, str, int, tuple[str, ...]]
+_Signature = tuple[str, str, bool, bool, str, int, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -124,26 +147,69 @@ def _tokens_per_s(est: Estimate) -> float:
     return est.time.tokens_per_s if est.time else 0.0
 
 
-def _speed_bucket(tps: float) -> int:
-    """Throughputs within 0.5% of each other tie (the model is not that precise); ties go to the
-    simpler setup (standard loss, SDPA), then to less memory."""
-    return -int(math.log(tps) / math.log(1.005)) if tps > 0 else 0
+def plain_adamw_state_bytes(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> int:
+    """Bytes per GPU a plain AdamW would keep for ``cfg``'s trainable parameters: two moments in the
+    parameters' dtype, ``2 * gradient bytes`` (sharded like the gradients under FSDP)."""
+    return 2 * cached_terms(spec, cfg, gpu)[0].grads
+
+
+def optimizer_state_is_small(plain_state_bytes: int, budget_bytes: float | None) -> bool:
+    """True when a plain AdamW's state is under ``SMALL_OPTIMIZER_STATE_BYTES`` or under
+    ``SMALL_OPTIMIZER_STATE_FRACTION`` of the memory budget (see the constants for why)."""
+    limit = float(SMALL_OPTIMIZER_STATE_BYTES)
+    if budget_bytes is not None:
+        limit = max(limit, SMALL_OPTIMIZER_STATE_FRACTION * budget_bytes)
+    return plain_state_bytes < limit
+
+
+def _rate(objective: str, cfg: TrainConfig, tps: float, gpu: GPUSpec | None, price: float | None) -> float:
+    """What the objective maximises at equal quality: tokens/s, or tokens per dollar (per GPU-second
+    when no price is known) for ``cost``."""
+    if objective != "cost" or not tps:
+        return tps
+    p = price if price is not None else (gpu.price_per_hour if gpu is not None else None)
+    return tps / ((p or 1.0) * cfg.num_gpus)
+
+
+def _speed_bucket(rate: float, best: float | None = None) -> int:
+    """Rates within ``SPEED_TIE`` tie (the model is not that precise). With ``best`` (the best rate of
+    the search): 0 for the rates within ``SPEED_TIE`` of it, 1 for the next step down, and so on;
+    without it, steps on a fixed logarithmic grid (smaller is faster)."""
+    step = math.log1p(SPEED_TIE)
+    if rate <= 0:
+        return 1 << 30 if best else 0
+    if best:
+        return int(math.log(max(best, rate) / rate) / step)
+    return -int(math.log(rate) / step)
+
+
+def tie_break(cfg: TrainConfig, small_state: bool) -> tuple[int, ...]:
+    """Among configurations of one speed bucket, the simpler and faster setup first (smaller is better):
+    the standard loss, SDPA, no checkpointing (it recomputes the forward), a plain AdamW when the
+    optimizer state is small, the largest micro-batch (fewest accumulation steps: fuller kernels and
+    fewer launches on a real GPU, which the per-token speed model does not see)."""
+    opt = _OPTIMIZER_PREFERENCE.get(cfg.optimizer, 4) if small_state else 0
+    return (cfg.loss_impl != "standard", cfg.attention != "sdpa", cfg.gradient_checkpointing, opt, -cfg.micro_batch)
 
 
 def light_key(objective: str, cfg: TrainConfig, tps: float | None, device_bytes: int, gpu: GPUSpec | None,
-               price: float | None) -> SortKey:
-    """Sort key (smaller is better) from the configuration, its tokens/s and its device bytes."""
+              price: float | None, small_state: bool = False, best: float | None = None) -> SortKey:
+    """Sort key (smaller is better) from the configuration, its tokens/s and its device bytes: the
+    objective's speed bucket (relative to ``best``, the best rate of the search, when given), the
+    ``tie_break``, then less memory, then NF4 before FP4 (equal figures; NF4 is the QLoRA default).
+    Without a speed (the CPU: no speed model) nothing says what is faster, so after the standard loss
+    and SDPA the leanest configuration comes first, as before (the autotuner's CPU seeds rely on it)."""
     tps = tps or 0.0
-    simple = (cfg.loss_impl != "standard", cfg.attention != "sdpa")
-    if objective == "cost":
-        p = price if price is not None else (gpu.price_per_hour if gpu is not None else None)
-        per_token = (p or 1.0) * cfg.num_gpus / tps if tps else float("inf")
-        return (_speed_bucket(1.0 / per_token) if tps else 0, *simple, device_bytes)
+    if tps > 0:
+        tail: SortKey = (*tie_break(cfg, small_state), device_bytes, cfg.quant == "fp4")
+    else:
+        tail = (cfg.loss_impl != "standard", cfg.attention != "sdpa", device_bytes, cfg.quant == "fp4")
+    bucket = _speed_bucket(_rate(objective, cfg, tps, gpu, price), best)
     if objective == "quality":
         level = _METHOD_LEVEL.get((cfg.method, cfg.quant), 0)
         wide = 1 if "all-linear" in cfg.lora_targets else 0
-        return (-level, -wide, -cfg.lora_rank, _speed_bucket(tps), *simple, device_bytes)
-    return (_speed_bucket(tps), *simple, device_bytes)
+        return (-level, -wide, -cfg.lora_rank, bucket, *tail)
+    return (bucket, *tail)
 
 
 def score_of(objective: str, est: Estimate) -> float:
@@ -162,7 +228,8 @@ def search(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], objectiv
     if "lora_targets" in fixed:
         fixed["lora_targets"] = parse_targets(fixed["lora_targets"])
     usable = gpu.usable_bytes * (1.0 - margin) if gpu is not None else None
-    scored: list[_Scored] = []
+    fits: list[tuple[TrainConfig, float, int, bool]] = []
+    small: dict[tuple[str, str, int, tuple[str, ...], int, str | None], bool] = {}
     n = 0
     warnings: tuple[str, ...] = ()
     for cfg, cfg_warnings in enumerate_configs(spec, gpu, fixed, objective):
@@ -171,30 +238,44 @@ def search(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], objectiv
         dev = device_bytes_fast(spec, cfg, gpu)
         if usable is not None and dev > usable:
             continue
-        tps = tokens_per_s(spec, cfg, gpu, optimizer_traffic_bytes(spec, cfg))
-        scored.append((light_key(objective, cfg, tps, dev, gpu, price), cfg))
+        tps = tokens_per_s(spec, cfg, gpu, optimizer_traffic_bytes(spec, cfg)) or 0.0
+        fam = (cfg.method, cfg.quant, cfg.lora_rank, cfg.lora_targets, cfg.num_gpus, cfg.sharding)
+        is_small = small.get(fam)
+        if is_small is None:
+            is_small = small[fam] = optimizer_state_is_small(plain_adamw_state_bytes(spec, cfg, gpu), usable)
+        fits.append((cfg, tps, dev, is_small))
+    best = max((_rate(objective, c, t, gpu, price) for c, t, _, _ in fits), default=0.0)
+    scored: list[_Scored] = [(light_key(objective, c, t, d, gpu, price, sm, best), c) for c, t, d, sm in fits]
     scored.sort(key=lambda x: x[0])
     feasible = len(scored)
     if diverse:
-        scored = _diverse(scored)
+        scored = _diverse(scored, fixed)
     chosen = scored if not top else scored[:top]
     ests = [build_estimate(spec, c, gpu, tokens, epochs, price, warnings, spot_discount, margin) for _, c in chosen]
     plans = [Plan(config=e.config, estimate=e, score=score_of(objective, e), rank=i + 1) for i, e in enumerate(ests)]
     return SearchResult(plans, n, feasible, warnings)
 
 
-def _signature(cfg: TrainConfig) -> _Signature:
-    return (cfg.method, cfg.quant, cfg.double_quant, cfg.micro_batch, cfg.gradient_checkpointing, cfg.loss_impl,
-            cfg.lora_rank, cfg.lora_targets)
+def _signature(cfg: TrainConfig, fixed: Mapping[str, Any]) -> _Signature:
+    """What makes a runner-up a distinct alternative: method, base format, checkpointing, loss, rank and
+    targets. NF4 and FP4 are one 4-bit family unless the caller fixed ``quant``, and double quant is part
+    of that family unless the caller fixed ``double_quant`` (the model gives the variants equal or
+    near-equal figures). The micro-batch is not part of it: the best micro-batch of a setup stands for
+    it (a smaller one is the same setup, slower or with more headroom)."""
+    four = cfg.quant in ("nf4", "fp4")
+    quant = "4bit" if four and "quant" not in fixed else cfg.quant
+    dq = cfg.double_quant if (not four or "double_quant" in fixed) else False
+    return (cfg.method, quant, dq, cfg.gradient_checkpointing, cfg.loss_impl, cfg.lora_rank, cfg.lora_targets)
 
 
-def _diverse(scored: list[_Scored]) -> list[_Scored]:
-    """Best first, but only the best of each (method, base, micro-batch, checkpointing, loss, rank, targets):
-    runner-ups that differ only in an equivalent optimizer or kernel say nothing new."""
+def _diverse(scored: list[_Scored], fixed: Mapping[str, Any] | None = None) -> list[_Scored]:
+    """Best first, but only the best of each ``_signature``: runner-ups that differ only in an equivalent
+    optimizer, kernel or micro-batch, or only in NF4 vs FP4 or double quant (unless the caller fixed
+    them), say nothing new."""
     seen: set[_Signature] = set()
     out = []
     for key, cfg in scored:
-        sig = _signature(cfg)
+        sig = _signature(cfg, fixed or {})
         if sig not in seen:
             seen.add(sig)
             out.append((key, cfg))

@@ -170,12 +170,47 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Measured/predicted ratios applied to an estimate (filled by the calibration store)."""
+    """Which measured/predicted ratios were applied to an estimate (filled by ``ftplan.calibration``).
+
+    - ``factors``: the factors applied, {name: measured / predicted}; empty when the store holds
+      factors for this GPU and library versions but none of them applies to this model.
+    - ``applies_to``: {factor: the figure it changed, and where it was measured when that was another
+      model size class}.
+    - ``skipped``: {factor (size class): why it was not applied}.
+    - ``device``: the kind of run the factors were measured on ("cuda" or "cpu").
+    - ``size_class``: this model's size class, total parameters to an order of magnitude ("1e10":
+      about 3.2B to 32B); size-dependent factors apply only within their own class.
+    """
 
     gpu: str
     versions: str
     factors: Mapping[str, float]
     source: str = ""
+    device: str = ""
+    size_class: str = ""
+    applies_to: Mapping[str, str] = field(default_factory=dict)
+    skipped: Mapping[str, str] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def applied(self) -> bool:
+        """True when at least one factor changed the estimate."""
+        return bool(self.factors)
+
+    @property
+    def summary(self) -> str:
+        """One line for a human: the factors applied (or none), what they changed, what was skipped."""
+        if self.factors:
+            done = "; ".join(f"{k} x{v:.3f} on {self.applies_to.get(k, '?')}" for k, v in self.factors.items())
+            head = f"{done}; from {self.source} ({self.device}, model size class {self.size_class})"
+        else:
+            head = f"none applied (factors are stored for {self.gpu}, but not for this model)"
+        if self.skipped:
+            by_reason: dict[str, list[str]] = {}
+            for k, why in self.skipped.items():
+                by_reason.setdefault(why, []).append(k)
+            head += "; not applied: " + "; ".join(f"{', '.join(ks)} ({why})" for why, ks in by_reason.items())
+        return head
 
 
 @dataclass(frozen=True)

@@ -162,3 +162,24 @@ def test_a_gpu_without_a_sourced_tensor_rate_shows_no_speed_and_says_what_ranked
     assert doc["recommendation"]["estimate"]["time"] is None
     assert doc["ranked_by"].startswith("least device memory")
     assert json.loads(run("--model", "3b", "--gpu", "rtx4090", "--json").stdout)["ranked_by"].startswith("tokens/s")
+
+
+def test_no_calibration_flag_gives_the_raw_model():
+    """A factor stored for this GPU, stack and size class changes the answer and says so; --no-calibration
+    gives the raw model back (the suite's private calibration store, see tests/conftest.py)."""
+    from ftplan import calibration
+    from ftplan.planner.arch import total_params
+    from ftplan.profiles.models import get_model
+
+    calibration.record("rtx4090", (), [0.8], source="test study", device="cuda",
+                       total_params=total_params(get_model("8b")))
+    try:
+        cal = json.loads(run("-m", "8b", "-g", "4090", "--json").stdout)["recommendation"]["estimate"]
+        raw = json.loads(run("-m", "8b", "-g", "4090", "--json", "--no-calibration").stdout)["recommendation"]["estimate"]
+        assert raw["calibration"] is None and cal["calibration"] is not None
+        assert cal["time"]["tokens_per_s"] < raw["time"]["tokens_per_s"]
+        text = run("-m", "8b", "-g", "4090").output
+        assert "Calibration: " in text and "--no-calibration" in text
+        assert "Calibration: " not in run("-m", "8b", "-g", "4090", "--no-calibration").output
+    finally:
+        calibration.store_path().unlink()
