@@ -152,6 +152,12 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
     drv = webdriver.Chrome(service=Service(driver_path), options=opts)
     try:
         drv.get(path.resolve().as_uri())
+        # plotly draws after the load event: wait for every chart (a loaded machine can take seconds)
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(drv, 60).until(lambda d: d.execute_script(
+            "const c = document.querySelectorAll('div[id^=chart-]');"
+            "return c.length >= 3 && Array.from(c).every(x => x.querySelector('svg.main-svg .trace'));"))
         charts = drv.execute_script("return Array.from(document.querySelectorAll('div[id^=chart-]')).map(d => d.id)")
         assert set(charts) >= {"chart-memory", "chart-cost", "chart-breakeven"}
         for cid in charts:
