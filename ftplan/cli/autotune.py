@@ -1,13 +1,16 @@
 """``ftplan autotune``: short profiled runs under Optuna check the planner's best candidates; the
 winner is written as best.json for ``ftplan train`` (see ``ftplan.tune``).
 
-Exit codes: 0 a winner was found, 1 no trial finished, 2 bad input.
+Exit codes: 0 a winner was found, 1 no trial finished, 2 bad input (a trial worker that cannot start
+because a package is missing or broken included), 3 a trial worker could not start for another reason
+(its log says why). A worker that cannot start records no trial: the same command runs clean once fixed.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from typing import Optional
 
 import typer
@@ -29,6 +32,22 @@ def _ranks(text: Optional[str]) -> Optional[tuple[int, ...]]:
     if not ranks or min(ranks) < 1:
         raise FtplanError(f"--rank {text!r}: ranks must be positive integers")
     return ranks
+
+
+@contextmanager
+def _setup_errors():
+    """A trial worker that could not start for a reason other than the environment (those are
+    ``FtplanError``, exit 2): its one-line message, exit 3."""
+    from ..errors import FtplanError
+    from ..tune.pool import WorkerStartError
+
+    try:
+        yield
+    except WorkerStartError as e:
+        if isinstance(e, FtplanError):
+            raise
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(3) from None
 
 
 class _Progress:
@@ -60,9 +79,11 @@ class _Progress:
 
         if event == "begin":
             self.done = kw["done"]
+            unavailable = "".join(f"; {n} {why}" for why, n in (kw.get("unavailable") or {}).items())
             self._print(f"study {kw['study']} ({kw['storage']}): {kw['runnable']} runnable of {kw['candidates']} "
                         f"configurations ({kw['skipped']} predicted over the {kw['budget'] / 2**30:.2f} GiB budget, "
-                        f"never run); {kw['done']} trials already measured"
+                        f"never run{unavailable})"
+                        + (f"; {kw['done']} trials already measured" if kw["done"] else "")
                         + (f"; {kw['recovered']} interrupted trials retried" if kw["recovered"] else ""))
             if self.bar is not None:
                 self.bar.start()
@@ -79,8 +100,14 @@ class _Progress:
             self._print(f"trial {kw['trial']}: {describe(kw['candidate'].params)} -> {outcome}")
             if self.bar is not None:
                 self.bar.update(self.task, completed=min(self.done, self.total))
-        elif event == "done" and self.bar is not None:
+        elif event == "done":
+            self.close()
+
+    def close(self) -> None:
+        """Stop the progress bar (idempotent): after the study, or when it stops on an error."""
+        if self.bar is not None:
             self.bar.stop()
+            self.bar = None
 
 
 def autotune_command(
@@ -114,7 +141,7 @@ def autotune_command(
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Check the planner's best configurations with short real runs; write the winner as best.json."""
-    with user_errors():
+    with _setup_errors(), user_errors():  # user_errors first: an environment error is an FtplanError (exit 2)
         from ..tune.api import autotune
 
         ranks = _ranks(rank)
@@ -129,11 +156,14 @@ def autotune_command(
             knobs["grad_accum"] = 1
         ftplan.estimate(model, None, **{k: v for k, v in knobs.items() if v is not None})  # validate cheaply
         progress = _Progress(trials, quiet=json_out)
-        res = autotune(model, gpu, data=data, device=None if device == "auto" else device, trials=trials,
-                       time_budget=time_budget, objective=objective, study=study, storage=storage, steps=steps,
-                       trial_timeout=trial_timeout, margin=margin, max_memory_bytes=parse_bytes(max_memory),
-                       ranks=ranks, seed=seed, runs_dir=runs_dir, synthetic_weights=synthetic_weights, price=price,
-                       argv=["ftplan", "autotune", *sys.argv[2:]], emit=progress, **knobs)
+        try:
+            res = autotune(model, gpu, data=data, device=None if device == "auto" else device, trials=trials,
+                           time_budget=time_budget, objective=objective, study=study, storage=storage, steps=steps,
+                           trial_timeout=trial_timeout, margin=margin, max_memory_bytes=parse_bytes(max_memory),
+                           ranks=ranks, seed=seed, runs_dir=runs_dir, synthetic_weights=synthetic_weights,
+                           price=price, argv=["ftplan", "autotune", *sys.argv[2:]], emit=progress, **knobs)
+        finally:
+            progress.close()
     if json_out:
         echo_json(json.dumps({"study": res.study_name, "storage": res.storage, "stopped": res.stopped,
                               "candidates": res.candidates, "runnable": res.runnable, "skipped": res.skipped,

@@ -2,7 +2,9 @@
 
 The result names its figures as ``ftplan.estimate`` does (``status``, ``peak_allocated_bytes``,
 ``peak_reserved_bytes``, ``device_bytes``, ``tokens_per_s``, ``phases``, ``breakdown``,
-``peak_phase``) so that a prediction and its measurement line up by name. The headline figures are
+``peak_phase``) so that a prediction and its measurement line up by name. ``attention_ran`` is the
+attention kernel the built model really runs: the build falls back to SDPA where flash-attn is missing
+or there is no CUDA, while ``config.attention`` keeps what was asked. The headline figures are
 those of the last step (step >= 2: optimizer state exists). An out-of-memory error, real or from a
 simulated cap (``max_memory_bytes``), is a result with ``status: "oom"``, never an exception.
 """
@@ -21,6 +23,8 @@ from ..stack.env import is_oom, require_stack, resolve_device
 
 MEMORY_SOURCE = {"cpu": "live-storage tracker (tensor level; stands in for allocated)",
                  "cuda": "CUDA caching allocator counters and NVML"}
+
+
 def profile(model: str | ModelSpec, *, steps: int = 3, device: str | None = "cpu", synthetic_weights: bool = True,
             max_memory_bytes: int | None = None, breakdown: bool | None = None, seed: int = 0,
             on_step: Callable | None = None, argv: list[str] | None = None, **knobs: Any) -> dict[str, Any]:
@@ -41,9 +45,9 @@ def profile(model: str | ModelSpec, *, steps: int = 3, device: str | None = "cpu
     track = dev == "cpu" if breakdown is None else breakdown
     out: dict[str, Any] = {"status": "ok", "model": spec.name, "device": dev, "config": cfg.to_dict(),
                            "memory_source": MEMORY_SOURCE[dev], "provenance": provenance(dev, argv),
-                           "synthetic_weights": synthetic_weights}
+                           "synthetic_weights": synthetic_weights, "attention_ran": None}
     try:
-        records = _run(model, spec, cfg, dev, steps, synthetic_weights, max_memory_bytes, track, seed, on_step)
+        records = _run(model, spec, cfg, dev, steps, synthetic_weights, max_memory_bytes, track, seed, on_step, out)
     except Exception as e:  # noqa: BLE001 - classified below; never a traceback for an OOM
         if not is_oom(e):
             raise
@@ -54,7 +58,16 @@ def profile(model: str | ModelSpec, *, steps: int = 3, device: str | None = "cpu
     return out
 
 
-def _run(model, spec, cfg, dev, steps, synthetic, cap, track, seed, on_step):
+def attention_ran(model) -> str | None:
+    """The attention kernel a built model runs, as transformers recorded it after loading
+    (``config._attn_implementation``; a PEFT model answers for its base model); None when unknown.
+    Why: the build may run another kernel than the one asked for, and a measurement must say which."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return impl if isinstance(impl, str) else None
+
+
+def _run(model, spec, cfg, dev, steps, synthetic, cap, track, seed, on_step, out):
+    """Build the model, record the attention kernel it runs in ``out``, then run the measured steps."""
     import torch
 
     from ..stack.build import build_model
@@ -66,6 +79,7 @@ def _run(model, spec, cfg, dev, steps, synthetic, cap, track, seed, on_step):
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total))
     m = build_model(str(model) if not isinstance(model, ModelSpec) else spec.name, spec, cfg, dev,
                     synthetic=synthetic, seed=seed)
+    out["attention_ran"] = attention_ran(m)
     tracker = None
     if track:
         tracker = LiveStorageTracker(cap_bytes=cap if dev == "cpu" else None)

@@ -1,6 +1,12 @@
 """The parent's side of a trial worker: start it, send a trial, read its events with a deadline,
 and replace it after a crash, a timeout or a CUDA out-of-memory result (a CUDA context that ran out
-of memory is not trusted for the next trial)."""
+of memory is not trusted for the next trial).
+
+A worker that never says it is ready is a setup error (``WorkerStartError``), not a failed trial: the
+same error would fail every trial. Its message names the exception the worker died of (the last line
+of its traceback) and the worker's log; when that exception is the user's environment (a package
+missing or broken) it is also an ``FtplanError``, which the command line reports as bad input.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import FtplanError
+
+# exceptions a worker dies of before it is ready because of the user's environment, not ftplan
+ENVIRONMENT_ERRORS = ("ImportError", "ModuleNotFoundError", "FtplanError", "OSError")
+
 
 @dataclass
 class Outcome:
@@ -24,6 +35,51 @@ class Outcome:
     result: dict[str, Any] | None = None
     reason: str = ""
     steps: list[dict] = field(default_factory=list)
+
+
+class WorkerStartError(RuntimeError):
+    """A trial worker that ended, or stayed silent, before it said it was ready."""
+
+    def __init__(self, message: str, log_path: Path, exception: str | None) -> None:
+        super().__init__(message)
+        self.log_path, self.exception = log_path, exception
+
+
+class WorkerEnvironmentError(WorkerStartError, FtplanError):
+    """A worker that could not start because of the user's environment (e.g. a missing package)."""
+
+
+def last_exception(text: str) -> str | None:
+    """The exception line of the last traceback in ``text`` (``ImportError: No module named 'x'``), the
+    first line of its message only; None when ``text`` holds no traceback. Why the last traceback's own
+    line: the start of a traceback says where, never what."""
+    lines = text.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
+    if not heads:
+        return None
+    for line in lines[heads[-1] + 1:]:
+        if line.strip() and not line[0].isspace():
+            return line.strip()
+    return None
+
+
+def start_error(log_path: Path, returncode: int | None, timeout: float | None) -> WorkerStartError:
+    """The error for a worker that was not ready: what it died of (from its log) and where its log is;
+    an ``FtplanError`` too when the exception is one of ``ENVIRONMENT_ERRORS``."""
+    try:
+        exc = last_exception(log_path.read_text(errors="replace"))
+    except OSError:
+        exc = None
+    where = f"see its log: {log_path}"
+    if timeout is not None:
+        msg = f"the trial worker did not say it was ready within {timeout:g} s ({where})"
+    elif exc is not None:
+        msg = f"the trial worker could not start: {exc} ({where})"
+    else:
+        msg = f"the trial worker could not start: it exited with status {returncode} before it was ready ({where})"
+    kind = exc.split(":", 1)[0].rsplit(".", 1)[-1] if exc else ""
+    cls = WorkerEnvironmentError if timeout is None and kind in ENVIRONMENT_ERRORS else WorkerStartError
+    return cls(msg, log_path, exc)
 
 
 class Worker:
@@ -42,8 +98,9 @@ class Worker:
         threading.Thread(target=self._read, daemon=True).start()
         ev = self._next(start_timeout)
         if ev is None or ev.get("event") != "ready":
+            timed_out = ev is not None and ev.get("event") == "timeout"
             self.kill()
-            raise RuntimeError(f"trial worker did not start: {self.tail()}")
+            raise start_error(log_path, self.proc.returncode, start_timeout if timed_out else None)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -130,14 +187,21 @@ class Pool:
         self.worker: Worker | None = None
         self.started = 0
 
+    def start(self) -> None:
+        """Have a live worker (start one when there is none). The tuner calls it before it asks the study
+        for a trial, so that a worker that cannot start leaves no trial behind. Raises ``WorkerStartError``."""
+        if self.worker is not None and self.worker.alive():
+            return
+        if self.worker is not None:
+            self.worker.kill()  # gone already: this closes its log
+            self.worker = None
+        self.started += 1
+        self.worker = Worker(self.folder / f"worker-{os.getpid()}-{self.started}.log", env=self.env)
+
     def run(self, request: dict[str, Any], timeout: float, on_step=None) -> Outcome:
-        if self.worker is None or not self.worker.alive():
-            self.started += 1
-            try:
-                self.worker = Worker(self.folder / f"worker-{os.getpid()}-{self.started}.log", env=self.env)
-            except RuntimeError as e:
-                self.worker = None
-                return Outcome("crash", reason=str(e))
+        """Run one trial in the worker (started first when needed: ``WorkerStartError`` when it cannot)."""
+        self.start()
+        assert self.worker is not None
         out = self.worker.run(request, timeout, on_step)
         status = (out.result or {}).get("status")
         clean = out.kind == "result" and (status == "ok" or (status == "oom" and request.get("device") == "cpu"))

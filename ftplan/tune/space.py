@@ -3,11 +3,14 @@
 A candidate is a full configuration the planner enumerates (``planner.search.enumerate_configs``) with
 the user's fixed knobs, the standard loss (the one a profiled run measures) and an exact effective
 batch. Its ``key`` names it as Optuna parameters do. Candidates the planner predicts over the memory
-budget by more than ``FAR_OVER`` are never run: they are counted as skipped, with the reason.
+budget by more than ``FAR_OVER`` are never run: they are counted as skipped, with the reason. So are
+candidates whose attention kernel cannot run here (``attention_unavailable``): the model build would
+fall back to SDPA and the trial would measure SDPA under the other kernel's name.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +94,19 @@ def candidates(spec: ModelSpec, gpu: GPUSpec, fixed: dict[str, Any], budget: int
             seen.add(c.key)
             out.append(c)
     return out
+
+
+def attention_unavailable(attention: str, device: str) -> str | None:
+    """Why the attention kernel ``attention`` cannot run on ``device`` (cuda | cpu), None when it can.
+    Only ``flash_attention_2`` has requirements: CUDA and the flash-attn package. Checked without
+    importing anything (a look for the package), so the tuner can skip such candidates before the study."""
+    if attention != "flash_attention_2":
+        return None
+    if device != "cuda":
+        return f"flash_attention_2 needs CUDA (device is {device})"
+    if importlib.util.find_spec("flash_attn") is None:
+        return "flash_attention_2 needs the flash-attn package, which is not installed (pip install flash-attn)"
+    return None
 
 
 def choices(cands: list[Candidate]) -> dict[str, list]:

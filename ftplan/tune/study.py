@@ -1,13 +1,18 @@
 """The Optuna loop of ``ftplan autotune``.
 
-1. The space is the planner's (``space.candidates``); candidates predicted far over the memory budget
-   are skipped and counted, never run.
+1. The space is the planner's (``space.candidates``); candidates predicted far over the memory budget,
+   and candidates whose attention kernel cannot run here (flash-attn missing, no CUDA: the build would
+   measure SDPA under their name), are skipped and counted, never run. A trial whose model still ran
+   another attention kernel than asked is failed with that reason.
 2. The planner's best predictions are enqueued first; Optuna's sampler (TPE) explores after them, and
    when it only proposes configurations already measured the next unmeasured one in the planner's
    order is enqueued instead.
 3. One trial = one short profiled run in a long-lived worker process (``pool``) with a timeout; an
    out-of-memory result, a crash or a timeout is a FAIL trial with its reason in the user attributes;
-   a pruned run is PRUNED. The study goes on.
+   a pruned run is PRUNED. The study goes on. A worker that cannot start (it never says it is ready)
+   is a setup error instead: the tuner stops, naming the worker's exception and its log, and records no
+   trial (the worker starts before a trial is asked for; if a restart fails during a trial, that trial
+   is failed without counting and its configuration enqueued again).
 4. Storage: SQLite under ``./ftplan-runs`` by default, any Optuna RDB URL otherwise. The same command
    resumes a killed study: finished trials are kept; a trial whose process is gone is failed and its
    configuration enqueued again. Several workers may share one study (PostgreSQL): each runs until the
@@ -46,6 +51,8 @@ MAX_IDLE_ASKS = 20  # proposals in a row that need no run before the planner's o
 HEARTBEAT_S = 60.0  # default seconds between two heartbeats of a running trial
 GRACE_HEARTBEATS = 3  # default grace period, in heartbeat intervals
 RETRIED = ("interrupted:", "stale:")  # reasons of a trial failed because its worker vanished (then retried)
+# the reason older versions gave a trial whose worker never started: a setup error, never a measurement
+LEGACY_SETUP_FAILED = "trial worker did not start:"
 
 
 @dataclass
@@ -274,22 +281,27 @@ def _retried(t) -> bool:
 
 
 def _counts(t) -> bool:
-    """A measured trial that counts towards ``--trials`` (an interrupted or stale one is retried instead)."""
-    return _ran(t) and not _retried(t)
+    """A measured trial that counts towards ``--trials`` (an interrupted or stale one is retried instead;
+    one an older version failed because its worker never started measured nothing)."""
+    return _ran(t) and not _retried(t) and not str(t.user_attrs.get("reason", "")).startswith(LEGACY_SETUP_FAILED)
 
 
 class _Runner:
-    def __init__(self, ts: TuneSpec, study, cands: list[S.Candidate], folder: Path, emit: Callable) -> None:
+    def __init__(self, ts: TuneSpec, study, cands: list[S.Candidate], folder: Path, emit: Callable,
+                 unavailable: dict[str, str] | None = None) -> None:
         from .pool import Pool
 
         self.ts, self.study, self.folder, self.emit = ts, study, folder, emit
         self.by_key = {c.key: c for c in cands}
-        self.order = [c for c in cands if not c.far_over]
+        self.unavailable = unavailable or {}  # candidate key -> why its attention kernel cannot run here
+        self.order = [c for c in cands if not c.far_over and c.key not in self.unavailable]
         self.pool = Pool(folder)
         self.price = ts.price if ts.price is not None else ts.gpu.price_per_hour
 
     def run_trial(self, trial, cand: S.Candidate) -> None:
         from optuna.trial import TrialState
+
+        from .pool import WorkerStartError
 
         ts = self.ts
         trial.set_user_attr("ran", True)
@@ -307,10 +319,16 @@ class _Runner:
                 return trial.should_prune()
             return False
 
-        out = self.pool.run(req, ts.trial_timeout_s, on_step)
+        try:
+            out = self.pool.run(req, ts.trial_timeout_s, on_step)
+        except WorkerStartError as e:
+            self.setup_failed(trial, cand, e)
+            raise
         state, value, reason, outcome = TrialState.FAIL, None, out.reason, out.kind
         if out.kind == "result" and out.result is not None:
             res = out.result
+            asked, ran = cand.config.attention, res.get("attention_ran")
+            trial.set_user_attr("attention_ran", ran)
             measured = {"peak_allocated_bytes": res.get("peak_allocated_bytes"),
                         "peak_reserved_bytes": res.get("peak_reserved_bytes"),
                         "device_bytes": res.get("device_bytes"), "tokens_per_s": res.get("tokens_per_s"),
@@ -319,7 +337,10 @@ class _Runner:
             trial.set_user_attr("provenance", res.get("provenance"))
             used = measured_bytes(res, ts.device)
             outcome = "failed"
-            if res["status"] == "oom":
+            if ran is not None and ran != asked:
+                reason = (f"attention: the model ran {ran}, not the {asked} asked for (the build fell back); "
+                          f"not a measurement of this configuration")
+            elif res["status"] == "oom":
                 reason, outcome = f"out of memory: {res.get('error', '')}", "oom"
             elif used is not None and used > cand.budget_bytes:
                 reason = f"measured {used / 2**30:.2f} GiB over the budget {cand.budget_bytes / 2**30:.2f} GiB"
@@ -336,9 +357,20 @@ class _Runner:
         self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         self.emit("end", trial=trial.number, candidate=cand, state=state.name, value=value, reason=reason)
 
+    def setup_failed(self, trial, cand: S.Candidate, err: Exception) -> None:
+        """The worker for ``trial`` could not start, so the trial measured nothing: fail it as not run
+        (it neither counts nor shows as measured) and enqueue its configuration again for the next run."""
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("ran", False)
+        trial.set_user_attr("reason", f"setup: {err}"[:500])
+        self.study.tell(trial, None, state=TrialState.FAIL)
+        self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        self.emit("end", trial=trial.number, candidate=cand, state="FAIL", value=None, reason=f"setup: {err}")
+
     def attempt(self, trial, budget: int) -> bool:
         """Run the configuration Optuna proposed, or skip it (outside the planner's space, predicted far
-        over the budget, or measured already); True when it ran."""
+        over the budget, an attention kernel that cannot run here, or measured already); True when it ran."""
         from optuna.exceptions import UpdateFinishedTrialError
 
         key = S.key_of(trial.params)
@@ -348,6 +380,8 @@ class _Runner:
         elif cand.far_over:
             self.skip(trial, f"predicted {cand.predicted_bytes / 2**30:.2f} GiB, more than "
                              f"{1 + S.FAR_OVER:.0%} of the budget {budget / 2**30:.2f} GiB", "predicted-over")
+        elif key in self.unavailable:
+            self.skip(trial, self.unavailable[key], "attention-unavailable")
         elif (dup := self.duplicate_of(trial, key)) is not None:
             self.skip(trial, f"same configuration as trial {dup.number}", "duplicate")
         else:
@@ -411,8 +445,19 @@ def _run(ts: TuneSpec, emit: Callable[..., None]) -> TuneResult:
     cands = S.candidates(ts.spec, ts.gpu, ts.fixed, budget, ts.device, ts.ranks, ts.objective)
     if not cands:
         raise FtplanError("the fixed knobs leave no configuration to try")
-    runnable = [c for c in cands if not c.far_over]
-    skipped_pred = len(cands) - len(runnable)
+    unavailable = unavailable_attention(cands, ts.device)
+    runnable = [c for c in cands if not c.far_over and c.key not in unavailable]
+    skipped_pred = sum(1 for c in cands if c.far_over)
+    pre_skipped = {"predicted over memory (never sampled)": skipped_pred}
+    for c in cands:
+        if not c.far_over and c.key in unavailable:
+            why = f"attention unavailable: {unavailable[c.key]} (never sampled)"
+            pre_skipped[why] = pre_skipped.get(why, 0) + 1
+    if not runnable and len(pre_skipped) > 1:
+        kernels = sorted({c.config.attention for c in cands if c.key in unavailable})
+        raise FtplanError(f"--attention {', '.join(kernels)} cannot be measured here: "
+                          f"{'; '.join(sorted(set(unavailable.values())))}; the model build would run sdpa in its "
+                          "place and every configuration left asks for it (use --attention sdpa or eager)")
     name = ts.study_name or default_study_name(ts.spec, ts.gpu, ts.fixed)
     url = storage_url(ts.storage, ts.runs_dir)
     storage = open_storage(url)
@@ -434,11 +479,12 @@ def _run(ts: TuneSpec, emit: Callable[..., None]) -> TuneResult:
     recovered = recover_interrupted(study, storage) + fail_stale(study, storage, grace)
     emit("begin", study=name, storage=_redact(url), candidates=len(cands), runnable=len(runnable),
          skipped=skipped_pred, budget=budget, recovered=recovered,
-         done=sum(1 for t in study.get_trials(deepcopy=False) if _ran(t) and t.state != TrialState.RUNNING))
+         unavailable={k: v for k, v in pre_skipped.items() if k.startswith("attention")},
+         done=sum(1 for t in study.get_trials(deepcopy=False) if _counts(t) and t.state != TrialState.RUNNING))
     for c in runnable[: max(0, min(ts.planner_seeds, ts.trials))]:
         study.enqueue_trial(c.params, user_attrs={"seeded_by": "planner"}, skip_if_exists=True)
     dists = {k: CategoricalDistribution(v) for k, v in S.choices(cands).items()}
-    runner = _Runner(ts, study, cands, folder, emit)
+    runner = _Runner(ts, study, cands, folder, emit, unavailable)
     study_id = storage.get_study_id_from_name(name)
     t0 = time.monotonic()
     idle, stopped = 0, "trials"
@@ -459,6 +505,7 @@ def _run(ts: TuneSpec, emit: Callable[..., None]) -> TuneResult:
                     break
                 study.enqueue_trial(nxt.params, user_attrs={"seeded_by": "planner order"})
                 idle = 0
+            runner.pool.start()  # before asking: a worker that cannot start leaves no trial behind
             trial = study.ask(dists)
             with heartbeat(storage, storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), interval):
                 trial.set_user_attr("host", host)
@@ -466,17 +513,29 @@ def _run(ts: TuneSpec, emit: Callable[..., None]) -> TuneResult:
                 idle = 0 if runner.attempt(trial, budget) else idle + 1
     finally:
         runner.pool.close()
-    return _finish(ts, study, name, url, cands, runnable, skipped_pred, folder, stopped, emit)
+    return _finish(ts, study, name, url, cands, runnable, pre_skipped, folder, stopped, emit)
 
 
-def _finish(ts, study, name, url, cands, runnable, skipped_pred, folder, stopped, emit) -> TuneResult:
+def unavailable_attention(cands: list[S.Candidate], device: str) -> dict[str, str]:
+    """Candidate key -> why its attention kernel cannot run on ``device``, for the candidates that ask for
+    one (``space.attention_unavailable``): measured, they would report another kernel's figures."""
+    out = {}
+    for c in cands:
+        why = S.attention_unavailable(c.config.attention, device)
+        if why is not None:
+            out[c.key] = why
+    return out
+
+
+def _finish(ts, study, name, url, cands, runnable, pre_skipped, folder, stopped, emit) -> TuneResult:
     from optuna.trial import TrialState
 
     from .. import calibration
     from ..integrations.exports import write_all
+    from ..planner.arch import total_params
 
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if _ran(t)]
-    skipped: dict[str, int] = {"predicted over memory (never sampled)": skipped_pred}
+    skipped: dict[str, int] = dict(pre_skipped)
     for t in study.get_trials(deepcopy=False):
         kind = t.user_attrs.get("skipped")
         if kind:
@@ -491,13 +550,12 @@ def _finish(ts, study, name, url, cands, runnable, skipped_pred, folder, stopped
     if bt is not None:
         best = trial_row(bt)
         doc = best_document(ts, bt, name, _redact(url))
-        files = write_all(folder, doc, (ts.data or {}).get("path") or "train.jsonl")
+        files = write_all(folder, doc, (doc.get("data") or {}).get("path") or "train.jsonl")
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _ran(t)]
-        fig = "peak_allocated_bytes" if ts.device == "cpu" else "peak_reserved_bytes"
-        mem = calibration.ratios((t.user_attrs["measured"].get(fig), t.user_attrs["predicted"].get(fig)) for t in done)
-        speed = calibration.ratios((t.user_attrs["measured"].get("tokens_per_s"), t.user_attrs["predicted"].get("tokens_per_s"))
-                                   for t in done)
-        cal = calibration.record(ts.gpu.key, mem, speed, source=f"ftplan autotune study {name!r}, {len(done)} trials")
+        # by term, with the device kind and the model's size class (where the factors may be applied)
+        cal = calibration.record_trials(ts.gpu, ts.device, total_params(ts.spec),
+                                        [(t.user_attrs["measured"], t.user_attrs["predicted"]) for t in done],
+                                        source=f"ftplan autotune study {name!r}, {len(done)} trials")
     res = TuneResult(name, _redact(url), rows, best, skipped, len(cands), len(runnable), folder, files, cal, stopped, ts.device)
     emit("done", result=res)
     return res
@@ -509,6 +567,7 @@ def trial_row(t) -> dict[str, Any]:
             "config": t.user_attrs.get("config"), "predicted": t.user_attrs.get("predicted"),
             "measured": t.user_attrs.get("measured"), "outcome": t.user_attrs.get("outcome"),
             "reason": t.user_attrs.get("reason", ""), "seeded_by": t.user_attrs.get("seeded_by"),
+            "attention_ran": t.user_attrs.get("attention_ran"),
             "host": t.user_attrs.get("host"), "pid": t.user_attrs.get("pid")}
 
 
@@ -516,8 +575,20 @@ def best_document(ts: TuneSpec, trial, study: str, storage: str) -> dict[str, An
     """The winner as a best.json document: what ``ftplan train`` needs to repeat it, and where it came from."""
     from ..best import document
 
-    return document(model=ts.model, model_name=ts.spec.name, hf_id=ts.spec.hf_id, knobs=trial.user_attrs["config"],
-                    synthetic_weights=ts.synthetic_weights, gpu=ts.gpu.key, device=ts.device,
-                    predicted=trial.user_attrs.get("predicted"), measured=trial.user_attrs.get("measured"),
+    return document(model=stored_model(ts.model, ts.spec), model_name=ts.spec.name, hf_id=ts.spec.hf_id,
+                    knobs=trial.user_attrs["config"], synthetic_weights=ts.synthetic_weights, gpu=ts.gpu.key,
+                    device=ts.device, predicted=trial.user_attrs.get("predicted"), measured=trial.user_attrs.get("measured"),
                     objective=ts.objective, value=trial.value, study=study, storage=storage, trial=trial.number,
                     data=ts.data, command=" ".join(ts.argv))
+
+
+def stored_model(model: str, spec: ModelSpec) -> str:
+    """``--model`` as best.json stores it: a local folder or config file as an absolute path (the
+    document must work from any folder), a catalog alias or a Hugging Face id as given. A name that
+    resolved to the catalog stays a name even when a folder of that name happens to exist here."""
+    from ..best import local_path
+    from ..profiles.models import load_catalog
+
+    if load_catalog().get(spec.name) is spec:
+        return model
+    return local_path(model) or model

@@ -10,7 +10,8 @@ out-of-memory run is a result with ``status: "oom"``) or ``{"event": "error", "e
 ``FTPLAN_TUNE_FAULT`` injects faults for tests of the tuner itself: ``crash@N`` makes the worker die
 (exit 3) on trial N, ``hang@N`` makes it hang there (the parent's timeout must fire; a line on stderr,
 the worker's log, says so first), ``oom@N`` runs trial N under a 1-byte simulated memory cap (a real
-out-of-memory result from the profiler).
+out-of-memory result from the profiler), ``startfail`` makes every worker die of an ``ImportError``
+before it is ready (as one whose environment lacks a package: a setup error, not a failed trial).
 
 The worker runs in a session of its own (a terminal's Ctrl-C reaches the tuner, which stops it), so
 it does not die with its parent by itself: ``--parent PID`` names the tuner, and the worker exits when
@@ -35,9 +36,20 @@ EXIT_ORPHANED = 4  # the exit status of a worker whose parent was gone
 WATCH_PARENT_S = 1.0  # how often the fallback looks at the parent's process id
 
 
+def _fault_parts() -> list[str]:
+    """The faults ``FTPLAN_TUNE_FAULT`` asks for (comma-separated), none when it is unset."""
+    return [p.strip() for p in os.environ.get("FTPLAN_TUNE_FAULT", "").split(",") if p.strip()]
+
+
+def _start_fault() -> None:
+    """``startfail``: die before "ready" of the error a missing package gives, to test the tuner's setup
+    error path (no trial recorded, the exception and the log named)."""
+    if "startfail" in _fault_parts():
+        raise ImportError("FTPLAN_TUNE_FAULT=startfail: a package the trial worker needs cannot be imported")
+
+
 def _fault(trial: int, req: dict) -> None:
-    spec = os.environ.get("FTPLAN_TUNE_FAULT", "")
-    for part in filter(None, spec.split(",")):
+    for part in _fault_parts():
         what, _, n = part.partition("@")
         if n.strip().isdigit() and int(n) == trial:
             if what == "crash":
@@ -104,6 +116,7 @@ def serve() -> int:
         proto.write(json.dumps(obj) + "\n")
         proto.flush()
 
+    _start_fault()
     from ..measure.profile import profile
     from ..stack.env import require_stack
 

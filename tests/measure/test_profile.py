@@ -92,3 +92,13 @@ def test_measuring_leaves_the_callers_warning_filters_alone(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "True"
+
+
+@pytest.mark.parametrize("asked,ran", [("flash_attention_2", "sdpa"), ("eager", "eager"), ("sdpa", "sdpa")])
+def test_profile_reports_the_attention_that_ran(archs, asked, ran):
+    """flash-attn is not installed here and there is no CUDA: the build runs sdpa, and the result says
+    so (``attention_ran``) beside the configuration asked for."""
+    res = profile(archs["llama"], steps=2, device="cpu", synthetic_weights=True, seq_len=16, grad_accum=1,
+                  attention=asked)
+    assert res["status"] == "ok"
+    assert res["config"]["attention"] == asked and res["attention_ran"] == ran

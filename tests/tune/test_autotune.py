@@ -59,7 +59,7 @@ def test_autotune_then_train(tiny_llama, tmp_path):
     lf = yaml.safe_load(open(files["llamafactory"]))
     assert lf["gradient_accumulation_steps"] == doc["knobs"]["grad_accum"]
     ast.parse(files["trl"].read_text())
-    assert res["calibration"] and "memory" in res["calibration"]["factors"]
+    assert res["calibration"] and "allocated" in res["calibration"]["factors"]
     t = _cli(["train", "--config", res["files"]["best"], "--data", data, "--max-steps", "3", "-o", "trained", "-q"], tmp_path)
     out, err = t.communicate(timeout=300)
     assert t.returncode == 0, err
@@ -149,3 +149,62 @@ def test_worker_dies_with_its_parent(tiny_llama, data_file, tmp_path):
     finally:
         if not process_gone(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_best_json_trains_from_another_folder(tmp_path):
+    """autotune ran with a model folder and data named relative to its folder: best.json stores both
+    absolute, so ``ftplan train --config`` works from anywhere (it used to fail: unknown model './llama')."""
+    from ftplan.measure.small_models import write_config
+
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run.mkdir()
+    elsewhere.mkdir()
+    model = write_config("llama", run)
+    write_jsonl(run / "train.jsonl")
+    p = _cli(_tune_args("./" + model.name, "train.jsonl", 1, "--json"), run)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    best = (run / json.loads(out)["files"]["best"]).resolve()
+    doc = json.loads(best.read_text())
+    assert doc["model"] == str(model.resolve())
+    assert doc["data"]["path"] == str((run / "train.jsonl").resolve())
+    t = _cli(["train", "--config", str(best), "--data", doc["data"]["path"], "--max-steps", "2", "-o", "out", "-q"],
+             elsewhere)
+    out, err = t.communicate(timeout=300)
+    assert t.returncode == 0, err
+    assert "trained 2 steps" in out
+
+
+def test_worker_that_cannot_start_stops_the_study_and_records_nothing(tiny_llama, data_file, tmp_path):
+    """A worker that dies before it is ready (here of an ImportError, as with a missing package) is a
+    setup error: one line naming the exception and the worker's log, exit 2, no trial recorded; once
+    the environment is fixed the same command starts clean and measures."""
+    import optuna
+
+    args = _tune_args(tiny_llama, data_file, 2, "--study", "setup")
+    p = _cli(args, tmp_path, fault="startfail")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 2, err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "ImportError: FTPLAN_TUNE_FAULT=startfail: a package the trial worker needs cannot be imported" in line
+    log = re.search(r"see its log: (\S+?)\)", line).group(1)
+    assert (tmp_path / log).is_file() and "startfail" in (tmp_path / log).read_text()
+    st = optuna.load_study(study_name="setup", storage=f"sqlite:///{tmp_path / 'ftplan-runs' / 'ftplan.db'}")
+    assert all(t.state.name == "WAITING" and not t.user_attrs.get("ran") for t in st.get_trials())
+    q = _cli(args, tmp_path)
+    out, err = q.communicate(timeout=600)
+    assert q.returncode == 0, err
+    assert "already measured" not in err and "nothing to export" not in out
+    st = optuna.load_study(study_name="setup", storage=f"sqlite:///{tmp_path / 'ftplan-runs' / 'ftplan.db'}")
+    assert sum(1 for t in st.get_trials() if t.state.name == "COMPLETE" and t.user_attrs.get("ran")) == 2
+
+
+def test_flash_attention_missing_is_not_measured_under_its_name(tiny_llama, data_file, tmp_path):
+    """On the CPU (and without flash-attn) flash_attention_2 would silently run as sdpa: asked for
+    explicitly, autotune refuses with the reason instead of measuring sdpa under its name."""
+    p = _cli(_tune_args(tiny_llama, data_file, 1, "--attention", "flash_attention_2", "--json"), tmp_path)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 2, err
+    assert "--attention flash_attention_2 cannot be measured here" in err and "sdpa" in err
+    assert "Traceback" not in err and not (tmp_path / "ftplan-runs" / "ftplan.db").exists()
