@@ -59,7 +59,9 @@ def measure(model: str, device: str, budget: int, fixed: dict, steps: int, synth
 
     spec = get_model(model)
     gpu = get_gpu("cpu") if device == "cpu" else get_gpu("auto")
-    cands = S.candidates(spec, gpu, fixed, budget, device)
+    # a kernel that is not installed would run as another one: not measured under its name (as autotune)
+    cands = [c for c in S.candidates(spec, gpu, fixed, budget, device)
+             if S.attention_unavailable(c.config.attention, device) is None]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         pool = Pool(Path(tmp))

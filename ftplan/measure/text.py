@@ -28,6 +28,9 @@ def profile_text(res: Mapping[str, Any]) -> str:
             f"rank {cfg.get('lora_rank')}, micro-batch {cfg.get('micro_batch')} x {cfg.get('seq_len')} tokens, "
             f"checkpointing {'on' if cfg.get('gradient_checkpointing') else 'off'}, {cfg.get('optimizer')}, "
             f"{cfg.get('attention')}")
+    ran = res.get("attention_ran")
+    if ran and ran != cfg.get("attention"):
+        head += f" (the model ran {ran}: {cfg.get('attention')} is not available here)"
     out = [head]
     if res.get("status") != "ok":
         out.append(f"status: {res.get('status').upper()} — {res.get('error', '')}")
