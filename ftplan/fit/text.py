@@ -23,13 +23,14 @@ TERM_LABELS = {
     "ddp_buckets": "DDP gradient buckets",
     "gradients": "gradients",
     "activations": "saved activations",
-    "autocast_weight_copies": "autocast bf16 weight copies",
+    "autocast_weight_copies": "autocast 16-bit weight copies",
     "logits_loss": "logits and loss buffers",
     "forward_transient": "layer forward intermediates",
     "recompute": "recomputed layer (checkpointing)",
     "backward_transient": "backward gradient buffers",
     "dequant_transient": "dequantized weight (transient)",
     "optimizer_temp": "optimizer step temporaries",
+    "grad_scaler": "fp16 loss scaler (GradScaler)",
     "fsdp_gathered": "FSDP gathered parameters",
 }
 OVERHEAD_LABELS = {
@@ -66,6 +67,8 @@ def describe_config(plan: Plan, spec) -> list[tuple[str, str]]:
     rows += [("batch", f"micro-batch {c.micro_batch} x accumulation {c.grad_accum}{gpus} = {c.effective_batch} "
                        f"sequences of {c.seq_len} tokens"),
              ("checkpointing", "on" if c.gradient_checkpointing else "off"),
+             ("precision", "fp16 autocast, dynamic loss scaling (GradScaler)" if c.compute_dtype == "fp16" and c.autocast
+              else ("bf16 autocast" if c.autocast else f"{c.quant}, no autocast")),
              ("optimizer", c.optimizer), ("attention", c.attention),
              ("loss", "chunked/fused cross-entropy" if c.loss_impl == "chunked" else "standard (HF ForCausalLMLoss)")]
     return rows

@@ -1,8 +1,15 @@
 """A best.json document as the configuration of other trainers: Axolotl (YAML), LLaMA-Factory (YAML) and
-TRL/transformers (a Python snippet). Every file is written atomically (temporary file + rename)."""
+TRL/transformers (a Python snippet). Every file is written atomically (temporary file + rename).
+
+Precision follows the configuration's ``compute_dtype`` (``amp_flags``, ``load_dtype``): ``bf16: true``, or
+on GPUs without bf16 ``fp16: true`` (HF Trainer's autocast with a GradScaler), 4-bit matmuls in the same
+dtype, 16-bit weights loaded in it. Each trainer derives its bitsandbytes compute dtype from these flags
+(Axolotl ``resolve_dtype`` -> ``torch_dtype``; LLaMA-Factory ``compute_dtype``); the TRL script states it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +53,20 @@ def _targets(knobs: dict) -> Any:
     return "all-linear" if list(t) == ["all-linear"] else list(t)
 
 
-def _precision(knobs: dict) -> dict[str, bool]:
-    fp16 = knobs["quant"] == "fp16"
-    return {"bf16": not fp16, "fp16": fp16}
+TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def amp_flags(knobs: Mapping[str, Any]) -> dict[str, bool]:
+    """HF ``TrainingArguments``' (and Axolotl's, LLaMA-Factory's, TRL's) mixed-precision flags:
+    ``bf16=True``, or ``fp16=True`` (autocast + ``torch.amp.GradScaler``); neither without autocast."""
+    on = bool(knobs["autocast"])
+    return {"bf16": on and knobs["compute_dtype"] == "bf16", "fp16": on and knobs["compute_dtype"] == "fp16"}
+
+
+def load_dtype(knobs: Mapping[str, Any]) -> str:
+    """The dtype ``from_pretrained`` loads the weights in: the base format of a 16/32-bit base, the compute
+    dtype for the modules a 4/8-bit base leaves unquantized (embeddings, norms, lm_head)."""
+    return knobs["compute_dtype"] if knobs["quant"] in ("nf4", "fp4", "int8") else knobs["quant"]
 
 
 def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
@@ -65,12 +83,16 @@ def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
         else:
             out["lora_target_modules"] = _targets(k)
     out.update(sequence_len=k["seq_len"], micro_batch_size=k["micro_batch"], gradient_accumulation_steps=k["grad_accum"],
-               gradient_checkpointing=k["gradient_checkpointing"], optimizer=HF_OPTIM[k["optimizer"]], **_precision(k))
+               gradient_checkpointing=k["gradient_checkpointing"], optimizer=HF_OPTIM[k["optimizer"]], **amp_flags(k))
     attn = ATTN_AXOLOTL.get(k["attention"])
     if attn:
         out[attn] = True
     text = to_yaml({**out, "datasets": [{"path": data_path, "type": "completion"}]})
-    return f"# Axolotl config from {_origin(doc)}\n" + text
+    note = ""
+    if k["method"] == "full" and amp_flags(k)["fp16"]:
+        note = ("# fp16 full fine-tuning needs fp32 master weights (this plan's base is fp32); Axolotl loads the\n"
+                "# weights in fp16 with fp16: true, which GradScaler refuses: prefer the TRL script or LLaMA-Factory\n")
+    return f"# Axolotl config from {_origin(doc)}\n" + note + text
 
 
 def llamafactory(doc: dict[str, Any], dataset: str = "my_dataset") -> str:
@@ -87,7 +109,7 @@ def llamafactory(doc: dict[str, Any], dataset: str = "my_dataset") -> str:
         out["quantization_bit"] = 8
     out.update(dataset=dataset, cutoff_len=k["seq_len"], per_device_train_batch_size=k["micro_batch"],
                gradient_accumulation_steps=k["grad_accum"], optim=HF_OPTIM[k["optimizer"]],
-               flash_attn=ATTN_LLAMAFACTORY[k["attention"]], **_precision(k))
+               flash_attn=ATTN_LLAMAFACTORY[k["attention"]], **amp_flags(k))
     if not k["gradient_checkpointing"]:
         out["disable_gradient_checkpointing"] = True
     return f"# LLaMA-Factory config from {_origin(doc)}\n" + to_yaml(out)
@@ -100,22 +122,23 @@ def trl(doc: dict[str, Any]) -> str:
     lines = [f"# TRL / transformers settings from {_origin(doc)}",
              "import torch", "from peft import LoraConfig", "from transformers import AutoModelForCausalLM, BitsAndBytesConfig",
              "from trl import SFTConfig, SFTTrainer", ""]
+    compute = TORCH_DTYPE_NAMES[k["compute_dtype"]]
     if k["quant"] in ("nf4", "fp4"):
         lines.append(f"bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={k['quant']!r}, "
-                     f"bnb_4bit_use_double_quant={k['double_quant']}, bnb_4bit_compute_dtype=torch.bfloat16)")
+                     f"bnb_4bit_use_double_quant={k['double_quant']}, bnb_4bit_compute_dtype=torch.{compute})")
     elif k["quant"] == "int8":
         lines.append("bnb = BitsAndBytesConfig(load_in_8bit=True)")
     else:
         lines.append("bnb = None")
     attn = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "eager": "eager"}[k["attention"]]
     lines.append(f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, quantization_config=bnb, "
-                 f"dtype=torch.bfloat16, attn_implementation={attn!r})")
+                 f"dtype=torch.{TORCH_DTYPE_NAMES[load_dtype(k)]}, attn_implementation={attn!r})")
     if k["method"] != "full":
         lines.append(f"peft_config = LoraConfig(r={k['lora_rank']}, lora_alpha={k['lora_alpha']}, "
                      f"lora_dropout={k['lora_dropout']}, target_modules={_targets(k)!r}, task_type='CAUSAL_LM')")
     else:
         lines.append("peft_config = None")
-    prec = _precision(k)
+    prec = amp_flags(k)
     lines.append(f"args = SFTConfig(output_dir='out', per_device_train_batch_size={k['micro_batch']}, "
                  f"gradient_accumulation_steps={k['grad_accum']}, gradient_checkpointing={k['gradient_checkpointing']}, "
                  f"optim={HF_OPTIM[k['optimizer']]!r}, bf16={prec['bf16']}, fp16={prec['fp16']}, "

@@ -7,6 +7,8 @@
     trainer = Trainer(model=model, args=args, ..., callbacks=[hf.MemoryCallback(plan)])
 
 Each function takes a ``Plan``, an ``Estimate``, a ``TrainConfig`` or a ``best.json`` document.
+Precision follows ``TrainConfig.compute_dtype``: bf16, or fp16 with loss scaling on GPUs without bf16
+(the 16-bit weights, bitsandbytes' compute dtype and the Trainer's ``bf16``/``fp16`` flags all agree).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from ..best import best_config, best_knobs
 from ..planner.types import Estimate, Plan, TrainConfig
 from ..profiles.models import get_model
-from .exports import HF_OPTIM
+from .exports import HF_OPTIM, amp_flags, load_dtype
 
 
 def config_of(obj: Any) -> TrainConfig:
@@ -37,27 +39,29 @@ def _estimate(obj: Any) -> Estimate | None:
 
 
 def bnb_config(obj: Any):
-    """``transformers.BitsAndBytesConfig`` for 4-bit/8-bit bases; None for 16/32-bit ones."""
-    import torch
+    """``transformers.BitsAndBytesConfig`` for 4-bit/8-bit bases (4-bit matmuls in the compute dtype); None
+    for 16/32-bit ones."""
     import transformers
+
+    from ..stack.build import torch_dtype
 
     cfg = config_of(obj)
     if cfg.quant in ("nf4", "fp4"):
         return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quant,
                                                bnb_4bit_use_double_quant=cfg.double_quant,
-                                               bnb_4bit_compute_dtype=torch.float16 if cfg.quant == "fp16" else torch.bfloat16)
+                                               bnb_4bit_compute_dtype=torch_dtype(cfg.compute_dtype))
     if cfg.quant == "int8":
         return transformers.BitsAndBytesConfig(load_in_8bit=True)
     return None
 
 
 def model_kwargs(obj: Any) -> dict[str, Any]:
-    """Keywords for ``AutoModelForCausalLM.from_pretrained``: quantization, dtype, attention kernel."""
-    import torch
+    """Keywords for ``AutoModelForCausalLM.from_pretrained``: quantization, dtype (the base format; the
+    compute dtype for the unquantized modules of a 4/8-bit base), attention kernel."""
+    from ..stack.build import torch_dtype
 
     cfg = config_of(obj)
-    dtype = {"fp16": torch.float16, "fp32": torch.float32}.get(cfg.quant, torch.bfloat16)
-    kw: dict[str, Any] = {"dtype": dtype, "attn_implementation": cfg.attention}
+    kw: dict[str, Any] = {"dtype": torch_dtype(load_dtype(cfg.knobs())), "attn_implementation": cfg.attention}
     q = bnb_config(cfg)
     if q is not None:
         kw["quantization_config"] = q
@@ -88,17 +92,17 @@ def lora_config(obj: Any, model: Any = None):
 
 def training_arguments(obj: Any, output_dir: str, **overrides: Any):
     """``transformers.TrainingArguments`` with the plan's batch, accumulation, checkpointing, optimizer
-    and precision; ``overrides`` win (learning rate, steps, logging...)."""
+    and precision (``bf16=True``, or ``fp16=True``: autocast with a GradScaler); ``overrides`` win (learning
+    rate, steps, logging...)."""
     import transformers
 
     cfg = config_of(obj)
-    fp16 = cfg.quant == "fp16"
     # transformers 5.x renames gradient_checkpointing to activation_checkpointing (the old name warns)
     fields = getattr(transformers.TrainingArguments, "__dataclass_fields__", {})
     ckpt = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     kw: dict[str, Any] = dict(output_dir=output_dir, per_device_train_batch_size=cfg.micro_batch,
                               gradient_accumulation_steps=cfg.grad_accum, optim=HF_OPTIM[cfg.optimizer],
-                              bf16=cfg.autocast and not fp16, fp16=cfg.autocast and fp16, report_to=[])
+                              **amp_flags(cfg.knobs()), report_to=[])
     kw[ckpt] = cfg.gradient_checkpointing
     if cfg.gradient_checkpointing:
         kw[f"{ckpt}_kwargs"] = {"use_reentrant": False}

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 GROUP_OF = {
     "weights_quantized": "weights_quantized", "quant_constants": "quant_constants",
     "weights_dense": "weights_dense", "weights_unquantized": "weights_unquantized", "buffers": "weights_unquantized",
-    "lora_weights": "lora_weights", "optimizer_state": "optimizer_state", "gradients": "gradients",
+    "lora_weights": "lora_weights", "optimizer_state": "optimizer_state", "grad_scaler": "optimizer_state",
+    "gradients": "gradients",
     "ddp_buckets": "gradients", "optimizer_temp": "optimizer_temp",
     "autocast_weight_copies": "autocast_weight_copies", "logits_loss": "logits_loss",
     "dequant_transient": "dequant_transient", "activations": "activations", "recompute": "activations",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..planner.types import TrainConfig
-from ..stack.optim import autocast, make_optimizer
+from ..stack.optim import autocast, grad_scaler, make_optimizer, optimizer_step
 from .tracker import LiveStorageTracker
 
 PHASES = ("forward_end", "backward", "optimizer_step")
@@ -155,6 +155,7 @@ def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, trac
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = optimizer if optimizer is not None else make_optimizer(cfg.optimizer, params, device)
+    scaler = grad_scaler(cfg, device)  # fp16 compute: loss scaling as HF Trainer(fp16=True)
     meter = Meter(device, tracker)
     micro = min(cfg.grad_accum, 2)
     head = model.get_output_embeddings()
@@ -184,7 +185,7 @@ def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, trac
                         loss = model(input_ids=ids, labels=ids).loss
                     rec.phases["forward_end"] = _max(rec.phases.get("forward_end"), meter.stop("forward_end", model, opt))
                     meter.start()
-                    loss.backward()
+                    scaler.scale(loss).backward()
                     del loss
                     rec.phases["backward"] = _max(rec.phases.get("backward"), meter.stop("backward", model, opt))
                     if tracker is not None:
@@ -196,7 +197,7 @@ def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, trac
             t_opt = time.perf_counter()
             with _scope(tracker, "optimizer_temp"):
                 meter.start()
-                opt.step()
+                optimizer_step(opt, scaler)
                 rec.phases["optimizer_step"] = meter.stop("optimizer_step", model, opt)
                 opt.zero_grad(set_to_none=True)
             if device == "cuda":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .cost import job_cost
 from .memory.phases import memory_model
-from .memory.precision import precision
+from .memory.precision import autocast_assumption, precision
 from .timing import step_time, work_per_token
 from .types import Estimate, GPUSpec, ModelSpec, TrainConfig, spec_id
 
@@ -52,4 +52,4 @@ def build_estimate(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, token
                     device_bytes=mem.device_bytes, breakdown=mem.breakdown, peak_phase=mem.peak_phase,
                     phases=mem.phases, overheads=mem.overheads, usable_bytes=usable, fits=fits,
                     trainable_params=mem.trainable_params, total_params=mem.total_params, time=t, cost=cost,
-                    warnings=warnings, assumptions=ASSUMPTIONS)
+                    warnings=warnings, assumptions=(autocast_assumption(cfg), *ASSUMPTIONS[1:]))

@@ -20,6 +20,7 @@ ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 OBJECTIVES = ("throughput", "cost", "quality")
 SHARDINGS = ("ddp", "fsdp")
 LOSS_IMPLS = ("standard", "chunked")
+COMPUTE_DTYPES = ("bf16", "fp16")
 
 _ALIASES = {
     "method": {"full-finetune": "full", "full_finetune": "full", "ft": "full", "q-lora": "qlora"},
@@ -35,9 +36,10 @@ _ALIASES = {
     "objective": {"speed": "throughput", "tokens/s": "throughput", "price": "cost", "dollars": "cost"},
     "sharding": {"zero3": "fsdp", "deepspeed": "fsdp", "none": "ddp"},
     "loss_impl": {"hf": "standard", "fused": "chunked", "liger": "chunked", "chunked_ce": "chunked"},
+    "compute_dtype": {"bfloat16": "bf16", "float16": "fp16", "half": "fp16"},
 }
 _VALID = {"method": METHODS, "quant": QUANTS, "optimizer": OPTIMIZERS, "attention": ATTENTIONS,
-          "objective": OBJECTIVES, "sharding": SHARDINGS, "loss_impl": LOSS_IMPLS}
+          "objective": OBJECTIVES, "sharding": SHARDINGS, "loss_impl": LOSS_IMPLS, "compute_dtype": COMPUTE_DTYPES}
 
 # which MoE expert layout the estimate assumes (planner.arch.fused_experts), said on every MoE estimate
 MOE_FUSED = ("MoE: transformers >= 5 layout assumed: fused expert stacks that bitsandbytes does not quantize "
@@ -49,7 +51,7 @@ MOE_PER_EXPERT = ("MoE: transformers 4.x layout assumed: one nn.Linear per exper
 # the knobs estimate()/plan() take; effective_batch is turned into grad_accum
 KNOBS = ("method", "quant", "double_quant", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout",
          "micro_batch", "seq_len", "grad_accum", "effective_batch", "gradient_checkpointing", "optimizer",
-         "attention", "num_gpus", "sharding", "prepare_kbit", "autocast", "loss_impl")
+         "attention", "num_gpus", "sharding", "prepare_kbit", "autocast", "loss_impl", "compute_dtype")
 
 DEFAULTS: dict[str, Any] = {
     "method": "qlora", "quant": "nf4", "double_quant": True, "lora_rank": 16, "lora_targets": "all-linear",
@@ -115,6 +117,40 @@ def method_quant(method: str | None, quant: str | None) -> tuple[str, str]:
     return m, q
 
 
+def no_bf16(gpu: GPUSpec | None) -> bool:
+    """A GPU without bf16 (compute capability < 8: T4, V100, GTX 16xx, RTX 20xx). The CPU computes bf16."""
+    return gpu is not None and gpu.key != "cpu" and not gpu.bf16
+
+
+def compute_dtype_for(quant: str, requested: Any, gpu: GPUSpec | None, warnings: list[str]) -> str:
+    """The 16-bit compute dtype (``TrainConfig.compute_dtype``): the one asked for, else fp16 over an fp16
+    base, else bf16. A GPU without bf16 always computes in fp16, with loss scaling (``memory.precision``)."""
+    compute = choice("compute_dtype", requested) if requested is not None else ("fp16" if quant == "fp16" else "bf16")
+    if gpu is not None and no_bf16(gpu):
+        asked = " (compute_dtype=bf16 replaced)" if compute == "bf16" and requested is not None else ""
+        warnings.append(f"{gpu.name} has no bf16: fp16 compute with dynamic loss scaling (torch.amp.GradScaler), "
+                        f"16-bit weights in fp16{asked}")
+        return "fp16"
+    if compute == "bf16" and quant == "fp16":
+        raise FtplanError("compute_dtype=bf16 over an fp16 base (--quant fp16) is not a configuration HF runs; "
+                          "use --quant bf16, or compute_dtype=fp16")
+    return compute
+
+
+def base_format_for(method: str, quant: str, compute: str, autocast: bool, warnings: list[str]) -> str:
+    """The base weights' format under ``compute``: a bf16 base becomes fp16 under fp16 compute, and full
+    fine-tuning with fp16 autocast keeps fp32 master weights, because ``torch.amp.GradScaler`` refuses
+    fp16 gradients (``_unscale_grads_``: "Attempting to unscale FP16 gradients"; HF Trainer with
+    ``fp16=True`` on an fp16 model fails the same way)."""
+    if quant == "bf16" and compute == "fp16":
+        quant = "fp16"
+    if method == "full" and quant == "fp16" and compute == "fp16" and autocast:
+        warnings.append("full fine-tuning with fp16 autocast keeps fp32 master weights (GradScaler cannot unscale "
+                        "fp16 gradients): base fp32")
+        return "fp32"
+    return quant
+
+
 @dataclass(frozen=True)
 class Resolved:
     config: TrainConfig
@@ -129,9 +165,9 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
     k = {n: v for n, v in knobs.items() if v is not None}
     warnings: list[str] = []
     method, quant = method_quant(k.get("method"), k.get("quant"))
-    if gpu is not None and gpu.key != "cpu" and not gpu.bf16 and quant == "bf16":
-        quant = "fp16"
-        warnings.append(f"{gpu.name} has no bf16: 16-bit weights and compute use fp16")
+    autocast = bool(k.get("autocast", True))
+    compute = compute_dtype_for(quant, k.get("compute_dtype"), gpu, warnings)
+    quant = base_format_for(method, quant, compute, autocast, warnings)
     rank = positive_int("lora_rank", k.get("lora_rank", DEFAULTS["lora_rank"]))
     alpha = positive_int("lora_alpha", k.get("lora_alpha", 2 * rank))
     targets = parse_targets(k.get("lora_targets", DEFAULTS["lora_targets"]))
@@ -159,8 +195,8 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
                       micro_batch=mb, seq_len=seq, grad_accum=accum,
                       gradient_checkpointing=bool(k.get("gradient_checkpointing", True)), optimizer=optimizer,
                       attention=attention, num_gpus=n_gpus, sharding=sharding,
-                      prepare_kbit=bool(k.get("prepare_kbit", True)), autocast=bool(k.get("autocast", True)),
-                      loss_impl=loss_impl)
+                      prepare_kbit=bool(k.get("prepare_kbit", True)), autocast=autocast,
+                      loss_impl=loss_impl, compute_dtype=compute)
     if cfg.is_lora:
         resolve_targets(model, targets)  # raises on a name the model does not have
     if model.is_moe:

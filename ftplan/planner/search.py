@@ -73,16 +73,16 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _formats(fixed: dict[str, Any], gpu: GPUSpec | None) -> list[tuple[str, str, bool]]:
-    """(method, quant, double_quant) combinations to try."""
-    sixteen = "bf16" if (gpu is None or gpu.bf16 or gpu.key == "cpu") else "fp16"
+def _formats(fixed: dict[str, Any], cfg0: TrainConfig) -> list[tuple[str, str, bool]]:
+    """(method, quant, double_quant) combinations to try. ``cfg0`` is the fixed knobs resolved by
+    ``make_config``: a 16-bit base is in its compute dtype (fp16 on GPUs without bf16), and a fixed
+    method/quant is taken as it resolved them (full fine-tuning under fp16 autocast: fp32 master weights)."""
+    sixteen = cfg0.compute_dtype
     combos = [("qlora", "nf4", True), ("qlora", "nf4", False), ("qlora", "fp4", True), ("qlora", "fp4", False),
               ("lora", "int8", False), ("lora", sixteen, False)]
     m, q = fixed.get("method"), fixed.get("quant")
     if m is not None or q is not None:
-        m, q = method_quant(m, q)
-        if q == "bf16" and sixteen == "fp16":
-            q = "fp16"
+        m, q = cfg0.method, cfg0.quant
         if m == "full":
             combos = [("full", q, False)]
         else:
@@ -125,7 +125,7 @@ def enumerate_configs(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any
         ranks, targets = [cfg0.lora_rank], [cfg0.lora_targets]
     base_fields = dict(cfg0.__dict__)
     for (method, quant, dq), mb, ckpt, opt, attn, loss, rank, tg in itertools.product(
-            _formats(fixed, gpu), mbs, ckpts, opts, attns, losses, ranks, targets):
+            _formats(fixed, cfg0), mbs, ckpts, opts, attns, losses, ranks, targets):
         if method == "full" and (rank != ranks[0] or tg != targets[0]):
             continue  # rank and targets mean nothing without LoRA
         accum = cfg0.grad_accum if per_gpu_eff is None else per_gpu_eff // mb

@@ -127,7 +127,7 @@ def compute_dtype(gpu: GPUSpec, cfg: TrainConfig) -> str:
     model or a GPU without bf16; else ``bf16`` (autocast and the 4-bit/8-bit compute dtype)."""
     if cfg.quant == "fp32" and not cfg.autocast:
         return "fp32"
-    if cfg.quant == "fp16" or not gpu.bf16:
+    if cfg.compute_dtype == "fp16" or cfg.quant == "fp16" or not gpu.bf16:
         return "fp16"
     return "bf16"
 

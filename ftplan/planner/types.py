@@ -141,6 +141,7 @@ class TrainConfig:
     prepare_kbit: bool = True  # peft.prepare_model_for_kbit_training (fp32 upcast of unquantized params)
     autocast: bool = True  # HF Trainer bf16=True / fp16=True
     loss_impl: str = "standard"  # standard (HF ForCausalLMLoss) | chunked (fused/chunked cross-entropy)
+    compute_dtype: str = "bf16"  # bf16 | fp16: autocast and bitsandbytes compute dtype; fp16 adds loss scaling
 
     @property
     def effective_batch(self) -> int:

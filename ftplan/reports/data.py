@@ -27,7 +27,7 @@ MEMORY_GROUPS = (
     ("Quantization constants", ("quant_constants",)),
     ("LoRA adapter", ("lora_weights",)),
     ("Gradients", ("gradients", "ddp_buckets")),
-    ("Optimizer state", ("optimizer_state", "optimizer_temp", "paged_optimizer_state")),
+    ("Optimizer state", ("optimizer_state", "optimizer_temp", "paged_optimizer_state", "grad_scaler")),
     ("Activations", ("activations", "recompute", "backward_transient", "forward_transient", "autocast_weight_copies",
                      "dequant_transient", "cuda_workspace", "fsdp_gathered")),
     ("Logits and loss", ("logits_loss",)),

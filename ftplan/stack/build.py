@@ -98,9 +98,9 @@ def torch_dtype(name: str):
 
 
 def base_dtype(cfg: TrainConfig) -> str:
-    """The dtype non-quantized weights load in: bf16 for 4/8-bit bases (``torch_dtype`` of a
-    QLoRA recipe), else the base format itself."""
-    return "bf16" if cfg.is_quantized else cfg.quant
+    """The dtype non-quantized weights load in: the compute dtype for 4/8-bit bases (``torch_dtype`` of a
+    QLoRA recipe: bf16, fp16 on GPUs without bf16), else the base format itself."""
+    return cfg.compute_dtype if cfg.is_quantized else cfg.quant
 
 
 def decoder_linears(model) -> list:
@@ -119,7 +119,8 @@ def replace_module(model, name: str, new) -> None:
 
 def quantize_linears(model, cfg: TrainConfig) -> int:
     """Replace the decoder layers' ``nn.Linear`` with bitsandbytes 4-bit / 8-bit modules holding the
-    same (random) weights, quantized now. Returns how many were replaced."""
+    same (random) weights, quantized now; 4-bit matmuls run in the compute dtype. Returns how many were
+    replaced."""
     import bitsandbytes as bnb
     import torch
 
@@ -128,7 +129,7 @@ def quantize_linears(model, cfg: TrainConfig) -> int:
         dev = lin.weight.device
         if cfg.quant in ("nf4", "fp4"):
             new = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                                    compute_dtype=torch.bfloat16, compress_statistics=cfg.double_quant,
+                                    compute_dtype=torch_dtype(cfg.compute_dtype), compress_statistics=cfg.double_quant,
                                     quant_type=cfg.quant, quant_storage=torch.uint8, device="meta")
             new.weight = bnb.nn.Params4bit(lin.weight.data.to("cpu"), requires_grad=False,
                                            compress_statistics=cfg.double_quant, quant_type=cfg.quant,
@@ -186,7 +187,7 @@ def load_base(model: str, spec: ModelSpec, cfg: TrainConfig, device: str, synthe
             kw["quantization_config"] = transformers.BitsAndBytesConfig(
                 load_in_4bit=cfg.quant in ("nf4", "fp4"), load_in_8bit=cfg.quant == "int8",
                 bnb_4bit_quant_type=cfg.quant if cfg.quant != "int8" else "nf4",
-                bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=torch.bfloat16)
+                bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=torch_dtype(cfg.compute_dtype))
             kw["device_map"] = {"": device}
         try:
             # a catalog alias ("8b") means its Hugging Face id; a path or an id is used as given

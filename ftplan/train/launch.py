@@ -36,7 +36,8 @@ def launch_plan(config: str, gpus: int, output: str | None) -> str:
         raise FtplanError(f"--gpus={gpus}: the accelerate command is for 2 or more GPUs")
     doc = read_best(config)
     sharding = doc["knobs"].get("sharding") or ("fsdp" if doc["knobs"].get("num_gpus", 1) > 1 else "ddp")
-    mixed = "fp16" if doc["knobs"].get("quant") == "fp16" else "bf16"
+    knobs = doc["knobs"]
+    mixed = knobs.get("compute_dtype") or ("fp16" if knobs.get("quant") == "fp16" else "bf16")
     folder = Path(output) if output else Path(config).resolve().parent
     path = folder / f"accelerate-{sharding}-{gpus}gpu.yaml"
     atomic_write_text(path, to_yaml(accelerate_config(gpus, sharding, mixed)))

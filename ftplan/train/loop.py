@@ -1,11 +1,15 @@
 """The training loop of ``ftplan train``.
 
 It mirrors what ``transformers.Trainer`` does for one process (the same model preparation as ``ftplan
-profile``: kbit preparation, PEFT, checkpointing; forward and loss under bf16 autocast, backward,
-optimizer step every ``grad_accum`` micro-batches, a linear warm-up then linear decay of the learning
-rate) with what a long run needs: the data order is a pure function of the seed and the epoch, so a
-resume needs only the step number; checkpoints are atomic; a log line per step goes to
-``<output>/log.jsonl``.
+profile``: kbit preparation, PEFT, checkpointing; forward and loss under autocast in the configuration's
+compute dtype, backward, optimizer step every ``grad_accum`` micro-batches, a linear warm-up then linear
+decay of the learning rate) with what a long run needs: the data order is a pure function of the seed
+and the epoch, so a resume needs only the step number; checkpoints are atomic; a log line per step goes
+to ``<output>/log.jsonl``.
+
+Under fp16 compute (GPUs without bf16) the loss is scaled by a ``torch.amp.GradScaler`` as
+``Trainer(fp16=True)`` does: the scaled loss is back-propagated, the step goes through the scaler
+(skipped, with the scheduler, when gradients overflow), and checkpoints keep the scaler's state.
 """
 
 from __future__ import annotations
@@ -100,6 +104,24 @@ def _memory(device: str) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def check_device_precision(cfg, dev: str) -> None:
+    """A configuration that computes in bf16 cannot run on a CUDA GPU without bf16 (compute capability < 8):
+    say so before loading anything (the plan was made for another GPU)."""
+    import torch
+
+    bf16 = cfg.compute_dtype == "bf16" and (cfg.autocast or cfg.is_quantized) or cfg.quant == "bf16"
+    if dev == "cuda" and bf16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise FtplanError(f"{torch.cuda.get_device_name()} has no bf16 but the configuration computes in bf16: "
+                          "plan for this GPU (ftplan autotune --gpu auto) or set \"compute_dtype\": \"fp16\" "
+                          "in the knobs of --config")
+
+
+def scaler_state(scaler) -> dict[str, Any]:
+    """The scaler's state for a checkpoint's ``state.json`` (plain floats and ints: JSON keeps them
+    exactly); empty when scaling is off."""
+    return {"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {}
+
+
 def build(opts: TrainOptions):
     """(model name, spec, config, device, tokenizer, synthetic) from the options (no weights yet)."""
     from ..stack.env import require_stack, resolve_device
@@ -111,6 +133,7 @@ def build(opts: TrainOptions):
     spec, cfg = best_config(doc, model)
     synthetic = bool(doc.get("synthetic_weights")) if opts.synthetic_weights is None else opts.synthetic_weights
     dev = resolve_device(opts.device or (doc.get("device") if doc.get("device") in ("cpu", "cuda") else None))
+    check_device_precision(cfg, dev)
     tok = load_tokenizer(model, spec.vocab, synthetic, spec.hf_id)
     return model, spec, cfg, dev, tok, synthetic
 
@@ -119,7 +142,7 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     import torch
 
     from ..stack.build import build_model
-    from ..stack.optim import autocast, make_optimizer
+    from ..stack.optim import autocast, grad_scaler, make_optimizer, optimizer_step
 
     if opts.max_steps is not None and opts.max_steps < 1:
         raise FtplanError(f"--max-steps={opts.max_steps} must be at least 1")
@@ -160,9 +183,13 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
         return max(0.0, (total - step) / max(1, total - warm))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    scaler = grad_scaler(cfg, dev)
     start = 0
     if opts.resume and last is not None:
-        start = int(C.load(last, model, opt, sched, fp)["step"])
+        state = C.load(last, model, opt, sched, fp)
+        start = int(state["step"])
+        if scaler.is_enabled() and "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
     net = D.wrap(model, d, dev)  # after loading: every process starts from the same weights
     out.mkdir(parents=True, exist_ok=True)
     pad = tok.pad_id if tok.pad_id is not None else 0
@@ -188,11 +215,12 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
                 with D.no_sync(net, d, j == cfg.grad_accum - 1):
                     with autocast(cfg, dev):
                         loss = net(**b).loss
-                    (loss / cfg.grad_accum).backward()
+                    scaler.scale(loss / cfg.grad_accum).backward()
                 step_loss += float(loss.detach()) / cfg.grad_accum
                 tokens += int(b["attention_mask"].sum()) * d.world
-            opt.step()
-            sched.step()
+            stepped = optimizer_step(opt, scaler)
+            if stepped:
+                sched.step()
             opt.zero_grad(set_to_none=True)
             if dev == "cuda":
                 torch.cuda.synchronize()
@@ -202,12 +230,15 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
             rec = {"step": step + 1, "total": total, "loss": step_loss, "lr": sched.get_last_lr()[0],
                    "tokens_per_s": tokens / dt if dt > 0 else None, "memory_bytes": _memory(dev),
                    "epoch": (step + 1) / steps_per_epoch}
+            if scaler.is_enabled():
+                rec.update(loss_scale=scaler.get_scale(), skipped=not stepped)
             log.write(json.dumps(rec) + "\n")
             if on_log is not None and d.main and ((step + 1) % opts.log_every == 0 or step + 1 == total):
                 on_log(rec)
             if (step + 1) % opts.save_every == 0 and step + 1 < total:
                 if d.main:
-                    C.save(ckroot, step + 1, model, opt, sched, {"fingerprint": fp, "loss": step_loss}, opts.keep)
+                    C.save(ckroot, step + 1, model, opt, sched, {"fingerprint": fp, "loss": step_loss, **scaler_state(scaler)},
+                           opts.keep)
                 D.barrier(d)
     finally:
         log.close()
@@ -215,7 +246,8 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
         D.barrier(d)
         D.teardown(d)
         return TrainResult(out, total, start, losses, None, {}, model)
-    files = _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, start, model_name, spec, dev, synthetic)
+    files = _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, start, model_name, spec, dev, synthetic,
+                    scaler)
     eval_loss = evaluate(model, eval_rows, cfg, dev, pad) if eval_rows else None
     if eval_loss is not None:
         atomic_write_text(out / "eval.json", json.dumps({"eval_loss": eval_loss}) + "\n")
@@ -224,8 +256,10 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     return TrainResult(out, total, start, losses, eval_loss, files, model)
 
 
-def _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, start, model_name, spec, dev, synthetic):
-    C.save(ckroot, total, model, opt, sched, {"fingerprint": fp, "loss": losses[-1] if losses else None}, opts.keep)
+def _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, start, model_name, spec, dev, synthetic,
+            scaler):
+    C.save(ckroot, total, model, opt, sched,
+           {"fingerprint": fp, "loss": losses[-1] if losses else None, **scaler_state(scaler)}, opts.keep)
     files: dict[str, str] = {}
     name = "adapter" if cfg.is_lora else "model"
 
@@ -287,19 +321,18 @@ def load_trained(output: str | Path, device: str | None = None):
 
 
 def merge(out: Path, doc: dict[str, Any], dev: str) -> Path:
-    """Merged weights: the adapter added into a 16-bit copy of the base (never into 4-bit weights,
-    which would round the update away), written to ``<output>/merged``."""
+    """Merged weights: the adapter added into a 16-bit copy of the base in the compute dtype (never into
+    4-bit weights, which would round the update away), written to ``<output>/merged``."""
     import peft
-    import torch
 
-    from ..stack.build import load_base
+    from ..stack.build import load_base, torch_dtype
 
     spec, cfg = best_config(doc)
     if not cfg.is_lora:
         return out / "model"
-    _, base_cfg = best_config(doc, method="lora", quant="bf16")
+    _, base_cfg = best_config(doc, method="lora", quant=cfg.compute_dtype)
     tr = doc["trained"]
     base = load_base(doc["model"], spec, base_cfg, dev, synthetic=tr["synthetic_weights"], seed=tr["seed"])
     merged = peft.PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
-    merged = merged.to(torch.bfloat16)
+    merged = merged.to(torch_dtype(cfg.compute_dtype))
     return C.save_folder_atomic(out / "merged", lambda folder: merged.save_pretrained(folder))

@@ -14,6 +14,8 @@ Sources:
   (``in``) vectors for matrices, a full fp32 vector for 1-D tensors; ``step`` makes fp32 temporaries
   the size of the parameter (``grad**2 + eps`` and the approximated update).
 - torch ``optim.SGD`` with momentum 0 (HF ``sgd``) keeps no state.
+- torch ``amp.GradScaler`` (fp16 compute, ``precision.loss_scaling``): a few one-element tensors, see
+  ``grad_scaler_state_bytes`` and ``grad_scaler_step_bytes``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from dataclasses import dataclass
 MIN_8BIT_SIZE = 4096  # bitsandbytes min_8bit_size
 PAGED_MIN_NUMEL = 100_000  # bitsandbytes get_state_buffer: smaller tensors are not paged
 BLOCKWISE_8BIT = 256  # bitsandbytes 8-bit optimizer state blocksize
+
+CUDA_MIN_BLOCK = 512  # torch CUDACachingAllocator kMinBlockSize: every allocation is rounded up to 512 B
+GRAD_SCALER_STATE_TENSORS = 2  # GradScaler._scale (fp32) and _growth_tracker (int32), one element each
+SCALAR_BYTES = 4  # one fp32 or int32 element
 
 OPTIMIZERS = ("adamw", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd",
               "adafactor")
@@ -52,6 +58,37 @@ class OptimizerMemory:
 def gradient_bytes(tensors: tuple[Tensor, ...], param_bytes: int) -> int:
     """Gradients: one per trainable element, in the parameter's dtype."""
     return sum(t.numel * t.count for t in tensors) * param_bytes
+
+
+def scalar_tensor_bytes(device: str) -> int:
+    """What one 0-d fp32/int32 tensor takes, bytes: ``4`` on the CPU (the storage), ``512`` on CUDA
+    (the caching allocator rounds every block up to ``kMinBlockSize = 512``; ``torch.cuda.memory_allocated``
+    counts the block). ``device`` is "cpu", "cuda" or "none" (no GPU given: as CUDA)."""
+    return SCALAR_BYTES if device == "cpu" else CUDA_MIN_BLOCK
+
+
+def grad_scaler_state_bytes(device: str) -> int:
+    """``torch.amp.GradScaler``'s resident state, bytes: ``2 * scalar_tensor_bytes`` (1 KiB on CUDA).
+
+    ``_lazy_init_scale_growth_tracker`` (first ``scale(loss)``) creates ``_scale`` (fp32) and
+    ``_growth_tracker`` (int32), 0-d tensors on the loss's device that live for the whole run.
+    Source: torch ``amp/grad_scaler.py`` (2.13)."""
+    return GRAD_SCALER_STATE_TENSORS * scalar_tensor_bytes(device)
+
+
+def grad_scaler_step_bytes(device: str) -> int:
+    """The scaler's temporaries of the optimizer step, bytes: ``4 * scalar_tensor_bytes`` (2 KiB on CUDA).
+
+    The inf/NaN check before the update (``unscale_`` -> ``_unscale_grads_``; for fused AdamW, which
+    unscales inside its kernel, ``step`` -> ``_check_inf_per_device`` with a dummy scale of 1) holds a
+    0-d scale (``inv_scale`` or the dummy), a 0-d ``found_inf`` and a per-device copy of each
+    (``_MultiDeviceReplicator.get`` copies): 4 tensors. The ``found_inf`` copy stays until ``update()``;
+    fused AdamW also gets the summed ``found_inf`` and ``grad_scale = scale * 1`` during its update: 3.
+    Counted as 4 with the optimizer's own temporaries (at most 3 blocks over when those peak inside
+    ``step()``). Not counted: the scaled loss (``loss * scale``, one 0-d tensor through backward).
+    Source: torch ``amp/grad_scaler.py`` (2.13); measured on the CPU: +8 B at the end of forward, +24 B
+    at the optimizer step (QLoRA, fused AdamW)."""
+    return 4 * scalar_tensor_bytes(device)
 
 
 def adam8bit_state_bytes(numel: int) -> int:

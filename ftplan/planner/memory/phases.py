@@ -1,12 +1,13 @@
 """The live set of each phase of a training step, and the peak.
 
 A sum of all terms is wrong: the peak is the largest live set over the phases (DESIGN.md):
-1. resident: weights by format, LoRA weights, optimizer state (steady state, step >= 2), workspaces;
+1. resident: weights by format, LoRA weights, optimizer state (steady state, step >= 2), workspaces,
+   the loss scaler's state under fp16 compute (``grad_scaler``);
 2. forward_end: + saved activations + the loss computation's logits buffers;
 3. backward: the larger of its start (logits gradient buffers) and the top layer (recompute under
    checkpointing, gradient buffers, dequantized weights) and, without accumulation, its end (all
    gradients, no activations);
-4. optimizer_step: + all gradients + the optimizer's temporaries.
+4. optimizer_step: + all gradients + the optimizer's temporaries (and the loss scaler's, under fp16).
 With gradient accumulation > 1 the gradients of the previous micro-batch are live in every phase.
 """
 
@@ -20,10 +21,16 @@ from ..arch import embedding_params, layer_linears, lm_head_params, n_layers_of,
 from ..types import GPUSpec, ModelSpec, TrainConfig, spec_by_id, spec_id
 from .activations import activation_memory
 from .logits import loss_memory
-from .optimizer import OptimizerMemory, gradient_bytes, optimizer_memory
+from .optimizer import (
+    OptimizerMemory,
+    grad_scaler_state_bytes,
+    grad_scaler_step_bytes,
+    gradient_bytes,
+    optimizer_memory,
+)
 from .overhead import allocator_overhead_bytes, cublas_workspace_bytes, cuda_context_bytes
 from .params import base_linear_terms, lora_tensors, numel, trainable_tensors, unquantized_bytes
-from .precision import Precision, precision
+from .precision import Precision, loss_scaling, precision
 
 PHASES = ("forward_end", "backward", "optimizer_step")
 
@@ -54,10 +61,10 @@ def dequant_transient_bytes(spec: ModelSpec, prec: Precision) -> int:
 
 
 def autocast_copy_bytes(spec: ModelSpec, cfg: TrainConfig, prec: Precision) -> tuple[int, int]:
-    """(lm_head copy, other weight copies) that autocast makes for bf16 matmuls.
+    """(lm_head copy, other weight copies) that autocast makes for its 16-bit (bf16 or fp16) matmuls.
 
-    An fp32 ``lm_head`` (after the kbit upcast, or an fp32 model) is cast to bf16 for its matmul and the
-    copy is saved for the input gradient until lm_head's backward: ``V*h*cb``. Trainable fp32 leaves
+    An fp32 ``lm_head`` (after the kbit upcast, or an fp32 model) is cast to the compute dtype for its
+    matmul and the copy is saved for the input gradient until lm_head's backward: ``V*h*cb``. Trainable fp32 leaves
     (LoRA adapters, fp32 master weights) are cast once per forward and cached (torch autocast weight
     cache): ``2 B`` per linear weight element (PEFT's fused-expert LoRA excepted: see ``lora_tensors``).
     """
@@ -120,6 +127,7 @@ class StaticKey(NamedTuple):
     optimizer: str
     num_gpus: int
     sharding: str | None
+    compute_dtype: str
 
 
 class DynamicKey(NamedTuple):
@@ -173,7 +181,7 @@ class DynamicTerms:
 
 def static_key(cfg: TrainConfig) -> StaticKey:
     return StaticKey(cfg.method, cfg.quant, cfg.double_quant, cfg.prepare_kbit, cfg.autocast, cfg.lora_rank,
-                     cfg.lora_targets, cfg.optimizer, cfg.num_gpus, cfg.sharding)
+                     cfg.lora_targets, cfg.optimizer, cfg.num_gpus, cfg.sharding, cfg.compute_dtype)
 
 
 def dynamic_key(cfg: TrainConfig) -> DynamicKey:
@@ -203,6 +211,10 @@ def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | Non
         opt = OptimizerMemory(opt.state + opt.state_paged, 0, opt.temp)
     resident["optimizer_state"] = _sharded(opt.state, N)
     resident["cuda_workspace"] = cublas_workspace_bytes(gpu_like)
+    scaler_step = 0
+    if loss_scaling(cfg):  # fp16: torch.amp.GradScaler's state, and its tensors during the step
+        resident["grad_scaler"] = grad_scaler_state_bytes(device)
+        scaler_step = grad_scaler_step_bytes(device)
     grads = _sharded(gradient_bytes(tensors, prec.trainable), N)
     if ddp:
         resident["ddp_buckets"] = grads  # DDP reducer buckets (gradient_as_bucket_view=False)
@@ -214,8 +226,9 @@ def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | Non
         gathered = 2 * layer_w + (embedding_params(spec) + lm_head_params(spec)) * prec.unquantized
     head_copy, other_copies = autocast_copy_bytes(spec, cfg, prec)
     tied = _sharded(tied_embedding_grad_bytes(spec, cfg, prec), N)
-    return StaticTerms(resident, grads, _sharded(opt.temp, N), _sharded(opt.state_paged, N), gathered, head_copy,
-                       other_copies, dequant_transient_bytes(spec, prec), n_train, sum(resident.values()), tied)
+    opt_temp = _sharded(opt.temp, N) + scaler_step
+    return StaticTerms(resident, grads, opt_temp, _sharded(opt.state_paged, N), gathered, head_copy, other_copies,
+                       dequant_transient_bytes(spec, prec), n_train, sum(resident.values()), tied)
 
 
 def dynamic_terms(spec: ModelSpec, cfg: TrainConfig, device: str = "cuda") -> DynamicTerms:

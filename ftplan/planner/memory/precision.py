@@ -1,14 +1,24 @@
 """Which dtype each kind of tensor has in a run: the dtype flow that activation sizes depend on.
 
+The compute dtype (``TrainConfig.compute_dtype``) is bf16, or fp16 on GPUs without bf16 (compute
+capability < 8: T4, V100, GTX 16xx, RTX 20xx; ``planner.options.compute_dtype_for``). Both are 2 bytes,
+so every activation, autocast copy and dequantized weight below has the same size either way; fp16
+adds dynamic loss scaling (``loss_scaling``: ``torch.amp.GradScaler``'s tensors, counted in
+``memory.optimizer``) and needs fp32 trainable parameters (LoRA adapters are fp32 already; full
+fine-tuning keeps fp32 master weights, see ``options.base_format_for``).
+
 How the bytes are decided (read in the library sources):
-- bitsandbytes ``Linear4bit.forward`` casts its input to ``compute_dtype`` (bf16) for the matmul and
-  casts the output back to the input's dtype (``...).to(inp_dtype)``). After
+- bitsandbytes ``Linear4bit.forward`` casts its input to ``compute_dtype`` (bf16 or fp16) for the matmul
+  and casts the output back to the input's dtype (``...).to(inp_dtype)``). After
   ``prepare_model_for_kbit_training`` the embeddings and norms are fp32, so the residual stream, the
   norm outputs and the outputs of quantized projections that read them are fp32 (4 B), while
-  tensors produced by autocast ops (SDPA, LoRA matmuls) are bf16.
-- torch autocast (HF Trainer ``bf16=True``) runs ``linear``/``matmul``/SDPA in bf16 and hands them a
-  bf16 *copy* of an fp32 input; that copy is what autograd saves.
-- A bf16 model without the upcast keeps everything in bf16 apart from RMSNorm's internal fp32 math.
+  tensors produced by autocast ops (SDPA, LoRA matmuls) are in the compute dtype (2 B).
+- torch autocast (HF Trainer ``bf16=True`` / ``fp16=True``) runs ``linear``/``matmul``/SDPA in the
+  compute dtype and hands them a 2-byte *copy* of an fp32 input; that copy is what autograd saves.
+- A 16-bit model without the upcast keeps everything in 16 bits apart from RMSNorm's internal fp32 math.
+- peft keeps LoRA adapters in fp32 over a bf16 or fp16 base (``LoraModel`` with
+  ``autocast_adapter_dtype=True`` casts fp16/bf16 adapter weights to fp32), so their gradients are fp32
+  and ``GradScaler`` can unscale them.
 """
 
 from __future__ import annotations
@@ -18,6 +28,22 @@ from dataclasses import dataclass
 from ..types import TrainConfig
 
 FORMAT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+AUTOCAST_ASSUMPTION = {
+    "bf16": "HF Trainer + PEFT + bitsandbytes with bf16 autocast; steady state (step >= 2, optimizer state exists)",
+    "fp16": ("HF Trainer + PEFT + bitsandbytes with fp16 autocast and dynamic loss scaling (torch.amp.GradScaler, "
+             "fp32 trainable parameters); steady state (step >= 2, optimizer state exists)"),
+}
+
+
+def loss_scaling(cfg: TrainConfig) -> bool:
+    """Whether the step scales the loss: fp16 autocast (HF Trainer ``fp16=True`` creates a
+    ``torch.amp.GradScaler``; bf16 has fp32's exponent range and needs none)."""
+    return cfg.autocast and cfg.compute_dtype == "fp16"
+
+
+def autocast_assumption(cfg: TrainConfig) -> str:
+    """The stated assumption about the training step's precision (``Estimate.assumptions``' first line)."""
+    return AUTOCAST_ASSUMPTION[cfg.compute_dtype]
 
 
 @dataclass(frozen=True)
@@ -47,15 +73,16 @@ def precision(cfg: TrainConfig, device: str = "cuda") -> Precision:
 
     LoRA input: peft's plain ``Linear.forward`` casts ``x`` to the adapter's dtype (fp32) before
     ``lora_A`` (``_cast_input_dtype``), so under autocast each adapter gets its own compute-dtype copy
-    of its input even when the input already was bf16; bitsandbytes' LoRA layers skip that cast
+    of its input even when the input already was 16-bit; bitsandbytes' LoRA layers skip that cast
     under autocast. The dropout of a LoRA module sees the adapter-dtype input (plain Linear) or the
     stream (bitsandbytes)."""
     if cfg.is_quantized:
         unq = 4 if cfg.prepare_kbit else 2
         trainable = 4  # LoRA adapters; full fine-tuning of quantized weights is rejected in options
-        return Precision(2, unq, unq, trainable, True, 0, False, dropout_mask_bytes(device, unq))
+        return Precision(FORMAT_BYTES[cfg.compute_dtype], unq, unq, trainable, True, 0, False,
+                         dropout_mask_bytes(device, unq))
     base = FORMAT_BYTES[cfg.quant]
-    compute = 2 if (cfg.autocast or base == 2) else base
+    compute = FORMAT_BYTES[cfg.compute_dtype] if (cfg.autocast or base == 2) else base
     trainable = 4 if cfg.is_lora else base  # peft keeps adapters in fp32 (autocast_adapter_dtype=True)
     recast = cfg.is_lora and trainable != base
     return Precision(compute, base, base, trainable, False, base, recast,
