@@ -55,7 +55,9 @@ def plan_search(model: str | ModelSpec, gpu: str | GPUSpec, *, objective: str = 
                 margin: float = DEFAULT_MARGIN, top: int | None = None, gpu_file: str | None = None,
                 spot_discount: float = 0.0, diverse: bool = False, calibrate: bool = True, **knobs: Any) -> SearchResult:
     """``plan`` with the search's counts (candidates evaluated, feasible) and warnings. ``diverse`` keeps
-    only the best configuration of each (method, base, micro-batch, checkpointing, loss, rank, targets)."""
+    only the best configuration of each family (see ``planner.search``: nf4/fp4 and double-quant twins and
+    micro-batch variants of the same setup count as one). With ``calibrate``, plans are corrected by the
+    stored measured factors, and a plan the correction pushes over the budget is dropped."""
     if not 0.0 <= margin < 1.0:
         raise FtplanError(f"margin={margin} must be in [0, 1)")
     spec = get_model(model)
@@ -70,8 +72,14 @@ def plan_search(model: str | ModelSpec, gpu: str | GPUSpec, *, objective: str = 
     cal = calibration.lookup(g.key)
     if cal is None:
         return res
-    plans = [replace(p, estimate=calibration.apply(p.estimate, cal, margin)) for p in res.plans]
-    return replace(res, plans=plans)
+    calibrated = [replace(p, estimate=calibration.apply(p.estimate, cal, margin)) for p in res.plans]
+    # a measured correction can push a plan over the budget: it is then no longer offered
+    kept = [p for p in calibrated if p.estimate.fits is not False]
+    plans = [replace(p, rank=i + 1) for i, p in enumerate(kept)]
+    warnings = res.warnings
+    if len(kept) < len(calibrated):
+        warnings = (*warnings, f"{len(calibrated) - len(kept)} plan(s) no longer fit once calibrated and were dropped")
+    return replace(res, plans=plans, feasible=res.feasible - (len(calibrated) - len(kept)), warnings=warnings)
 
 
 def plan(model: str | ModelSpec, gpu: str | GPUSpec, **kwargs: Any) -> list[Plan]:

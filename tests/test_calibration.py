@@ -211,3 +211,18 @@ def test_device_at_least_reserved_at_least_allocated_calibrated_or_not(model, cf
     assert cal is not None and set(cal.applies_to) == set(cal.factors) and "memory (unknown)" in cal.skipped
     if kind == "cpu":
         assert set(cal.factors) <= {"allocated"} and est.peak_reserved_bytes == est.peak_allocated_bytes
+
+
+def test_a_plan_the_calibration_pushes_over_the_budget_is_not_offered(store):
+    """plan() ranks with the raw model, then applies the stored factors: a plan they push over the budget
+    is dropped (it used to be listed with fits=False), and the ranks stay 1..n."""
+    g = get_gpu("rtx4090")
+    spec = get_model("8b")
+    calibration.record("rtx4090", (), (), source="study big", device="cuda",
+                       total_params=ftplan.estimate(spec, g, calibrate=False).total_params, allocated=[1.15])
+    raw = ftplan.plan(spec, g, calibrate=False)
+    res = ftplan.plan_search(spec, g)
+    assert any(not calibration.apply(p.estimate, calibration.lookup("rtx4090")).fits for p in raw)
+    assert res.plans and all(p.estimate.fits for p in res.plans)
+    assert [p.rank for p in res.plans] == list(range(1, len(res.plans) + 1))
+    assert any("no longer fit once calibrated" in w for w in res.warnings)

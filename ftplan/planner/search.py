@@ -28,7 +28,7 @@ from typing import Any
 
 from .estimate import build_estimate, optimizer_traffic_bytes
 from .memory.phases import cached_terms, device_bytes_fast
-from .options import DEFAULTS, choice, make_config, method_quant, parse_targets, positive_int
+from .options import DEFAULTS, choice, make_config, parse_targets, positive_int
 from .timing import tokens_per_s
 from .types import Estimate, GiB, GPUSpec, ModelSpec, Plan, TrainConfig
 
@@ -280,17 +280,3 @@ def _diverse(scored: list[_Scored], fixed: Mapping[str, Any] | None = None) -> l
             seen.add(sig)
             out.append((key, cfg))
     return out
-
-
-def min_memory_config(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any]) -> TrainConfig:
-    """The leanest configuration the fixed knobs allow (for 'nothing fits' suggestions)."""
-    lean = {"method": "qlora", "quant": "nf4", "double_quant": True, "micro_batch": 1, "gradient_checkpointing": True,
-            "optimizer": "paged_adamw_8bit", "loss_impl": "chunked", "attention": "sdpa"}
-    knobs = {**lean, **{k: v for k, v in fixed.items() if v is not None}}
-    if "method" in fixed or "quant" in fixed:
-        knobs["method"], knobs["quant"] = method_quant(fixed.get("method"), fixed.get("quant"))
-    if knobs["method"] == "full":
-        knobs["optimizer"] = fixed.get("optimizer", "adamw_8bit")
-    knobs.pop("effective_batch", None)
-    knobs["grad_accum"] = fixed.get("grad_accum", 1)
-    return make_config(spec, gpu, **knobs).config
