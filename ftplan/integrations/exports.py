@@ -25,6 +25,12 @@ HF_OPTIM = {"adamw": "adamw_torch_fused", "adamw_torch": "adamw_torch", "adamw_8
 ATTN_AXOLOTL = {"sdpa": "sdp_attention", "flash_attention_2": "flash_attention", "eager": None}
 _KNOB_FIELDS = tuple(TrainConfig().knobs())
 ATTN_LLAMAFACTORY = {"sdpa": "sdpa", "flash_attention_2": "fa2", "eager": "disabled"}
+# loss_impl="chunked" is Liger's fused linear cross-entropy in each trainer, and only it (Liger's other
+# kernels, RoPE/RMSNorm/SwiGLU, change activation memory the plan does not count). Liger's
+# ``_apply_liger_kernel_to_instance`` passes on only the keywords the model family's function takes.
+LIGER_FLCE_ONLY = {"rope": False, "rms_norm": False, "swiglu": False, "geglu": False, "layer_norm": False,
+                   "cross_entropy": False, "fused_linear_cross_entropy": True}
+AXOLOTL_LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 
 
 def _origin(doc: dict[str, Any]) -> str:
@@ -87,6 +93,8 @@ def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
     attn = ATTN_AXOLOTL.get(k["attention"])
     if attn:
         out[attn] = True
+    if k["loss_impl"] == "chunked":  # Axolotl's Liger plugin, fused linear cross-entropy only
+        out.update(plugins=[AXOLOTL_LIGER_PLUGIN], liger_fused_linear_cross_entropy=True)
     text = to_yaml({**out, "datasets": [{"path": data_path, "type": "completion"}]})
     note = ""
     if k["method"] == "full" and amp_flags(k)["fp16"]:
@@ -112,7 +120,12 @@ def llamafactory(doc: dict[str, Any], dataset: str = "my_dataset") -> str:
                flash_attn=ATTN_LLAMAFACTORY[k["attention"]], **amp_flags(k))
     if not k["gradient_checkpointing"]:
         out["disable_gradient_checkpointing"] = True
-    return f"# LLaMA-Factory config from {_origin(doc)}\n" + to_yaml(out)
+    note = ""
+    if k["loss_impl"] == "chunked":
+        out["enable_liger_kernel"] = True
+        note = ("# enable_liger_kernel applies Liger's default kernels (RoPE, RMSNorm, SwiGLU besides the fused linear\n"
+                "# cross-entropy this plan needs): memory at or below the plan's\n")
+    return f"# LLaMA-Factory config from {_origin(doc)}\n" + note + to_yaml(out)
 
 
 def trl(doc: dict[str, Any]) -> str:
@@ -139,10 +152,12 @@ def trl(doc: dict[str, Any]) -> str:
     else:
         lines.append("peft_config = None")
     prec = amp_flags(k)
+    # chunked loss: Liger's fused linear cross-entropy (pip install liger-kernel), as TrainingArguments takes it
+    liger = f", use_liger_kernel=True, liger_kernel_config={LIGER_FLCE_ONLY!r}" if k["loss_impl"] == "chunked" else ""
     lines.append(f"args = SFTConfig(output_dir='out', per_device_train_batch_size={k['micro_batch']}, "
                  f"gradient_accumulation_steps={k['grad_accum']}, gradient_checkpointing={k['gradient_checkpointing']}, "
                  f"optim={HF_OPTIM[k['optimizer']]!r}, bf16={prec['bf16']}, fp16={prec['fp16']}, "
-                 f"max_length={k['seq_len']})")
+                 f"max_length={k['seq_len']}{liger})")
     lines.append("trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, peft_config=peft_config)")
     lines.append("trainer.train()")
     return "\n".join(lines) + "\n"

@@ -16,9 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..best import best_config, best_knobs
+from ..errors import FtplanError
 from ..planner.types import Estimate, Plan, TrainConfig
 from ..profiles.models import get_model
-from .exports import HF_OPTIM, amp_flags, load_dtype
+from .exports import HF_OPTIM, LIGER_FLCE_ONLY, amp_flags, load_dtype
 
 
 def config_of(obj: Any) -> TrainConfig:
@@ -106,8 +107,38 @@ def training_arguments(obj: Any, output_dir: str, **overrides: Any):
     kw[ckpt] = cfg.gradient_checkpointing
     if cfg.gradient_checkpointing:
         kw[f"{ckpt}_kwargs"] = {"use_reentrant": False}
+    if cfg.loss_impl == "chunked":
+        require_liger()
+        # Trainer applies Liger to the model (transformers.integrations.liger.apply_liger_kernel); only its
+        # fused linear cross-entropy: the other kernels would change the memory the plan counts
+        kw.update(use_liger_kernel=True, liger_kernel_config=dict(LIGER_FLCE_ONLY))
     kw.update(overrides)
     return transformers.TrainingArguments(**kw)
+
+
+LIGER_HINT = "pip install liger-kernel"
+
+
+def require_liger() -> None:
+    """FtplanError unless ``liger_kernel`` is importable: a plan with ``loss_impl="chunked"`` runs Liger's fused
+    linear cross-entropy under HF Trainer (``TrainingArguments(use_liger_kernel=True)``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise FtplanError("this plan's loss is chunked (fused linear cross-entropy): under HF Trainer it needs "
+                          f"liger-kernel ({LIGER_HINT}), or plan with loss_impl='standard'")
+
+
+def compute_loss_func(obj: Any):
+    """What to pass as ``Trainer(compute_loss_func=...)``: None, always. The Trainer calls ``compute_loss_func``
+    with the model's outputs, whose full logits already exist, so no loss function can give a chunked plan
+    its memory; the chunked loss is handed off instead as ``training_arguments(plan)``'s
+    ``use_liger_kernel=True`` (Liger patches the model's forward to fuse ``lm_head`` with the loss, and the
+    Trainer's default loss path then runs it). For a chunked plan this checks that liger-kernel is
+    installed (FtplanError otherwise), so that the Trainer it goes to can run the plan."""
+    if config_of(obj).loss_impl == "chunked":
+        require_liger()
+    return None
 
 
 def _trainer_callback_base():

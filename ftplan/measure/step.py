@@ -1,7 +1,8 @@
 """Measured training steps: forward + loss, backward, optimizer step, as HF Trainer runs them.
 
 The loop mirrors ``transformers.Trainer.training_step``: the forward and the loss run under autocast
-(``bf16=True``), the model computes the loss from ``labels`` and only the loss is kept (the logits
+(``bf16=True``), the model computes the loss from ``labels`` (``loss_impl="chunked"``: the decoder, then
+``ftplan.stack.loss``'s chunked cross-entropy with ``lm_head``'s weight) and only the loss is kept (the logits
 leave with the model output before ``backward``), ``backward`` runs outside autocast, then
 ``optimizer.step()`` and ``zero_grad(set_to_none=True)``. With gradient accumulation the memory of
 every micro-step after the first is the same, so a step runs ``min(grad_accum, 2)`` micro-steps.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..planner.types import TrainConfig
+from ..stack.loss import for_loss
 from ..stack.optim import autocast, grad_scaler, make_optimizer, optimizer_step
 from .tracker import LiveStorageTracker
 
@@ -161,13 +163,16 @@ def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, trac
     head = model.get_output_embeddings()
     b, s = cfg.micro_batch, cfg.seq_len
     hooks = []
-    if tracker is not None and head is not None:
-        def pre(mod, args):
-            tracker.tag = "logits_loss"
-            x = args[0] if args else None
-            if isinstance(x, torch.Tensor) and x.requires_grad:
-                x.register_hook(lambda g: setattr(tracker, "tag", "activations"))
-        hooks.append(head.register_forward_pre_hook(pre))
+
+    def at_head(x) -> None:
+        tracker.tag = "logits_loss"
+        if isinstance(x, torch.Tensor) and x.requires_grad:
+            x.register_hook(lambda g: setattr(tracker, "tag", "activations"))
+
+    if tracker is not None and head is not None and cfg.loss_impl != "chunked":
+        hooks.append(head.register_forward_pre_hook(lambda mod, args: at_head(args[0] if args else None)))
+    # loss_impl="chunked": the decoder, then lm_head fused with the loss (ftplan.stack.loss); no full logits
+    net = for_loss(model, cfg.loss_impl, at_head if tracker is not None else None)
     records = []
     gen = torch.Generator(device="cpu").manual_seed(1234)
     try:
@@ -182,7 +187,7 @@ def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, trac
                         ids = torch.randint(0, vocab, (b, s), generator=gen).to(device)
                     meter.start()
                     with autocast(cfg, device):
-                        loss = model(input_ids=ids, labels=ids).loss
+                        loss = net(input_ids=ids, labels=ids).loss
                     rec.phases["forward_end"] = _max(rec.phases.get("forward_end"), meter.stop("forward_end", model, opt))
                     meter.start()
                     scaler.scale(loss).backward()

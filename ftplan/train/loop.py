@@ -142,6 +142,7 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     import torch
 
     from ..stack.build import build_model
+    from ..stack.loss import for_loss
     from ..stack.optim import autocast, grad_scaler, make_optimizer, optimizer_step
 
     if opts.max_steps is not None and opts.max_steps < 1:
@@ -190,7 +191,9 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
         start = int(state["step"])
         if scaler.is_enabled() and "grad_scaler" in state:
             scaler.load_state_dict(state["grad_scaler"])
-    net = D.wrap(model, d, dev)  # after loading: every process starts from the same weights
+    # loss_impl="chunked": the decoder, then lm_head fused with the chunked loss (ftplan.stack.loss); DDP wraps
+    # that module, whose parameters are the model's
+    net = D.wrap(for_loss(model, cfg.loss_impl), d, dev)  # after loading: every process starts from the same weights
     out.mkdir(parents=True, exist_ok=True)
     pad = tok.pad_id if tok.pad_id is not None else 0
     losses: list[float] = []
@@ -282,6 +285,7 @@ def evaluate(model, rows, cfg, dev: str, pad: int) -> float:
     """Mean loss over the evaluation rows (no gradients), under the training's autocast."""
     import torch
 
+    from ..stack.loss import for_loss
     from ..stack.optim import autocast
 
     model.eval()
@@ -290,7 +294,7 @@ def evaluate(model, rows, cfg, dev: str, pad: int) -> float:
         for b in batches(rows, cfg.micro_batch, pad, list(range(len(rows)))):
             t = _tensor_batch(b, dev)
             with autocast(cfg, dev):
-                total += float(model(**t).loss)
+                total += float(for_loss(model, cfg.loss_impl)(**t).loss)
             n += 1
     model.train()
     return total / max(n, 1)
