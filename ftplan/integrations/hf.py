@@ -113,7 +113,21 @@ def training_arguments(obj: Any, output_dir: str, **overrides: Any):
         # fused linear cross-entropy: the other kernels would change the memory the plan counts
         kw.update(use_liger_kernel=True, liger_kernel_config=dict(LIGER_FLCE_ONLY))
     kw.update(overrides)
+    if "use_cpu" not in overrides and not _cuda_available():
+        # transformers refuses bf16/fp16 arguments on a machine without CUDA unless told it trains on the
+        # CPU: the arguments are built for this machine (e.g. to inspect them, or a CPU smoke test)
+        import warnings
+
+        warnings.warn("no CUDA GPU here: TrainingArguments built with use_cpu=True (pass use_cpu=False on the "
+                      "GPU machine, or build them there)", stacklevel=2)
+        kw["use_cpu"] = True
     return transformers.TrainingArguments(**kw)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 LIGER_HINT = "pip install liger-kernel"

@@ -52,3 +52,24 @@ def test_hf_trainer_runs_with_them(tiny_llama, tmp_path):
     assert out.global_step == 2
     assert cb.predicted_allocated == est.peak_allocated_bytes
     assert cb.history == []  # no CUDA device here: nothing measured, nothing invented
+
+
+def test_training_arguments_build_on_a_machine_without_cuda(tmp_path):
+    """The README's `hf.training_arguments(plan, "out")` on a machine without CUDA: transformers refuses
+    bf16 there unless told it trains on the CPU; the helper says so and builds them."""
+    import warnings
+
+    import torch
+
+    import ftplan
+    from ftplan.integrations import hf
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the CPU fallback does not apply")
+    plan = ftplan.plan("8b", "rtx4090", loss_impl="standard")[0]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        args = hf.training_arguments(plan, str(tmp_path / "out"))
+    assert args.use_cpu and args.bf16 and not args.fp16
+    assert any("use_cpu=True" in str(w.message) for w in seen)
+    assert args.per_device_train_batch_size == plan.config.micro_batch
