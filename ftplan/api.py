@@ -9,7 +9,7 @@ from typing import Any
 from .errors import FtplanError
 from .planner.estimate import build_estimate
 from .planner.memory.phases import device_bytes_fast
-from .planner.options import DEFAULTS, make_config, method_quant, parse_targets
+from .planner.options import DEFAULTS, make_config, method_quant, no_bf16, parse_targets
 from .planner.search import DEFAULT_MARGIN, SearchResult, enumerate_configs, search
 from .planner.types import Estimate, GPUSpec, ModelSpec, Plan, TrainConfig
 from .profiles.gpus import get_gpu, list_gpus
@@ -208,7 +208,7 @@ def _method_way_out(spec: ModelSpec, gpu: GPUSpec, fixed: dict[str, Any], check:
 
 def _on_gpu(gpu: GPUSpec, quant: str) -> str:
     """bf16 is fp16 on a GPU without bf16 (as ``make_config`` does)."""
-    return "fp16" if quant == "bf16" and not gpu.bf16 and gpu.key != "cpu" else quant
+    return "fp16" if quant == "bf16" and no_bf16(gpu) else quant
 
 
 def _smallest_gpu(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], check: _Check) -> str | None:

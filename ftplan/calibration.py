@@ -327,9 +327,13 @@ def choose(stored: Stored, device: str, cls: str) -> Calibration | None:
                 skipped[name if e.size_class == cls else f"{name} ({e.size_class})"] = why
     if not sources:
         sources = list(dict.fromkeys(e.source for e in mine if e.source))
-    note = (f"{len(factors)} measured factor(s) applied" if factors else "no stored factor applies to this model")
+    note = _note(factors)
     return Calibration(gpu=stored.gpu, versions=stored.versions, factors=factors, source="; ".join(sources),
                        device=device, size_class=cls, applies_to=applies, skipped=skipped, note=note)
+
+
+def _note(factors: Mapping[str, float]) -> str:
+    return f"{len(factors)} measured factor(s) applied" if factors else "no stored factor applies to this model"
 
 
 def adjusted(est: Estimate, factors: Mapping[str, float], margin: float = 0.0) -> Estimate:
@@ -374,7 +378,7 @@ def _without(cal: Calibration, why: Mapping[str, str]) -> Calibration:
     factors = {k: v for k, v in cal.factors.items() if k not in why}
     applies = {k: v for k, v in cal.applies_to.items() if k in factors}
     skipped = {**cal.skipped, **{k: r for k, r in why.items() if k in cal.factors}}
-    note = f"{len(factors)} measured factor(s) applied" if factors else "no stored factor applies to this model"
+    note = _note(factors)
     return replace(cal, factors=factors, applies_to=applies, skipped=skipped, note=note)
 
 

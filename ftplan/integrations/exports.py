@@ -18,6 +18,7 @@ import yaml
 from ..atomic import atomic_write_text
 from ..best import best_config, write_best
 from ..planner.types import TrainConfig
+from ..stack.build import TORCH_DTYPES
 
 HF_OPTIM = {"adamw": "adamw_torch_fused", "adamw_torch": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit",
             "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit", "sgd": "sgd",
@@ -57,9 +58,6 @@ def _knobs(doc: dict[str, Any]) -> dict[str, Any]:
 def _targets(knobs: dict) -> Any:
     t = knobs["lora_targets"]
     return "all-linear" if list(t) == ["all-linear"] else list(t)
-
-
-TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def amp_flags(knobs: Mapping[str, Any]) -> dict[str, bool]:
@@ -135,7 +133,7 @@ def trl(doc: dict[str, Any]) -> str:
     lines = [f"# TRL / transformers settings from {_origin(doc)}",
              "import torch", "from peft import LoraConfig", "from transformers import AutoModelForCausalLM, BitsAndBytesConfig",
              "from trl import SFTConfig, SFTTrainer", ""]
-    compute = TORCH_DTYPE_NAMES[k["compute_dtype"]]
+    compute = TORCH_DTYPES[k["compute_dtype"]]
     if k["quant"] in ("nf4", "fp4"):
         lines.append(f"bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={k['quant']!r}, "
                      f"bnb_4bit_use_double_quant={k['double_quant']}, bnb_4bit_compute_dtype=torch.{compute})")
@@ -145,7 +143,7 @@ def trl(doc: dict[str, Any]) -> str:
         lines.append("bnb = None")
     attn = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "eager": "eager"}[k["attention"]]
     lines.append(f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, quantization_config=bnb, "
-                 f"dtype=torch.{TORCH_DTYPE_NAMES[load_dtype(k)]}, attn_implementation={attn!r})")
+                 f"dtype=torch.{TORCH_DTYPES[load_dtype(k)]}, attn_implementation={attn!r})")
     if k["method"] != "full":
         lines.append(f"peft_config = LoraConfig(r={k['lora_rank']}, lora_alpha={k['lora_alpha']}, "
                      f"lora_dropout={k['lora_dropout']}, target_modules={_targets(k)!r}, task_type='CAUSAL_LM')")

@@ -17,25 +17,12 @@ right, drop the first), and the loss is the mean over non-ignored tokens (or the
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ..errors import FtplanError
+from ..planner.memory.logits import chunk_tokens  # the rule the model counts (one definition)
 
 IGNORE_INDEX = -100
-
-
-def chunk_tokens(tokens: int, vocab: int, hidden: int) -> int:
-    """Tokens per chunk: ``next_pow2(ceil(tokens / ceil(vocab / hidden)))``, at most ``tokens``.
-
-    Why this size: Liger's rule (``fused_linear_cross_entropy``: ``inc_factor = cdiv(V, H)``,
-    ``chunk_size = next_power_of_2(cdiv(BT, inc_factor))``): a chunk's logits (``chunk * V``) are then about
-    the size of the hidden states (``BT * H``) the step holds anyway, so the loss adds no term that grows
-    faster than the activations, and chunks stay few (``~V/H``) so the matmuls stay large. The same rule
-    is what the analytical model counts, and what the HF hand-off (Liger) runs."""
-    inc = max(1, math.ceil(vocab / hidden))
-    chunk = 2 ** math.ceil(math.log2(max(1, math.ceil(tokens / inc))))
-    return max(1, min(chunk, tokens))
 
 
 def _function():

@@ -288,13 +288,14 @@ def evaluate(model, rows, cfg, dev: str, pad: int) -> float:
     from ..stack.loss import for_loss
     from ..stack.optim import autocast
 
+    net = for_loss(model, cfg.loss_impl)
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad():
         for b in batches(rows, cfg.micro_batch, pad, list(range(len(rows)))):
             t = _tensor_batch(b, dev)
             with autocast(cfg, dev):
-                total += float(for_loss(model, cfg.loss_impl)(**t).loss)
+                total += float(net(**t).loss)
             n += 1
     model.train()
     return total / max(n, 1)

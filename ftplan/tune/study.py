@@ -287,14 +287,14 @@ def _counts(t) -> bool:
 
 
 class _Runner:
-    def __init__(self, ts: TuneSpec, study, cands: list[S.Candidate], folder: Path, emit: Callable,
-                 unavailable: dict[str, str] | None = None) -> None:
+    def __init__(self, ts: TuneSpec, study, cands: list[S.Candidate], runnable: list[S.Candidate], folder: Path,
+                 emit: Callable, unavailable: dict[str, str] | None = None) -> None:
         from .pool import Pool
 
         self.ts, self.study, self.folder, self.emit = ts, study, folder, emit
         self.by_key = {c.key: c for c in cands}
         self.unavailable = unavailable or {}  # candidate key -> why its attention kernel cannot run here
-        self.order = [c for c in cands if not c.far_over and c.key not in self.unavailable]
+        self.order = runnable  # the planner's order of what can run here
         self.pool = Pool(folder)
         self.price = ts.price if ts.price is not None else ts.gpu.price_per_hour
 
@@ -484,7 +484,7 @@ def _run(ts: TuneSpec, emit: Callable[..., None]) -> TuneResult:
     for c in runnable[: max(0, min(ts.planner_seeds, ts.trials))]:
         study.enqueue_trial(c.params, user_attrs={"seeded_by": "planner"}, skip_if_exists=True)
     dists = {k: CategoricalDistribution(v) for k, v in S.choices(cands).items()}
-    runner = _Runner(ts, study, cands, folder, emit, unavailable)
+    runner = _Runner(ts, study, cands, runnable, folder, emit, unavailable)
     study_id = storage.get_study_id_from_name(name)
     t0 = time.monotonic()
     idle, stopped = 0, "trials"

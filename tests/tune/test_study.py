@@ -21,7 +21,7 @@ def test_same_configuration_asked_at_once_runs_under_the_lower_number(tmp_path):
         st.enqueue_trial(params)
     low, high = (st.ask({"micro_batch": CategoricalDistribution([1, 2])}) for _ in range(2))
     cand = SimpleNamespace(key=space.key_of(params), far_over=False)
-    runner = S._Runner(SimpleNamespace(price=1.0), st, [cand], tmp_path, lambda *a, **k: None)
+    runner = S._Runner(SimpleNamespace(price=1.0), st, [cand], [cand], tmp_path, lambda *a, **k: None)
     dup = runner.duplicate_of(high, cand.key)
     assert dup is not None and dup.number == low.number
     assert runner.duplicate_of(low, cand.key) is None

@@ -76,7 +76,7 @@ def test_restart_failure_during_a_trial_leaves_it_uncounted_and_queued(tmp_path)
                            config=SimpleNamespace(knobs=lambda: params, attention="sdpa"))
     ts = SimpleNamespace(price=1.0, model="m", steps=2, device="cpu", synthetic_weights=True, max_memory_bytes=None,
                          argv=[], trial_timeout_s=10.0, objective="throughput")
-    runner = S._Runner(ts, st, [cand], tmp_path, lambda *a, **k: None)
+    runner = S._Runner(ts, st, [cand], [cand], tmp_path, lambda *a, **k: None)
     runner.pool = _NoStart()
     trial = st.ask({"micro_batch": CategoricalDistribution([1, 2])})
     with pytest.raises(FtplanError, match="ImportError: x"):

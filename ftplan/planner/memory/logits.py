@@ -40,6 +40,20 @@ class LossMemory:
     backward_peak: int  # at the start of backward
 
 
+def chunk_tokens(tokens: int, vocab: int, hidden: int) -> int:
+    """Tokens per chunk of the chunked loss: ``next_pow2(ceil(tokens / ceil(vocab / hidden)))``, at most
+    ``tokens``. The one definition: ``ftplan.stack.loss`` runs it, this model counts it.
+
+    Why this size: Liger's rule (``fused_linear_cross_entropy``: ``inc_factor = cdiv(V, H)``,
+    ``chunk_size = next_power_of_2(cdiv(BT, inc_factor))``): a chunk's logits (``chunk * V``) are then about
+    the size of the hidden states (``BT * H``) the step holds anyway, so the loss adds no term that grows
+    faster than the activations, and chunks stay few (``~V/H``) so the matmuls stay large; the HF hand-off
+    (Liger) runs the same rule."""
+    inc = max(1, math.ceil(vocab / hidden))
+    chunk = 1 << math.ceil(math.log2(max(1, math.ceil(tokens / inc))))  # the next power of two
+    return max(1, min(chunk, tokens))
+
+
 def logits_bytes_per_element(cfg: TrainConfig, prec: Precision) -> int:
     """bf16 under autocast (``lm_head`` runs as an autocast matmul); else the lm_head's dtype."""
     return prec.compute if cfg.autocast else prec.unquantized
@@ -50,8 +64,7 @@ def loss_memory(spec: ModelSpec, cfg: TrainConfig, prec: Precision) -> LossMemor
     V = spec.vocab
     lb = logits_bytes_per_element(cfg, prec)
     if cfg.loss_impl == "chunked":
-        chunk = 2 ** math.ceil(math.log2(max(1, math.ceil(E / math.ceil(V / spec.hidden)))))
-        chunk = min(chunk, E)
+        chunk = chunk_tokens(E, V, spec.hidden)
         kept = E * spec.hidden * prec.hidden
         step = 0
         if cfg.method == "full":  # the head's weight gradient, computed in forward
