@@ -2,7 +2,7 @@
 ``FakeTensorMode``, two real steps, live storages counted), term by term.
 
 Shapes: Llama 3.2 1B/3B and 3.1 8B/70B (128k vocabulary), Qwen2.5 14B, Gemma 2B (256k vocabulary);
-QLoRA, LoRA and full fine-tuning; sequence 512-8192; checkpointing on and off. Prints a table and
+QLoRA, LoRA and full fine-tuning; the standard and the chunked loss; sequence 512-8192; checkpointing on and off. Prints a table and
 writes ``results/accuracy_trace.json``. No GPU and almost no RAM needed; about 10-40 s per 8B-70B
 configuration on 2 cores.
 
@@ -65,6 +65,13 @@ def grid(folder: Path) -> list[tuple[str, str, dict]]:
         ("70b", "70b", dict(q, seq_len=2048, micro_batch=1, gradient_checkpointing=True)),
         ("70b", "70b", dict(q, seq_len=4096, micro_batch=1, gradient_checkpointing=True, lora_rank=64)),
         ("70b", "70b", dict(q, seq_len=512, micro_batch=1, gradient_checkpointing=False)),
+        # the chunked loss (lm_head fused with the cross-entropy, ftplan.stack.loss)
+        ("1b", "1b", dict(q, seq_len=1024, micro_batch=1, gradient_checkpointing=True, loss_impl="chunked")),
+        ("1b", "1b", dict(q, seq_len=16384, micro_batch=1, gradient_checkpointing=True, loss_impl="chunked")),
+        ("1b", "1b", dict(fu, seq_len=2048, micro_batch=1, gradient_checkpointing=True, loss_impl="chunked")),
+        ("8b", "8b", dict(q, seq_len=2048, micro_batch=1, gradient_checkpointing=True, loss_impl="chunked")),
+        ("8b", "8b", dict(lo, seq_len=4096, micro_batch=1, gradient_checkpointing=True, loss_impl="chunked")),
+        ("70b", "70b", dict(q, seq_len=2048, micro_batch=1, gradient_checkpointing=True, loss_impl="chunked")),
     ]
     return rows
 

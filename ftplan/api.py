@@ -8,6 +8,7 @@ from typing import Any
 
 from .errors import FtplanError
 from .planner.estimate import build_estimate
+from .planner.handoff import handoff_knobs
 from .planner.memory.phases import device_bytes_fast
 from .planner.options import DEFAULTS, make_config, method_quant, no_bf16, parse_targets
 from .planner.search import DEFAULT_MARGIN, SearchResult, enumerate_configs, search
@@ -26,11 +27,14 @@ def _gpu(gpu: str | GPUSpec | None, gpu_file: str | None) -> GPUSpec | None:
 
 def estimate(model: str | ModelSpec, gpu: str | GPUSpec | None = None, *, tokens: float | None = None,
              epochs: float = 1.0, price: float | None = None, gpu_file: str | None = None,
-             spot_discount: float = 0.0, calibrate: bool = True, **knobs: Any) -> Estimate:
+             spot_discount: float = 0.0, calibrate: bool = True, handoff: str | None = None,
+             **knobs: Any) -> Estimate:
     """Memory per phase, the peak, whether it fits ``gpu``, and (with a GPU) tokens/s, hours and dollars
     for one configuration. Knobs not given take the defaults in ``planner.options.DEFAULTS``.
     With ``calibrate`` (the default), measured factors that ``ftplan autotune`` stored for this GPU and
-    the installed library versions are applied, and ``Estimate.calibration`` says which.
+    the installed library versions are applied, and ``Estimate.calibration`` says which. ``handoff``
+    (``ftplan``, ``hf``, ``trl``, ``axolotl``, ``llamafactory``; see ``planner.handoff``) sets the knobs that
+    trainer decides (its k-bit preparation, the standard loss where it cannot run the chunked one).
 
     >>> est = estimate("8b", "a100-80gb", method="qlora", micro_batch=1, seq_len=2048)
     >>> est.fits, est.peak_phase
@@ -38,6 +42,8 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec | None = None, *, tokens
     """
     spec = get_model(model)
     g = _gpu(gpu, gpu_file)
+    if handoff is not None:
+        knobs = handoff_knobs(spec, handoff, knobs)[0]
     resolved = make_config(spec, g, **knobs)
     est = build_estimate(spec, resolved.config, g, tokens, epochs, price, resolved.warnings, spot_discount)
     return _calibrated(est) if calibrate and g is not None else est
@@ -53,15 +59,19 @@ def _calibrated(est: Estimate, margin: float = 0.0) -> Estimate:
 def plan_search(model: str | ModelSpec, gpu: str | GPUSpec, *, objective: str = "throughput",
                 tokens: float | None = None, epochs: float = 1.0, price: float | None = None,
                 margin: float = DEFAULT_MARGIN, top: int | None = None, gpu_file: str | None = None,
-                spot_discount: float = 0.0, diverse: bool = False, calibrate: bool = True, **knobs: Any) -> SearchResult:
+                spot_discount: float = 0.0, diverse: bool = False, calibrate: bool = True,
+                handoff: str | None = None, **knobs: Any) -> SearchResult:
     """``plan`` with the search's counts (candidates evaluated, feasible) and warnings. ``diverse`` keeps
     only the best configuration of each family (see ``planner.search``: nf4/fp4 and double-quant twins and
     micro-batch variants of the same setup count as one). With ``calibrate``, plans are corrected by the
-    stored measured factors, and a plan the correction pushes over the budget is dropped."""
+    stored measured factors, and a plan the correction pushes over the budget is dropped. ``handoff``:
+    plan for that trainer (``estimate``)."""
     if not 0.0 <= margin < 1.0:
         raise FtplanError(f"margin={margin} must be in [0, 1)")
     spec = get_model(model)
     g = _gpu(gpu, gpu_file)
+    if handoff is not None:
+        knobs = handoff_knobs(spec, handoff, knobs)[0]
     if g is None:
         raise FtplanError("plan needs a GPU (a name from `ftplan gpus`, or 'auto')")
     res = search(spec, g, knobs, objective, tokens, epochs, price, margin, top, spot_discount, diverse)
@@ -102,7 +112,7 @@ _LADDER_STEP = {"fp32": "bf16", "fp16": "bf16", "bf16": "bf16", "int8": "int8", 
 
 def suggest(model: str | ModelSpec, gpu: str | GPUSpec | None = None, *, objective: str = "throughput",
             margin: float = DEFAULT_MARGIN, gpu_file: str | None = None, calibrate: bool = True,
-            max_gpus: int | None = None, **knobs: Any) -> dict[str, Any]:
+            max_gpus: int | None = None, handoff: str | None = None, **knobs: Any) -> dict[str, Any]:
     """When nothing fits ``gpu``: the budget that was checked and the nearest ways out, each re-checked
     with ``plan_search`` (same fixed knobs, ``objective``, ``margin``, calibration):
 
@@ -119,6 +129,8 @@ def suggest(model: str | ModelSpec, gpu: str | GPUSpec | None = None, *, objecti
     spec = get_model(model)
     g = _gpu(gpu, gpu_file)
     fixed = {k: v for k, v in knobs.items() if v is not None}
+    if handoff is not None:  # every way out is searched for the same trainer
+        fixed = handoff_knobs(spec, handoff, fixed)[0]
     check = _Check(objective, margin, gpu_file, calibrate)
     if g is None:
         return {"smallest_gpu": _smallest_gpu(spec, None, fixed, check)}

@@ -26,6 +26,7 @@ from .atomic import atomic_write_text
 from .errors import FtplanError
 
 FORMAT = "ftplan-best/1"
+DEFAULT_LR = 2e-4  # the peak learning rate of ftplan train and of the exports (not planned: memory does not depend on it)
 
 
 def best_knobs(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:

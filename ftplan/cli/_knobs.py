@@ -21,7 +21,7 @@ GRAD_ACCUM = typer.Option(None, "--grad-accum", help="gradient accumulation step
 GRAD_CKPT = typer.Option(None, "--grad-ckpt/--no-grad-ckpt", help="gradient checkpointing [default: on]")
 OPTIMIZER = typer.Option(None, help="adamw | adamw_torch | adamw_8bit | paged_adamw_8bit | paged_adamw_32bit | sgd | adafactor")
 ATTENTION = typer.Option(None, help="sdpa | eager | flash_attention_2")
-LOSS = typer.Option(None, "--loss", help="standard (the only one profiled: HF ForCausalLMLoss)")
+LOSS = typer.Option(None, "--loss", help="standard (HF ForCausalLMLoss: full logits) | chunked (lm_head fused with the loss, chunk by chunk) [default: standard]")
 
 
 def knobs(method: Optional[str], quant: Optional[str], double_quant: Optional[bool], rank: Optional[int],

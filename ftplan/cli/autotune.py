@@ -133,7 +133,8 @@ def autotune_command(
     rank: Optional[str] = typer.Option(None, "--rank", "-r", help="LoRA rank, or a list to search: 8,16,32 [default: 16]"),
     targets: Optional[str] = K.TARGETS, optimizer: Optional[str] = K.OPTIMIZER,
     grad_ckpt: Optional[bool] = K.GRAD_CKPT, micro_batch: Optional[int] = K.MICRO_BATCH,
-    attention: Optional[str] = K.ATTENTION,
+    attention: Optional[str] = K.ATTENTION, loss: Optional[str] = K.LOSS,
+    handoff: str = typer.Option("ftplan", "--for", help="the trainer the winner is for: ftplan | hf | trl | axolotl | llamafactory (its k-bit preparation and loss)"),
     price: Optional[float] = typer.Option(None, "--price", help="$ per GPU-hour for --objective cost"),
     seed: int = typer.Option(0, help="sampler seed"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="with --then-train: the training output folder"),
@@ -147,21 +148,22 @@ def autotune_command(
         ranks = _ranks(rank)
         knobs = dict(seq_len=seq_len, effective_batch=effective_batch, method=method, quant=quant,
                      lora_targets=targets, optimizer=optimizer, gradient_checkpointing=grad_ckpt,
-                     micro_batch=micro_batch, attention=attention)
+                     micro_batch=micro_batch, attention=attention, loss_impl=loss)
         if ranks is not None and len(ranks) == 1:
             knobs["lora_rank"], ranks = ranks[0], None
         import ftplan
 
         if micro_batch is not None and effective_batch is None:
             knobs["grad_accum"] = 1
-        ftplan.estimate(model, None, **{k: v for k, v in knobs.items() if v is not None})  # validate cheaply
+        # validate cheaply (the hand-off target too) before torch is imported
+        ftplan.estimate(model, None, handoff=handoff, **{k: v for k, v in knobs.items() if v is not None})
         progress = _Progress(trials, quiet=json_out)
         try:
             res = autotune(model, gpu, data=data, device=None if device == "auto" else device, trials=trials,
                            time_budget=time_budget, objective=objective, study=study, storage=storage, steps=steps,
                            trial_timeout=trial_timeout, margin=margin, max_memory_bytes=parse_bytes(max_memory),
                            ranks=ranks, seed=seed, runs_dir=runs_dir, synthetic_weights=synthetic_weights,
-                           price=price, argv=["ftplan", "autotune", *sys.argv[2:]], emit=progress, **knobs)
+                           price=price, handoff=handoff, argv=["ftplan", "autotune", *sys.argv[2:]], emit=progress, **knobs)
         finally:
             progress.close()
     if json_out:

@@ -39,7 +39,8 @@ def fit_callback(
     grad_ckpt: Optional[bool] = typer.Option(None, "--grad-ckpt/--no-grad-ckpt", help="gradient checkpointing (searched)"),
     optimizer: Optional[str] = typer.Option(None, help="adamw | adamw_torch | adamw_8bit | paged_adamw_8bit | paged_adamw_32bit | sgd | adafactor (searched: AdamW family)"),
     attention: Optional[str] = typer.Option(None, help="sdpa | eager | flash_attention_2 (searched)"),
-    loss: Optional[str] = typer.Option(None, "--loss", help="standard | chunked (fused cross-entropy, e.g. Liger) (searched)"),
+    loss: Optional[str] = typer.Option(None, "--loss", help="standard | chunked (lm_head fused with the cross-entropy, chunk by chunk) (searched where the trainer can run it)"),
+    handoff: str = typer.Option("ftplan", "--for", help="the trainer the plan is built for: ftplan (ftplan train) | hf (HF Trainer + ftplan.integrations.hf) | trl | axolotl | llamafactory; sets what it decides (k-bit preparation, loss)"),
     gpus: int = typer.Option(1, "--gpus", help="number of GPUs"),
     sharding: Optional[str] = typer.Option(None, help="ddp | fsdp (with --gpus > 1) [default: ddp]"),
     tokens: Optional[str] = typer.Option(None, help="training tokens per epoch, e.g. 50M [default: 10M]"),
@@ -78,7 +79,7 @@ def fit_callback(
             raise FtplanError(f"--top={top} must be at least 1")
         result = run_fit(model, gpu, objective=objective, tokens=tokens, epochs=epochs, price=price, margin=margin,
                          top=top, gpu_file=gpu_file, spot_discount=spot_discount, calibrate=calibration,
-                         method=method, quant=quant,
+                         handoff=handoff, method=method, quant=quant,
                          double_quant=double_quant, lora_rank=rank, lora_alpha=alpha, lora_targets=targets,
                          lora_dropout=lora_dropout, micro_batch=micro_batch, seq_len=seq_len,
                          effective_batch=effective_batch, grad_accum=grad_accum, gradient_checkpointing=grad_ckpt,
@@ -99,8 +100,6 @@ def fit_callback(
 
             typer.echo("")
             c = result.plans[0].config
-            if c.loss_impl != "standard":
-                typer.echo("(the trace runs transformers' standard loss; the comparison uses the same)")
             import ftplan
 
             est = ftplan.estimate(result.model, result.gpu, **_traced_knobs(c)).to_dict()
@@ -116,5 +115,5 @@ def _trace_plan(model: str, plan) -> dict:
 
 
 def _traced_knobs(c) -> dict:
-    """The plan's knobs as one device runs them with transformers' standard loss (what a trace can run)."""
-    return {**c.knobs(), "loss_impl": "standard", "num_gpus": 1, "sharding": None}
+    """The plan's knobs as one device runs them (a trace models one device)."""
+    return {**c.knobs(), "num_gpus": 1, "sharding": None}

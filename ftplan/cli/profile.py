@@ -23,6 +23,7 @@ def profile_command(
     micro_batch: Optional[int] = K.MICRO_BATCH, seq_len: Optional[int] = K.SEQ_LEN,
     grad_accum: Optional[int] = K.GRAD_ACCUM, grad_ckpt: Optional[bool] = K.GRAD_CKPT,
     optimizer: Optional[str] = K.OPTIMIZER, attention: Optional[str] = K.ATTENTION,
+    loss: Optional[str] = K.LOSS,
     steps: int = typer.Option(3, help="optimizer steps to run (>= 2; the last one is reported)"),
     device: str = typer.Option("auto", help="cuda | cpu | auto (cuda when torch sees a GPU)"),
     synthetic_weights: bool = typer.Option(False, "--synthetic-weights", help="random weights from the config (no download); 4-bit quantized on the fly"),
@@ -37,7 +38,7 @@ def profile_command(
     with user_errors():
         cap = parse_bytes(max_memory)
         kn = K.knobs(method, quant, double_quant, rank, alpha, targets, lora_dropout, micro_batch, seq_len,
-                     grad_accum, grad_ckpt, optimizer, attention)
+                     grad_accum, grad_ckpt, optimizer, attention, loss)
         import ftplan
 
         ftplan.estimate(model, None, **kn)  # validates every knob before anything heavy is imported

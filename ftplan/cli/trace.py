@@ -20,6 +20,7 @@ def trace_command(
     micro_batch: Optional[int] = K.MICRO_BATCH, seq_len: Optional[int] = K.SEQ_LEN,
     grad_accum: Optional[int] = K.GRAD_ACCUM, grad_ckpt: Optional[bool] = K.GRAD_CKPT,
     optimizer: Optional[str] = K.OPTIMIZER, attention: Optional[str] = K.ATTENTION,
+    loss: Optional[str] = K.LOSS,
     gpu: str = typer.Option("cpu", "--gpu", "-g", help="GPU whose analytical estimate is shown beside the trace (cpu = tensors only)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
@@ -27,7 +28,7 @@ def trace_command(
     the analytical model term by term."""
     with user_errors():
         kn = K.knobs(method, quant, double_quant, rank, alpha, targets, lora_dropout, micro_batch, seq_len,
-                     grad_accum, grad_ckpt, optimizer, attention)
+                     grad_accum, grad_ckpt, optimizer, attention, loss)
         import ftplan
 
         est = ftplan.estimate(model, gpu, **kn).to_dict()  # validates the knobs first

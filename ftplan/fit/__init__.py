@@ -9,6 +9,7 @@ from typing import Any
 
 from ..api import plan_search, suggest
 from ..planner.cost import DEFAULT_TOKENS
+from ..planner.handoff import DEFAULT_HANDOFF, get_handoff, handoff_knobs
 from ..planner.options import DEFAULTS, choice
 from ..planner.search import DEFAULT_MARGIN
 from ..planner.types import GPUSpec, ModelSpec, Plan
@@ -39,6 +40,8 @@ class FitResult:
     defaults_used: dict[str, Any]
     warnings: tuple[str, ...] = ()
     suggestion: dict[str, Any] = field(default_factory=dict)
+    handoff: str = DEFAULT_HANDOFF  # the trainer the plans are built for (planner.handoff)
+    handoff_note: str = ""  # what was assumed of it
 
     @property
     def fits(self) -> bool:
@@ -48,24 +51,28 @@ class FitResult:
 def run_fit(model: str, gpu: str, *, objective: str = "throughput", tokens: float | str | None = None,
             epochs: float = 1.0, price: float | None = None, margin: float = DEFAULT_MARGIN, top: int = 6,
             gpu_file: str | None = None, spot_discount: float = 0.0, calibrate: bool = True,
-            **knobs: Any) -> FitResult:
-    """Search ``model`` on ``gpu`` with the knobs given fixed; when nothing fits, ``suggest`` the ways out
-    (each checked with this same search: objective, margin, calibration, fixed knobs)."""
+            handoff: str = DEFAULT_HANDOFF, **knobs: Any) -> FitResult:
+    """Search ``model`` on ``gpu`` with the knobs given fixed, for the trainer ``handoff`` (what it
+    decides is fixed too: ``planner.handoff``); when nothing fits, ``suggest`` the ways out (each checked
+    with this same search: objective, margin, calibration, fixed knobs, trainer)."""
     spec = get_model(model)
     g = get_gpu(gpu, gpu_file)
+    target = get_handoff(handoff)
     tok = parse_count(tokens) if tokens is not None else float(DEFAULT_TOKENS)
     fixed = {k: v for k, v in knobs.items() if v is not None}
+    searched, note = handoff_knobs(spec, target, fixed)
     defaults_used = defaults_in_use(fixed, objective)
     if tokens is None:
         defaults_used["tokens"] = DEFAULT_TOKENS
     res = plan_search(spec, g, objective=objective, tokens=tok, epochs=epochs, price=price, margin=margin,
                       top=top, gpu_file=gpu_file, spot_discount=spot_discount, diverse=True, calibrate=calibrate,
-                      **fixed)
+                      **searched)
     sugg: dict[str, Any] = {}
     if not res.plans:
-        sugg = suggest(spec, g, objective=objective, margin=margin, gpu_file=gpu_file, calibrate=calibrate, **fixed)
+        sugg = suggest(spec, g, objective=objective, margin=margin, gpu_file=gpu_file, calibrate=calibrate,
+                       **searched)
     return FitResult(spec, g, res.plans, res.candidates, res.feasible, objective, tok, epochs, margin, fixed,
-                     defaults_used, res.warnings, sugg)
+                     defaults_used, res.warnings, sugg, target.key, note)
 
 
 def defaults_in_use(fixed: dict[str, Any], objective: str) -> dict[str, Any]:

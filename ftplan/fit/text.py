@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import __version__
 from ..planner.arch import resolve_targets, total_params
+from ..planner.handoff import HANDOFFS
 from ..planner.memory.overhead import FRAGMENTATION_PRIOR
 from ..planner.timing import MFU_PRIOR, ranking_basis
 from ..planner.types import Estimate, GiB, GPUSpec, Plan, TrainConfig
@@ -115,6 +116,9 @@ def fit_text(r: FitResult) -> str:
     if r.defaults_used:
         job += "; defaults: " + ", ".join(f"{k}={v}" for k, v in r.defaults_used.items())
     lines.append(job)
+    if r.handoff_note:
+        others = "|".join(k for k in HANDOFFS if k != r.handoff)
+        lines.append(f"Hand-off: {r.handoff_note} (--for {others} plans for another trainer)")
     for w in r.warnings:
         lines.append(f"warning: {w}")
     lines.append("")
@@ -253,6 +257,7 @@ def fit_json(r: FitResult) -> dict[str, Any]:
         "runner_ups": [p.to_dict() for p in r.plans[1:]],
         "suggestion": sugg or None,
         "warnings": list(r.warnings),
+        "handoff": {"target": r.handoff, "assumed": r.handoff_note},
     }
 
 

@@ -16,14 +16,13 @@ from typing import Any
 import yaml
 
 from ..atomic import atomic_write_text
-from ..best import best_config, write_best
+from ..best import DEFAULT_LR, best_config, write_best
 from ..planner.types import TrainConfig
 from ..stack.build import TORCH_DTYPES
 
 HF_OPTIM = {"adamw": "adamw_torch_fused", "adamw_torch": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit",
             "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit", "sgd": "sgd",
             "adafactor": "adafactor"}
-ATTN_AXOLOTL = {"sdpa": "sdp_attention", "flash_attention_2": "flash_attention", "eager": None}
 _KNOB_FIELDS = tuple(TrainConfig().knobs())
 ATTN_LLAMAFACTORY = {"sdpa": "sdpa", "flash_attention_2": "fa2", "eager": "disabled"}
 # loss_impl="chunked" is Liger's fused linear cross-entropy in each trainer, and only it (Liger's other
@@ -73,11 +72,38 @@ def load_dtype(knobs: Mapping[str, Any]) -> str:
     return knobs["compute_dtype"] if knobs["quant"] in ("nf4", "fp4", "int8") else knobs["quant"]
 
 
+def assumed(k: Mapping[str, Any], target: str) -> str:
+    """Comment lines for an export whose trainer does less k-bit upcasting than the plan counted (its memory
+    is then at or below the plan's), or more (a plan made for another trainer: re-plan with ``--for``)."""
+    from ..planner.handoff import get_handoff
+
+    h = get_handoff(target)
+    if k["quant"] not in ("nf4", "fp4", "int8") or bool(k["prepare_kbit"]) == h.prepare_kbit:
+        return ""
+    if k["prepare_kbit"]:
+        return (f"# this plan counted peft's k-bit preparation (fp32 embeddings, norms, lm_head); {h.name} does\n"
+                f"# less ({h.kbit_note}): memory at or below the plan's (plan with --for {h.key} to use the room)\n")
+    return (f"# this plan counted no k-bit preparation; {h.name} does it ({h.kbit_note}): memory above the\n"
+            f"# plan's. Re-plan with --for {h.key}\n")
+
+
 def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
+    """An Axolotl config (v0.17+: ``attn_implementation``; FSDP 2 keys). Quantization settings Axolotl
+    hard-codes for qlora (nf4, double quant, bf16 storage) are overridden through ``bnb_config_kwargs``
+    when the plan differs."""
     k = _knobs(doc)
     out: dict[str, Any] = {"base_model": _model_id(doc)}
     if k["method"] == "qlora":
         out.update(adapter="qlora", load_in_4bit=True)
+        bnb: dict[str, Any] = {}
+        if k["quant"] != "nf4":
+            bnb["bnb_4bit_quant_type"] = k["quant"]
+        if not k["double_quant"]:
+            bnb["bnb_4bit_use_double_quant"] = False
+        if load_dtype(k) != "bf16":  # FSDP needs the packed weights stored in the load dtype
+            bnb["bnb_4bit_quant_storage"] = TORCH_DTYPES[load_dtype(k)]
+        if bnb:
+            out["bnb_config_kwargs"] = bnb
     elif k["method"] == "lora":
         out.update(adapter="lora", load_in_8bit=k["quant"] == "int8")
     if k["method"] != "full":
@@ -87,18 +113,23 @@ def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
         else:
             out["lora_target_modules"] = _targets(k)
     out.update(sequence_len=k["seq_len"], micro_batch_size=k["micro_batch"], gradient_accumulation_steps=k["grad_accum"],
-               gradient_checkpointing=k["gradient_checkpointing"], optimizer=HF_OPTIM[k["optimizer"]], **amp_flags(k))
-    attn = ATTN_AXOLOTL.get(k["attention"])
-    if attn:
-        out[attn] = True
+               gradient_checkpointing=k["gradient_checkpointing"], optimizer=HF_OPTIM[k["optimizer"]], **amp_flags(k),
+               attn_implementation=k["attention"])
+    if k["gradient_checkpointing"]:
+        out["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if k["loss_impl"] == "chunked":  # Axolotl's Liger plugin, fused linear cross-entropy only
         out.update(plugins=[AXOLOTL_LIGER_PLUGIN], liger_fused_linear_cross_entropy=True)
+    if k.get("sharding") == "fsdp" and k.get("num_gpus", 1) > 1:
+        out.update(fsdp_version=2, fsdp_config={"offload_params": False, "cpu_ram_efficient_loading": True,
+                                                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                                "reshard_after_forward": True, "state_dict_type": "FULL_STATE_DICT"})
+    out.update(learning_rate=DEFAULT_LR, num_epochs=1, output_dir="./out")
     text = to_yaml({**out, "datasets": [{"path": data_path, "type": "completion"}]})
-    note = ""
+    note = assumed(k, "axolotl")
     if k["method"] == "full" and amp_flags(k)["fp16"]:
-        note = ("# fp16 full fine-tuning needs fp32 master weights (this plan's base is fp32); Axolotl loads the\n"
-                "# weights in fp16 with fp16: true, which GradScaler refuses: prefer the TRL script or LLaMA-Factory\n")
-    return f"# Axolotl config from {_origin(doc)}\n" + note + text
+        note += ("# fp16 full fine-tuning needs fp32 master weights (this plan's base is fp32); Axolotl loads the\n"
+                 "# weights in fp16 with fp16: true, which GradScaler refuses: prefer the TRL script or LLaMA-Factory\n")
+    return f"# Axolotl config from {_origin(doc)}\n# learning_rate and num_epochs: ftplan train's defaults, not planned\n" + note + text
 
 
 def llamafactory(doc: dict[str, Any], dataset: str = "my_dataset") -> str:
@@ -118,47 +149,88 @@ def llamafactory(doc: dict[str, Any], dataset: str = "my_dataset") -> str:
                flash_attn=ATTN_LLAMAFACTORY[k["attention"]], **amp_flags(k))
     if not k["gradient_checkpointing"]:
         out["disable_gradient_checkpointing"] = True
-    note = ""
+    out.update(template="default", learning_rate=DEFAULT_LR, num_train_epochs=1.0, output_dir="out", report_to="none")
+    note = assumed(k, "llamafactory")
     if k["loss_impl"] == "chunked":
         out["enable_liger_kernel"] = True
-        note = ("# enable_liger_kernel applies Liger's default kernels (RoPE, RMSNorm, SwiGLU besides the fused linear\n"
+        note += ("# enable_liger_kernel applies Liger's default kernels (RoPE, RMSNorm, SwiGLU besides the fused linear\n"
                 "# cross-entropy this plan needs): memory at or below the plan's\n")
-    return f"# LLaMA-Factory config from {_origin(doc)}\n" + note + to_yaml(out)
+    head = (f"# LLaMA-Factory config from {_origin(doc)}\n# llamafactory-cli train llamafactory.yaml; {dataset!r} must be "
+            "an entry of dataset_info.json in dataset_dir\n# (template, learning_rate, epochs: set them for your data; "
+            "not planned: memory does not depend on them)\n")
+    return head + note + to_yaml(out)
 
 
-def trl(doc: dict[str, Any]) -> str:
-    """A TRL SFTTrainer script fragment with the winner's settings."""
+def trl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
+    """A runnable TRL ``SFTTrainer`` script with the plan's settings (TRL >= 0.20: ``max_length``,
+    ``loss_type``). ``python trl_sft.py --data train.jsonl``; under FSDP, ``accelerate launch --config_file
+    <fsdp.yaml> trl_sft.py --data ...`` (``ftplan train --gpus N`` writes that config). ``--max-steps`` and
+    ``--cpu`` (a smoke test without a GPU: ``use_cpu=True`` and no fp16 loss scaling, which needs CUDA) are
+    for trying it out; the plan's figures are for the GPU run.
+
+    Loss: ``loss_type="nll"`` for the standard loss (TRL >= 1.7 otherwise defaults to its own chunked
+    loss, which the plan did not count), Liger's fused linear cross-entropy for the chunked one. FSDP with
+    a 4-bit base stores the packed weights in the load dtype (``bnb_4bit_quant_storage``), as FSDP needs
+    every parameter of a unit in one float dtype."""
     k = _knobs(doc)
     model_id = _model_id(doc)
-    lines = [f"# TRL / transformers settings from {_origin(doc)}",
-             "import torch", "from peft import LoraConfig", "from transformers import AutoModelForCausalLM, BitsAndBytesConfig",
-             "from trl import SFTConfig, SFTTrainer", ""]
     compute = TORCH_DTYPES[k["compute_dtype"]]
-    if k["quant"] in ("nf4", "fp4"):
-        lines.append(f"bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={k['quant']!r}, "
-                     f"bnb_4bit_use_double_quant={k['double_quant']}, bnb_4bit_compute_dtype=torch.{compute})")
-    elif k["quant"] == "int8":
-        lines.append("bnb = BitsAndBytesConfig(load_in_8bit=True)")
-    else:
-        lines.append("bnb = None")
-    attn = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "eager": "eager"}[k["attention"]]
-    lines.append(f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, quantization_config=bnb, "
-                 f"dtype=torch.{TORCH_DTYPES[load_dtype(k)]}, attn_implementation={attn!r})")
-    if k["method"] != "full":
-        lines.append(f"peft_config = LoraConfig(r={k['lora_rank']}, lora_alpha={k['lora_alpha']}, "
-                     f"lora_dropout={k['lora_dropout']}, target_modules={_targets(k)!r}, task_type='CAUSAL_LM')")
-    else:
-        lines.append("peft_config = None")
+    load = TORCH_DTYPES[load_dtype(k)]
     prec = amp_flags(k)
-    # chunked loss: Liger's fused linear cross-entropy (pip install liger-kernel), as TrainingArguments takes it
-    liger = f", use_liger_kernel=True, liger_kernel_config={LIGER_FLCE_ONLY!r}" if k["loss_impl"] == "chunked" else ""
-    lines.append(f"args = SFTConfig(output_dir='out', per_device_train_batch_size={k['micro_batch']}, "
-                 f"gradient_accumulation_steps={k['grad_accum']}, gradient_checkpointing={k['gradient_checkpointing']}, "
-                 f"optim={HF_OPTIM[k['optimizer']]!r}, bf16={prec['bf16']}, fp16={prec['fp16']}, "
-                 f"max_length={k['seq_len']}{liger})")
-    lines.append("trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, peft_config=peft_config)")
-    lines.append("trainer.train()")
-    return "\n".join(lines) + "\n"
+    fsdp = k.get("sharding") == "fsdp" and k.get("num_gpus", 1) > 1
+    if k["quant"] in ("nf4", "fp4"):
+        storage = f", bnb_4bit_quant_storage=torch.{load}" if fsdp else ""
+        bnb = (f"BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={k['quant']!r}, "
+               f"bnb_4bit_use_double_quant={k['double_quant']}, bnb_4bit_compute_dtype=torch.{compute}{storage})")
+    elif k["quant"] == "int8":
+        bnb = "BitsAndBytesConfig(load_in_8bit=True)"
+    else:
+        bnb = "None"
+    if k["loss_impl"] == "chunked":  # Liger's fused linear cross-entropy (pip install liger-kernel), only it
+        loss = f"use_liger_kernel=True, liger_kernel_config={LIGER_FLCE_ONLY!r}"
+    else:
+        loss = "loss_type='nll'"
+    peft = (f"LoraConfig(r={k['lora_rank']}, lora_alpha={k['lora_alpha']}, lora_dropout={k['lora_dropout']}, "
+            f"target_modules={_targets(k)!r}, task_type='CAUSAL_LM')" if k["method"] != "full" else "None")
+    ckpt = k["gradient_checkpointing"]
+    ckpt_kw = '{"use_reentrant": False}' if ckpt else "None"
+    fp16 = "not a.cpu" if prec["fp16"] else "False"  # GradScaler's fp16 loss scaling needs CUDA
+    note = assumed(k, "trl")
+    return f"""# TRL SFTTrainer script from {_origin(doc)}
+{note}# python trl_sft.py --data {data_path}   (pip install trl datasets{' liger-kernel' if k['loss_impl'] == 'chunked' else ''})
+# Each line of the data: {{"text": ...}}, {{"prompt": ..., "completion": ...}} or {{"messages": [...]}}.
+import argparse
+
+import torch
+from datasets import load_dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from trl import SFTConfig, SFTTrainer
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--model", default={model_id!r})
+ap.add_argument("--data", default={data_path!r})
+ap.add_argument("--output", default="out")
+ap.add_argument("--max-steps", type=int, default=-1)
+ap.add_argument("--cpu", action="store_true", help="smoke test without a GPU (fp16 loss scaling off)")
+a = ap.parse_args()
+
+dataset = load_dataset("json", data_files=a.data, split="train")
+# the arguments first: under accelerate/FSDP they set up each process's device before the model loads
+args = SFTConfig(output_dir=a.output, max_steps=a.max_steps, per_device_train_batch_size={k['micro_batch']},
+                 gradient_accumulation_steps={k['grad_accum']}, gradient_checkpointing={ckpt},
+                 gradient_checkpointing_kwargs={ckpt_kw},
+                 optim={HF_OPTIM[k['optimizer']]!r}, bf16={prec['bf16']}, fp16={fp16},
+                 max_length={k['seq_len']}, {loss}, use_cpu=a.cpu, report_to=[])
+bnb = {bnb}
+model = AutoModelForCausalLM.from_pretrained(a.model, quantization_config=bnb, dtype=torch.{load},
+                                             attn_implementation={k['attention']!r})
+peft_config = {peft}
+trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, peft_config=peft_config,
+                     processing_class=AutoTokenizer.from_pretrained(a.model))
+trainer.train()
+trainer.save_model(a.output)
+"""
 
 
 def to_yaml(d: dict[str, Any]) -> str:
@@ -173,5 +245,5 @@ def write_all(folder: Path, doc: dict[str, Any], data_path: str = "train.jsonl")
     write_best(files["best"], doc)
     atomic_write_text(files["axolotl"], axolotl(doc, data_path))
     atomic_write_text(files["llamafactory"], llamafactory(doc))
-    atomic_write_text(files["trl"], trl(doc))
+    atomic_write_text(files["trl"], trl(doc, data_path))
     return {k: str(v) for k, v in files.items()}

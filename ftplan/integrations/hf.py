@@ -2,7 +2,7 @@
 
     plan = ftplan.plan("8b", "rtx4090")[0]
     model = AutoModelForCausalLM.from_pretrained(model_id, **hf.model_kwargs(plan))
-    model = peft.get_peft_model(peft.prepare_model_for_kbit_training(model), hf.lora_config(plan, "8b"))
+    model = hf.peft_model(model, plan, "8b")  # k-bit preparation as the plan counted it, then LoRA
     args = hf.training_arguments(plan, output_dir="out")
     trainer = Trainer(model=model, args=args, ..., callbacks=[hf.MemoryCallback(plan)])
 
@@ -89,6 +89,22 @@ def lora_config(obj: Any, model: Any = None):
         targets = list(cfg.lora_targets)
     return peft.LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                            target_modules=targets, bias="none", task_type="CAUSAL_LM")
+
+
+def peft_model(model: Any, obj: Any, spec: Any = None):
+    """``model`` made ready to train as the plan counted it: peft's ``prepare_model_for_kbit_training``
+    on a 4/8-bit base when the plan's ``prepare_kbit`` is on (fp32 embeddings, norms, lm_head), gradient
+    checkpointing (non-reentrant) when the plan has it, then ``get_peft_model`` with ``lora_config``; the
+    model itself for full fine-tuning (with checkpointing set). ``spec``: the model's alias, HF id, path
+    or ModelSpec (names the LoRA targets; default: the best.json's model, else ``model.name_or_path``)."""
+    from ..stack.build import prepare_for_training
+
+    cfg = config_of(obj)
+    if spec is None and isinstance(obj, dict):
+        spec = obj.get("model")
+    if spec is None:
+        spec = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+    return prepare_for_training(model, get_model(spec), cfg)
 
 
 def training_arguments(obj: Any, output_dir: str, **overrides: Any):

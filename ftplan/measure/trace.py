@@ -174,9 +174,6 @@ def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = No
     require_stack()
     spec = get_model(model)
     cfg = make_config(spec, None, **knobs).config
-    if cfg.loss_impl != "standard":
-        raise FtplanError(f"trace runs transformers' standard loss, not loss_impl={cfg.loss_impl!r} "
-                          "(fused/chunked cross-entropy comes from other packages); use --loss standard")
     if cfg.quant == "int8":
         raise FtplanError("trace does not model 8-bit (LLM.int8) bases; use nf4/fp4 or a 16-bit base")
     if cfg.num_gpus > 1:

@@ -45,7 +45,8 @@ def _function():
             dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
             w = weight.to(dt)
             bb = bias.to(dt) if bias is not None else None
-            inv = 1.0 / float(n_items) if float(n_items) > 0 else float("nan")
+            # 1/n as a 0-dim tensor (no host sync, and traceable under FakeTensorMode); nan when no token counts
+            inv = torch.where(n_items > 0, 1.0 / n_items, torch.full_like(n_items, float("nan")))
             for s in range(0, E, chunk):
                 x = hidden[s:s + chunk]
                 y = labels[s:s + chunk]
@@ -95,9 +96,9 @@ def _function():
                 if not need:
                     out.append(None)
                     continue
+                # in place: the saved gradient is used once (a 0-dim multiply, no host sync)
                 g = saved.pop(0)
-                if not (grad_out.numel() == 1 and float(grad_out) == 1.0):
-                    g = g.mul_(grad_out.to(g.dtype))  # in place: the saved gradient is used once
+                g = g.mul_(grad_out.to(g.dtype))
                 out.append(g)
             return (*out, None, None, None, None)
 
@@ -121,7 +122,7 @@ def chunked_cross_entropy(hidden, weight, labels, bias=None, num_items_in_batch=
         _FN = _function()
     shift = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1).to(hidden.device)
     n = num_items_in_batch if num_items_in_batch is not None else (shift != IGNORE_INDEX).sum()
-    n = float(n.item() if isinstance(n, torch.Tensor) else n)
+    n = torch.as_tensor(n, device=hidden.device).to(torch.float32)  # a tensor: no .item(), fake-traceable
     if not torch.is_grad_enabled():  # evaluation: no gradients to compute in forward
         hidden, weight = hidden.detach(), weight.detach()
         bias = bias.detach() if bias is not None else None

@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
-from ..best import best_config, best_knobs
+from ..best import DEFAULT_LR, best_config, best_knobs
 from ..errors import FtplanError
 from . import checkpoint as C
 from . import dist as D
 from .data import IGNORE, batches, pack, read_jsonl, tokenize
-
-DEFAULT_LR = 2e-4
 
 
 @dataclass

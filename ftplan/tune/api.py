@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FtplanError
+from ..planner.handoff import handoff_knobs
 from ..planner.options import choice
 from ..profiles.gpus import get_gpu
 from ..profiles.models import get_model
@@ -36,9 +37,10 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
              margin: float = 0.05, max_memory_bytes: int | None = None, ranks: tuple[int, ...] | None = None,
              seed: int = 0, runs_dir: str | Path = DEFAULT_RUNS, synthetic_weights: bool = False,
              planner_seeds: int = 3, price: float | None = None, argv: list[str] | None = None,
-             emit: Callable[..., None] = lambda *a, **k: None, **knobs: Any) -> TuneResult:
+             handoff: str = "ftplan", emit: Callable[..., None] = lambda *a, **k: None, **knobs: Any) -> TuneResult:
     """Measure the planner's best candidates with short profiled runs and return the study's table,
-    the winner and the files written (``best.json`` and the exports)."""
+    the winner and the files written (``best.json`` and the exports). ``handoff``: the trainer the winner
+    is for (``planner.handoff``): its k-bit preparation, and the standard loss where it has no chunked one."""
     objective = choice("objective", objective)
     if objective not in ("throughput", "cost"):
         raise FtplanError(f"--objective {objective!r}: autotune measures throughput or cost")
@@ -57,7 +59,7 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
         g = get_gpu("cpu")
     else:
         g = get_gpu(gpu)
-    fixed = {k: v for k, v in knobs.items() if v is not None}
+    fixed = handoff_knobs(spec, handoff, {k: v for k, v in knobs.items() if v is not None})[0]
     summary = None
     if data is not None:
         summary = data_summary(data, model, fixed.get("seq_len"), synthetic_weights, spec.max_positions, spec.vocab,

@@ -1,8 +1,8 @@
 """The autotuner's search space: the planner's configurations, each with its prediction.
 
 A candidate is a full configuration the planner enumerates (``planner.search.enumerate_configs``) with
-the user's fixed knobs, the standard loss (the one a profiled run measures) and an exact effective
-batch. Its ``key`` names it as Optuna parameters do. Candidates the planner predicts over the memory
+the user's fixed knobs (the loss too: the standard and the chunked loss are both measured by a profiled
+run, ``ftplan.stack.loss``) and an exact effective batch. Its ``key`` names it as Optuna parameters do. Candidates the planner predicts over the memory
 budget by more than ``FAR_OVER`` are never run: they are counted as skipped, with the reason. So are
 candidates whose attention kernel cannot run here (``attention_unavailable``): the model build would
 fall back to SDPA and the trial would measure SDPA under the other kernel's name.
@@ -55,10 +55,13 @@ def fmt_of(cfg: TrainConfig) -> str:
 
 def params_of(cfg: TrainConfig) -> dict[str, Any]:
     return {"format": fmt_of(cfg), "micro_batch": cfg.micro_batch, "gradient_checkpointing": cfg.gradient_checkpointing,
-            "optimizer": cfg.optimizer, "attention": cfg.attention, "lora_rank": cfg.lora_rank}
+            "optimizer": cfg.optimizer, "attention": cfg.attention, "lora_rank": cfg.lora_rank,
+            "loss_impl": cfg.loss_impl}
 
 
 def key_of(params: dict[str, Any]) -> str:
+    # a study stored before the loss was a parameter measured the standard loss: same key
+    params = {"loss_impl": "standard", **params}
     return ",".join(f"{k}={params[k]}" for k in sorted(params))
 
 
@@ -70,7 +73,6 @@ def candidates(spec: ModelSpec, gpu: GPUSpec, fixed: dict[str, Any], budget: int
                ranks: tuple[int, ...] | None = None, objective: str = "throughput") -> list[Candidate]:
     """Every configuration of the space, best predicted first (the planner's ranking)."""
     fixed = {k: v for k, v in fixed.items() if v is not None}
-    fixed["loss_impl"] = "standard"
     fixed.setdefault("num_gpus", 1)
     rank_list = ranks or (None,)
     compared = "peak_allocated_bytes" if device == "cpu" else "device_bytes"

@@ -285,16 +285,22 @@ def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> d
                 live[k] = live.get(k, 0) + v
         return live
 
-    fwd_logits = d.loss_forward >= d.forward_transient
+    # lm_head's autocast copy: saved for backward by the standard loss's matmul; the chunked loss makes it
+    # for its forward (which computes the gradients too) and frees it on return, so it meets neither a
+    # layer's forward transient nor backward (traced: ``ftplan trace --loss chunked``)
+    chunked = cfg.loss_impl == "chunked"
+    head_fwd = s.head_copy if chunked else 0
+    head_kept = 0 if chunked else s.head_copy
+    fwd_logits = head_fwd + d.loss_forward >= d.forward_transient
     copies_start, copies_top = backward_copies(s.other_copies, cfg, layers)
     forward_end = phase(
         gradients=grads_live, activations=d.act_layers + d.act_model,
-        autocast_weight_copies=s.head_copy + s.other_copies,
+        autocast_weight_copies=head_kept + s.other_copies + (head_fwd if fwd_logits else 0),
         fsdp_gathered=s.gathered, logits_loss=d.loss_forward if fwd_logits else 0,
         forward_transient=0 if fwd_logits else d.forward_transient)
     bwd_start = phase(
         gradients=grads_live, activations=d.act_layers + d.act_model,
-        autocast_weight_copies=s.head_copy + copies_start, fsdp_gathered=s.gathered, logits_loss=d.loss_backward)
+        autocast_weight_copies=head_kept + copies_start, fsdp_gathered=s.gathered, logits_loss=d.loss_backward)
     bwd_top = phase(
         gradients=s.grads if accum else s.grads // max(layers, 1), activations=d.act_layers + d.act_rest,
         recompute=d.recompute, backward_transient=d.backward_transient, dequant_transient=s.dequant,
@@ -338,8 +344,11 @@ def device_bytes_fast(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) ->
     grads_live = grads if accum else 0
     copies_start, copies_top = backward_copies(s.other_copies, cfg, layers)
     saved = d.act_layers + d.act_model
-    fwd = grads_live + saved + s.head_copy + s.other_copies + s.gathered + max(d.loss_forward, d.forward_transient)
-    start = grads_live + saved + s.head_copy + copies_start + s.gathered + d.loss_backward
+    chunked = cfg.loss_impl == "chunked"
+    head_fwd, head_kept = (s.head_copy, 0) if chunked else (0, s.head_copy)
+    fwd = (grads_live + saved + head_kept + s.other_copies + s.gathered
+           + max(head_fwd + d.loss_forward, d.forward_transient))
+    start = grads_live + saved + head_kept + copies_start + s.gathered + d.loss_backward
     top = ((grads if accum else grads // max(layers, 1)) + d.act_layers + d.act_rest + d.recompute
            + d.backward_transient + s.dequant + copies_top + s.gathered)
     end = grads + d.backward_transient + d.last_layer + s.dequant + s.gathered
