@@ -9,6 +9,7 @@ import ftplan
 from ftplan.fit import run_fit
 from ftplan.fit.text import fit_json, fit_text
 from ftplan.profiles.gpus import get_gpu, list_gpus
+from ftplan.profiles.models import list_models
 
 GiB = 2**30
 
@@ -183,4 +184,21 @@ def _contradictions(model, gpu, knobs):
 @pytest.mark.parametrize("model", SWEEP_MODELS)
 def test_no_contradiction_on_any_catalog_gpu(model, knobs):
     bad = {g.key: b for g in list_gpus() if (b := _contradictions(model, g.key, knobs))}
+    assert not bad, bad
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [m.name for m in list_models()])
+def test_every_catalog_model_on_every_catalog_gpu(model):
+    # the fit command's default search for each of the catalog's models on each of its GPUs (issue 11's
+    # done-when): every recommendation within the budget, every way out re-checked
+    bad = {g.key: b for g in list_gpus() if (b := _contradictions(model, g.key, {}))}
+    assert not bad, bad
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["trl", "axolotl"])
+@pytest.mark.parametrize("model", ["llama3.1-8b", "phi-2", "llama3.1-70b"])
+def test_no_contradiction_for_another_trainer(model, target):
+    bad = {g.key: b for g in list_gpus() if (b := _contradictions(model, g.key, {"handoff": target}))}
     assert not bad, bad

@@ -42,10 +42,15 @@ def launch_plan(config: str, gpus: int, output: str | None) -> str:
     path = folder / f"accelerate-{sharding}-{gpus}gpu.yaml"
     atomic_write_text(path, to_yaml(accelerate_config(gpus, sharding, mixed)))
     if sharding == "fsdp":
+        from ..integrations.exports import trl
+
+        script = folder / "trl_sft.py"
+        if not script.exists():  # autotune writes it beside best.json; a hand-written best.json gets it here
+            atomic_write_text(script, trl(doc))
         return (f"# FSDP over {gpus} GPUs; accelerate config written to {path}\n"
-                "# ftplan train runs data parallelism (DDP) itself; for FSDP run the exported TRL script\n"
-                f"# (trl_sft.py beside best.json) under this config:\n"
-                f"accelerate launch --config_file {path} trl_sft.py")
+                "# ftplan train runs data parallelism (DDP) itself; FSDP runs the TRL script written for this plan\n"
+                f"# ({script}: 4-bit weights stored in the load dtype, as FSDP needs) under this config:\n"
+                f"accelerate launch --config_file {path} {script} --data <train.jsonl>")
     return (f"# DDP over {gpus} GPUs (one process per GPU, the whole model on each); accelerate config: {path}\n"
             f"accelerate launch --config_file {path} -m ftplan train --config {config} --data <train.jsonl>"
             + (f" --output {output}" if output else ""))

@@ -73,3 +73,24 @@ def test_training_arguments_build_on_a_machine_without_cuda(tmp_path):
     assert args.use_cpu and args.bf16 and not args.fp16
     assert any("use_cpu=True" in str(w.message) for w in seen)
     assert args.per_device_train_batch_size == plan.config.micro_batch
+
+
+@pytest.mark.parametrize("target,upcast", [("hf", True), ("trl", False)])
+def test_peft_model_prepares_as_the_plan_counted(tiny_llama, target, upcast):
+    """``hf.peft_model``: peft's k-bit preparation only when the plan counted it (the hand-off target's
+    ``prepare_kbit``), so the embeddings, norms and lm_head are fp32 exactly when the estimate says so."""
+    import torch
+
+    from ftplan.stack.build import load_base
+
+    est = ftplan.estimate(tiny_llama, "rtx4090", method="qlora", seq_len=16, handoff=target, calibrate=False)
+    assert est.config.prepare_kbit is upcast
+    base = load_base(tiny_llama, ftplan.get_model(tiny_llama), est.config, "cpu", synthetic=True)
+    model = hf.peft_model(base, est, tiny_llama)
+    emb = model.get_input_embeddings().weight
+    assert emb.dtype == (torch.float32 if upcast else torch.bfloat16)
+    unquantized = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
+                      if "lora_" not in n and p.dtype in (torch.float32, torch.bfloat16))
+    assert unquantized == est.breakdown["weights_unquantized"]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == est.trainable_params

@@ -22,6 +22,11 @@ def test_ddp_and_fsdp_configs(tmp_path):
     text = launch_plan(str(cfg), 8, str(tmp_path / "out"))
     y = yaml.safe_load((tmp_path / "out" / "accelerate-fsdp-8gpu.yaml").read_text())
     assert y["distributed_type"] == "FSDP" and y["fsdp_config"]["fsdp_sharding_strategy"] == "FULL_SHARD"
-    assert "trl_sft.py" in text
+    script = tmp_path / "out" / "trl_sft.py"  # written for the plan when best.json has none beside it
+    assert f"{script} --data" in text
+    body = script.read_text()
+    compile(body, "trl_sft.py", "exec")
+    assert "bnb_4bit_quant_storage=torch.bfloat16" in body  # FSDP shards 4-bit weights stored in the load dtype
+    assert 'load_dataset("json", data_files=a.data, split="train")' in body and "loss_type='nll'" in body
     with pytest.raises(FtplanError, match="2 or more"):
         launch_plan(str(cfg), 1, None)
