@@ -17,6 +17,7 @@ import yaml
 
 from ..atomic import atomic_write_text
 from ..best import DEFAULT_LR, best_config, write_best
+from ..errors import FtplanError
 from ..planner.types import TrainConfig
 from ..stack.build import TORCH_DTYPES
 
@@ -72,6 +73,22 @@ def load_dtype(knobs: Mapping[str, Any]) -> str:
     return knobs["compute_dtype"] if knobs["quant"] in ("nf4", "fp4", "int8") else knobs["quant"]
 
 
+def require_buildable(doc: dict[str, Any], k: Mapping[str, Any], target: str) -> None:
+    """FtplanError when ``target`` cannot build the plan: a chunked loss for a model Liger has no kernel for
+    (``planner.handoff``); such a plan is re-planned with ``--for <target>`` (the standard loss)."""
+    if k["loss_impl"] != "chunked":
+        return
+    from ..planner.handoff import get_handoff
+    from ..profiles.models import get_model
+
+    spec = get_model(doc["model"])
+    h = get_handoff(target)
+    if not h.chunked_available(spec):
+        raise FtplanError(f"{h.name} runs the chunked loss through Liger, which has no kernel for {spec.name} "
+                          f"(family {spec.family}); this plan counted a chunked loss: re-plan with --for {h.key} "
+                          "(or --loss standard) for a config it can run")
+
+
 def assumed(k: Mapping[str, Any], target: str) -> str:
     """Comment lines for an export whose trainer does less k-bit upcasting than the plan counted (its memory
     is then at or below the plan's), or more (a plan made for another trainer: re-plan with ``--for``)."""
@@ -92,6 +109,7 @@ def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
     hard-codes for qlora (nf4, double quant, bf16 storage) are overridden through ``bnb_config_kwargs``
     when the plan differs."""
     k = _knobs(doc)
+    require_buildable(doc, k, "axolotl")
     out: dict[str, Any] = {"base_model": _model_id(doc)}
     if k["method"] == "qlora":
         out.update(adapter="qlora", load_in_4bit=True)
@@ -134,6 +152,7 @@ def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
 
 def llamafactory(doc: dict[str, Any], dataset: str = "my_dataset") -> str:
     k = _knobs(doc)
+    require_buildable(doc, k, "llamafactory")
     out: dict[str, Any] = {"model_name_or_path": _model_id(doc), "stage": "sft", "do_train": True,
                            "finetuning_type": "full" if k["method"] == "full" else "lora"}
     if k["method"] != "full":
@@ -173,6 +192,7 @@ def trl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
     a 4-bit base stores the packed weights in the load dtype (``bnb_4bit_quant_storage``), as FSDP needs
     every parameter of a unit in one float dtype."""
     k = _knobs(doc)
+    require_buildable(doc, k, "trl")
     model_id = _model_id(doc)
     compute = TORCH_DTYPES[k["compute_dtype"]]
     load = TORCH_DTYPES[load_dtype(k)]
@@ -239,11 +259,20 @@ def to_yaml(d: dict[str, Any]) -> str:
 
 
 def write_all(folder: Path, doc: dict[str, Any], data_path: str = "train.jsonl") -> dict[str, str]:
-    """``best.json`` and the three trainers' configurations in ``folder``; their paths by name."""
+    """``best.json`` and the three trainers' configurations in ``folder``; their paths by name. A trainer
+    that cannot build the plan gets no file; ``<name>_not_written`` says why instead."""
     files = {"best": folder / "best.json", "axolotl": folder / "axolotl.yaml",
              "llamafactory": folder / "llamafactory.yaml", "trl": folder / "trl_sft.py"}
     write_best(files["best"], doc)
-    atomic_write_text(files["axolotl"], axolotl(doc, data_path))
-    atomic_write_text(files["llamafactory"], llamafactory(doc))
-    atomic_write_text(files["trl"], trl(doc, data_path))
-    return {k: str(v) for k, v in files.items()}
+    out = {"best": str(files["best"])}
+    makers = {"axolotl": lambda: axolotl(doc, data_path), "llamafactory": lambda: llamafactory(doc),
+              "trl": lambda: trl(doc, data_path)}
+    for name, make in makers.items():
+        try:
+            text = make()
+        except FtplanError as e:
+            out[f"{name}_not_written"] = str(e)
+            continue
+        atomic_write_text(files[name], text)
+        out[name] = str(files[name])
+    return out

@@ -125,6 +125,7 @@ def training_arguments(obj: Any, output_dir: str, **overrides: Any):
         kw[f"{ckpt}_kwargs"] = {"use_reentrant": False}
     if cfg.loss_impl == "chunked":
         require_liger()
+        _require_liger_model(obj)
         # Trainer applies Liger to the model (transformers.integrations.liger.apply_liger_kernel); only its
         # fused linear cross-entropy: the other kernels would change the memory the plan counts
         kw.update(use_liger_kernel=True, liger_kernel_config=dict(LIGER_FLCE_ONLY))
@@ -157,6 +158,22 @@ def require_liger() -> None:
     if importlib.util.find_spec("liger_kernel") is None:
         raise FtplanError("this plan's loss is chunked (fused linear cross-entropy): under HF Trainer it needs "
                           f"liger-kernel ({LIGER_HINT}), or plan with loss_impl='standard'")
+
+
+def _require_liger_model(obj: Any) -> None:
+    """FtplanError when Liger has no fused cross-entropy for the plan's model (``planner.handoff``)."""
+    from ..planner.handoff import get_handoff
+
+    name = obj.get("model") if isinstance(obj, dict) else getattr(_estimate(obj), "model", None)
+    try:
+        spec = get_model(name) if name is not None else None
+    except FtplanError:  # an estimate of a local config names it by its short name only
+        spec = None
+    if spec is None:
+        return  # nothing to check against: Liger itself warns on a model type it does not patch
+    if not get_handoff("hf").chunked_available(spec):
+        raise FtplanError(f"this plan's loss is chunked, and Liger (HF Trainer's switch) has no kernel for {spec.name} "
+                          f"(family {spec.family}): re-plan with handoff='hf' (the standard loss)")
 
 
 def compute_loss_func(obj: Any):

@@ -53,3 +53,20 @@ def test_exports_write_each_tools_liger_switch(tiny_llama):
     compile(trl, "trl_sft.py", "exec")
     std = best_doc(tiny_llama, loss_impl="standard")
     assert "liger" not in exports.axolotl(std) + exports.llamafactory(std) + exports.trl(std)
+
+
+def test_a_model_liger_does_not_cover_gets_no_chunked_handoff(tmp_path, monkeypatch):
+    # Phi-2: a chunked plan (ftplan train runs its own) cannot go to HF Trainer or the exports' Liger
+    # switch; the exports are not written, with why, and the HF helper refuses
+    plan = ftplan.plan("phi-2", "rtx4070ti", top=1, loss_impl="chunked")[0]
+    doc = {"model": "phi-2", "knobs": plan.config.knobs()}
+    files = exports.write_all(tmp_path, doc)
+    assert set(files) == {"best", "axolotl_not_written", "llamafactory_not_written", "trl_not_written"}
+    assert "no kernel for phi-2" in files["trl_not_written"] and "--for trl" in files["trl_not_written"]
+    _fake_liger(tmp_path, monkeypatch)
+    with pytest.raises(FtplanError, match="no kernel for phi-2"):
+        hf.training_arguments(doc, str(tmp_path / "out"), use_cpu=True)
+    # planned for the trainer: the standard loss, and every export is written
+    std = ftplan.plan("phi-2", "rtx4070ti", top=1, handoff="trl")[0]
+    assert std.config.loss_impl == "standard"
+    assert {"axolotl", "llamafactory", "trl"} <= set(exports.write_all(tmp_path, {"model": "phi-2", "knobs": std.config.knobs()}))
