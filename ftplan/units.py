@@ -54,3 +54,25 @@ def parse_duration(text: str | float | int | None, name: str = "--time-budget") 
     if text is None:
         return None
     return parse_quantity(text, DURATION_UNITS, name, "90s, 10m, 1.5h")
+
+
+def real(name: str, value: object, *, low: float | None = None, high: float | None = None,
+         low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite float within ``[low, high]`` (an open end excludes its bound); an FtplanError
+    naming ``name``, the value and the range otherwise (NaN, inf, a bool, text that is not a number)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise FtplanError(f"{name}={value!r} must be a number") from None
+    lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+    hi = "" if high is None else (f"< {high:g}" if high_open else f"<= {high:g}")
+    rng = " and ".join(x for x in (lo, hi) if x) or "finite"
+    if not math.isfinite(v):
+        raise FtplanError(f"{name}={value!r} must be a finite number ({rng})")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise FtplanError(f"{name}={v:g} must be {rng}")
+    if high is not None and (v > high or (high_open and v == high)):
+        raise FtplanError(f"{name}={v:g} must be {rng}")
+    return v

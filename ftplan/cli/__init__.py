@@ -13,7 +13,7 @@ from .report import report_command
 from .trace import trace_command
 from .train import train_command
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None,
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Will this fine-tune fit, how should it be configured, how long and what will it cost?")
 app.callback(invoke_without_command=True)(fit_callback)
@@ -26,5 +26,19 @@ app.command("train")(train_command)
 app.command("report")(report_command)
 
 
-def main() -> None:  # console script entry point
-    app()
+def main() -> None:
+    """The console script: typer's own exit codes, and any exception that escapes a command as an internal
+    error (``crash``: exit 3, one line, the traceback in a log file)."""
+    import sys
+
+    try:
+        app()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as e:  # a bug: never a traceback on the terminal
+        from .crash import report_internal_error
+
+        sys.exit(report_internal_error(e))

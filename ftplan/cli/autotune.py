@@ -2,8 +2,9 @@
 winner is written as best.json for ``ftplan train`` (see ``ftplan.tune``).
 
 Exit codes: 0 a winner was found, 1 no trial finished, 2 bad input (a trial worker that cannot start
-because a package is missing or broken included), 3 a trial worker could not start for another reason
-(its log says why). A worker that cannot start records no trial: the same command runs clean once fixed.
+because a package is missing or broken included), 3 an internal error (``crash``), a trial worker that
+could not start for another reason included (its log says why). A worker that cannot start records no
+trial: the same command runs clean once fixed.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def _ranks(text: Optional[str]) -> Optional[tuple[int, ...]]:
 @contextmanager
 def _setup_errors():
     """A trial worker that could not start for a reason other than the environment (those are
-    ``FtplanError``, exit 2): its one-line message, exit 3."""
+    ``FtplanError``, exit 2): its one-line message with the worker log's path, exit 3 (an internal error)."""
     from ..errors import FtplanError
     from ..tune.pool import WorkerStartError
+    from .crash import INTERNAL_ERROR
 
     try:
         yield
@@ -47,7 +49,7 @@ def _setup_errors():
         if isinstance(e, FtplanError):
             raise
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(3) from None
+        raise typer.Exit(INTERNAL_ERROR) from None
 
 
 class _Progress:

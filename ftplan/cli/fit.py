@@ -1,6 +1,6 @@
 """``ftplan --model M --gpu G [knobs]``: does it fit, the best configuration, memory, speed, cost.
 
-Exit codes: 0 fits, 1 nothing fits, 2 bad input.
+Exit codes: 0 fits, 1 nothing fits, 2 bad input, 3 internal error (``crash``).
 """
 
 from __future__ import annotations

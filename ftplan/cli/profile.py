@@ -1,6 +1,7 @@
 """``ftplan profile``: a short real training run, measured (see ``ftplan.measure.profile``).
 
-Exit codes: 0 measured, 1 out of memory or the run failed (the JSON says which), 2 bad input.
+Exit codes: 0 measured, 1 out of memory or the run failed (the JSON says which), 2 bad input, 3 internal
+error (``crash``).
 """
 
 from __future__ import annotations

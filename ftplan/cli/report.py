@@ -1,6 +1,6 @@
 """``ftplan report``: a self-contained HTML cost and memory report (see ``ftplan.reports``).
 
-Exit codes: 0 written, 2 bad input (nothing written).
+Exit codes: 0 written, 2 bad input (nothing written), 3 internal error (``crash``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``ftplan trace``: a full-size training step under fake tensors (see ``ftplan.measure.trace``),
-beside the analytical model. Exit codes: 0 traced, 2 bad input."""
+beside the analytical model. Exit codes: 0 traced, 2 bad input, 3 internal error (``crash``)."""
 
 from __future__ import annotations
 

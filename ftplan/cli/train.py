@@ -1,6 +1,7 @@
 """``ftplan train``: the full run with a configuration from ``ftplan autotune`` (see ``ftplan.train``).
 
-Exit codes: 0 trained, 1 the run failed (out of memory), 2 bad input (config, data, options).
+Exit codes: 0 trained, 1 the run failed (out of memory), 2 bad input (config, data, options), 3 internal
+error (``crash``).
 """
 
 from __future__ import annotations
@@ -50,16 +51,18 @@ def run_train(config: str, data: Optional[str], output: Optional[str] = None, ma
     """Shared by ``ftplan train`` and ``ftplan autotune --then-train``."""
     from ..best import read_best
     from ..errors import FtplanError
-    from ..train.loop import TrainOptions, train
+    from ..train.loop import TrainOptions, check_options, train
 
     if data is None:
         raise FtplanError("--data is required to train (a JSONL file)")
     doc = read_best(config)
     out = Path(output) if output else Path(config).resolve().parent / "train"
     quiet = kw.pop("quiet", False)
+    opts = TrainOptions(config=doc, data=data, output=out, max_steps=max_steps, **kw)
+    check_options(opts)  # before the training stack is imported
     bar = _Bar(quiet)
     try:
-        res = train(TrainOptions(config=doc, data=data, output=out, max_steps=max_steps, **kw), on_log=bar)
+        res = train(opts, on_log=bar)
     finally:
         bar.close()
     if not res.files:  # a data-parallel process other than rank 0: rank 0 reports

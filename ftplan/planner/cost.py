@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from ..errors import FtplanError
+from ..units import real
 from .types import CostEstimate, GPUSpec, TimeEstimate
 
 DEFAULT_TOKENS = 10_000_000  # training tokens per epoch when the user gives none (stated in the output)
+# the largest accepted: beyond any real job (and far from float overflow in hours x price)
+MAX_TOKENS, MAX_EPOCHS, MAX_PRICE = 1e16, 1e6, 1e6
 
 
 def job_cost(time: TimeEstimate | None, gpu: GPUSpec | None, num_gpus: int, tokens: float, epochs: float = 1.0,
              price: float | None = None, spot_discount: float = 0.0) -> CostEstimate | None:
     """Hours for ``tokens * epochs`` at ``time.tokens_per_s`` and dollars at ``price`` (or the catalog's)."""
-    if tokens <= 0:
-        raise FtplanError(f"tokens={tokens:g} must be greater than 0")
-    if epochs <= 0:
-        raise FtplanError(f"epochs={epochs:g} must be greater than 0")
-    if price is not None and price < 0:
-        raise FtplanError(f"price={price:g} $/h must not be negative")
-    if not 0.0 <= spot_discount < 1.0:
-        raise FtplanError(f"spot_discount={spot_discount:g} must be in [0, 1)")
+    tokens = real("tokens", tokens, low=0, low_open=True, high=MAX_TOKENS)
+    epochs = real("epochs", epochs, low=0, low_open=True, high=MAX_EPOCHS)
+    if price is not None:
+        price = real("price", price, low=0, high=MAX_PRICE)  # $ per GPU-hour
+    spot_discount = real("spot_discount", spot_discount, low=0, high=1, high_open=True)
     if time is None or gpu is None:
         return None
     total = tokens * epochs

@@ -71,15 +71,32 @@ def choice(kind: str, value: Any) -> str:
     return v
 
 
+# the largest value each whole-number knob takes: far beyond any real run, small enough that every loop and
+# product over them stays quick and finite (a 2^70 effective batch is a typo, not a plan)
+UPPER = {"micro_batch": 65_536, "seq_len": 16_777_216, "grad_accum": 1_048_576, "effective_batch": 16_777_216,
+         "lora_rank": 65_536, "lora_alpha": 1_048_576, "num_gpus": 65_536}
+
+
 def positive_int(name: str, value: Any) -> int:
+    """``value`` as a whole number in ``1..UPPER[name]``; an FtplanError naming it otherwise (a bool, a
+    fraction, NaN, inf, text that is not a number)."""
     try:
-        if isinstance(value, bool) or float(value) != int(float(value)):
+        if isinstance(value, bool) or isinstance(value, (list, tuple, dict, set)):
             raise ValueError
-        v = int(float(value))
-    except (TypeError, ValueError):
+        if isinstance(value, int):
+            v = value
+        else:
+            f = float(value)
+            if not math.isfinite(f) or f != int(f):
+                raise ValueError
+            v = int(f)
+    except (TypeError, ValueError, OverflowError):
         raise FtplanError(f"{name}={value!r} must be a whole number") from None
     if v <= 0:
         raise FtplanError(f"{name}={v} must be greater than 0")
+    top = UPPER.get(name)
+    if top is not None and v > top:
+        raise FtplanError(f"{name}={v} is beyond the largest accepted, {top:,}")
     return v
 
 

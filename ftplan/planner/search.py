@@ -69,8 +69,9 @@ class SearchResult:
     warnings: tuple[str, ...]
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def _divisors(n: int, limit: int) -> list[int]:
+    """The divisors of ``n`` up to ``limit`` (at most ``limit`` steps, whatever ``n``)."""
+    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
 
 
 def _formats(fixed: dict[str, Any], cfg0: TrainConfig) -> list[tuple[str, str, bool]]:
@@ -110,7 +111,7 @@ def enumerate_configs(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any
                 mbs = [cfg0.micro_batch]
             else:
                 per_gpu_eff = eff // cfg0.num_gpus
-                mbs = [d for d in _divisors(per_gpu_eff) if d <= 256]
+                mbs = _divisors(per_gpu_eff, 256)
     ckpts = [bool(fixed["gradient_checkpointing"])] if "gradient_checkpointing" in fixed else [True, False]
     opts = [cfg0.optimizer] if "optimizer" in fixed else list(SEARCH_OPTIMIZERS)
     if "attention" in fixed:

@@ -54,6 +54,29 @@ class TrainOptions:
     log_every: int = 1
 
 
+MAX_LR = 1.0  # a peak learning rate above 1 is a typo (LoRA uses ~1e-4 to 1e-3, full fine-tuning ~1e-5)
+
+
+def check_options(opts: TrainOptions) -> None:
+    """Every number of ``opts`` finite and in range, before anything heavy is imported: an FtplanError
+    naming the option and what is valid (a NaN learning rate would train an all-NaN adapter; ``--keep 0``
+    would delete each checkpoint as it is written, so a resume would start over)."""
+    from ..units import real
+
+    for name, v in (("--max-steps", opts.max_steps), ("--save-every", opts.save_every), ("--keep", opts.keep),
+                    ("--log-every", opts.log_every)):
+        if v is None and name == "--max-steps":
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10**9:
+            raise FtplanError(f"{name}={v!r} must be a whole number from 1 to 1,000,000,000")
+    if isinstance(opts.warmup_steps, bool) or not isinstance(opts.warmup_steps, int) or not 0 <= opts.warmup_steps <= 10**9:
+        raise FtplanError(f"--warmup-steps={opts.warmup_steps!r} must be a whole number from 0 to 1,000,000,000")
+    if isinstance(opts.seed, bool) or not isinstance(opts.seed, int) or not 0 <= opts.seed < 2**63:
+        raise FtplanError(f"--seed={opts.seed!r} must be a whole number from 0 to 2**63 - 1")
+    real("--epochs", opts.epochs, low=0, low_open=True, high=1e6)
+    real("--lr", opts.lr, low=0, low_open=True, high=MAX_LR)
+
+
 @dataclass
 class TrainResult:
     output: Path
@@ -137,18 +160,13 @@ def build(opts: TrainOptions):
 
 
 def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    check_options(opts)
     import torch
 
     from ..stack.build import build_model
     from ..stack.loss import for_loss
     from ..stack.optim import autocast, grad_scaler, make_optimizer, optimizer_step
 
-    if opts.max_steps is not None and opts.max_steps < 1:
-        raise FtplanError(f"--max-steps={opts.max_steps} must be at least 1")
-    if opts.epochs <= 0:
-        raise FtplanError(f"--epochs={opts.epochs} must be greater than 0")
-    if opts.save_every < 1:
-        raise FtplanError(f"--save-every={opts.save_every} must be at least 1")
     model_name, spec, cfg, dev, tok, synthetic = build(opts)
     rows = prepare_rows(opts.data, tok, cfg.seq_len, opts.packing)  # every line checked before training
     eval_rows = prepare_rows(opts.eval_data, tok, cfg.seq_len, opts.packing) if opts.eval_data else None

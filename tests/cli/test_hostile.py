@@ -1,0 +1,100 @@
+"""Hostile and careless input: one line, the right exit code, quickly (issue 12). Exit codes: 0 fits/done,
+1 nothing fits/run failed, 2 bad input, 3 internal error (one line, the traceback in a log file)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ftplan.errors import FtplanError
+from ftplan.planner.options import UPPER, positive_int
+from ftplan.units import real
+
+
+def _ftplan(*args, env=None):
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "ftplan", *args], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, **(env or {})})
+    return r, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--effective-batch", "99999999999999999999999"), "effective_batch=99999999999999999999999 is beyond"),
+    (("--effective-batch", "2147483648"), "effective_batch=2147483648 is beyond"),
+    (("--price", "nan"), "price=nan must be a finite number"),
+    (("--price", "inf"), "price=inf must be a finite number"),
+    (("--epochs", "nan"), "epochs=nan must be a finite number"),
+    (("--epochs", "1e300"), "epochs=1e+300 must be > 0 and <= 1e+06"),
+    (("--spot-discount", "nan"), "spot_discount=nan"),
+    (("--lora-dropout", "inf"), "lora_dropout=inf"),
+])
+def test_numbers_out_of_range_are_refused_at_once(args, needle):
+    # was: a hang (_divisors counted to the effective batch), and NaN/inf prices answered with exit 0
+    r, seconds = _ftplan("-m", "8b", "-g", "rtx4090", *args)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert seconds < 5
+
+
+def test_no_nan_or_infinity_reaches_the_json():
+    r, _ = _ftplan("-m", "8b", "-g", "rtx4090", "--json", "--price", "1e6", "--epochs", "1e6", "--tokens", "1e16")
+    assert r.returncode == 0
+    json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--lr", "nan"), "--lr=nan must be a finite number"),
+    (("--lr", "-1"), "--lr=-1 must be > 0"),
+    (("--lr", "3"), "--lr=3 must be > 0 and <= 1"),
+    (("--warmup-steps", "-3"), "--warmup-steps=-3"),
+    (("--keep", "-1"), "--keep=-1"),
+    (("--keep", "0"), "--keep=0"),
+    (("--epochs", "inf"), "--epochs=inf"),
+    (("--max-steps", "0"), "--max-steps=0"),
+])
+def test_train_options_are_checked_before_torch(tmp_path, args, needle):
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps({"format": "ftplan-best/1", "model": "1b", "knobs": {}}))
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    r, seconds = _ftplan("train", "-c", str(cfg), "--data", str(data), *args)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert seconds < 5  # torch would take longer than this to import on these machines
+    assert not (tmp_path / "train").exists()  # nothing written
+
+
+def test_an_internal_error_is_one_line_exit_3_and_a_log(tmp_path):
+    code = ("import sys, ftplan.fit as F\n"
+            "def boom(*a, **k): raise ZeroDivisionError('boom')\n"
+            "F.run_fit = boom\n"
+            "sys.argv = ['ftplan', '-m', '8b', '-g', 'rtx4090']\n"
+            "from ftplan.cli import main\nmain()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "FTPLAN_LOG_DIR": str(tmp_path)})
+    assert r.returncode == 3
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("internal error (ZeroDivisionError: boom); the traceback is in ")
+    (log,) = tmp_path.iterdir()
+    assert str(log) in line and "Traceback" in log.read_text() and "ZeroDivisionError" in log.read_text()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), True, "1e999", [4], "3.5", 0, -2])
+def test_whole_numbers_refuse_what_is_not_one(value):
+    with pytest.raises(FtplanError, match="micro_batch="):
+        positive_int("micro_batch", value)
+
+
+def test_whole_numbers_have_a_ceiling():
+    assert positive_int("seq_len", UPPER["seq_len"]) == UPPER["seq_len"]
+    with pytest.raises(FtplanError, match="beyond the largest accepted"):
+        positive_int("seq_len", UPPER["seq_len"] + 1)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "nan", "x", None, True, 1e999])
+def test_real_numbers_are_finite(value):
+    with pytest.raises(FtplanError, match="price="):
+        real("price", value, low=0)
+    assert real("price", "2.5", low=0) == 2.5
