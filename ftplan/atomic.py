@@ -5,16 +5,40 @@ Standard library only."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
+from .errors import FtplanError, WriteError
+
+
+def check_target(path: Path) -> None:
+    """FtplanError unless ``path`` is a regular file or does not exist yet: the rename would replace a
+    directory's name, a device (``/dev/full``), a FIFO or a socket with a plain file."""
+    try:
+        st = os.stat(path)  # follows a symbolic link: its target must be a regular file too
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise FtplanError(f"cannot write {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, a FIFO or a socket)"
+        raise FtplanError(f"refusing to write {path}: it is {kind}; give the path of a file")
+
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` (folders created) through a temporary file and a rename."""
+    """Write ``data`` to ``path`` (folders created) through a temporary file and a rename. Only a regular
+    file (or nothing) is replaced; a write the machine refuses (disk full, read-only, no permission) is a
+    ``WriteError`` naming the path, and leaves no temporary file behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    check_target(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -22,10 +46,19 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)  # mkstemp makes 0600; these files are meant to be read
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
         raise
+
+
+def _write_error(path: Path, e: OSError) -> WriteError:
+    why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+           errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+           errno.EDQUOT: "the disk quota is exceeded"}.get(e.errno or 0, e.strerror or str(e))
+    return WriteError(f"cannot write {path}: {why}")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -1,4 +1,5 @@
-"""Errors a user can act on. The CLI prints them on one line and exits 2."""
+"""Errors a user can act on. The CLI prints them on one line and exits with their ``exit_code``: 2 for
+bad input, 1 for a write the machine refused (disk full, read-only)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ from collections.abc import Iterable
 
 class FtplanError(ValueError):
     """A bad value from the user: the message names the value and what would be valid."""
+
+    exit_code = 2
+
+
+class WriteError(FtplanError):
+    """A file could not be written (disk full, read-only, no permission): one line with the path."""
+
+    exit_code = 1
 
 
 class UnknownNameError(FtplanError, KeyError):

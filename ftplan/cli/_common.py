@@ -1,4 +1,5 @@
-"""Error handling shared by the commands: a one-line message and exit code 2 for bad input."""
+"""Error handling shared by the commands: a one-line message and exit code 2 for bad input (1 for a write
+the machine refused)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def user_errors():
         yield
     except FtplanError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None

@@ -34,6 +34,7 @@ def report_command(
 ) -> None:
     """Write an HTML report of fit, time and cost for several GPUs, for people who approve the spend."""
     with user_errors():
+        _check_outputs(output=output, csv=csv, json=json_path, pdf=pdf)  # before plotly/pandas are imported
         from .. import reports
 
         r = reports.build(model, gpus, tokens, epochs=epochs, prices=prices, spot_discount=spot_discount,
@@ -53,3 +54,24 @@ def report_command(
     if r.fastest:
         typer.echo(f"fastest: {r.fastest.label} ({r.fastest.hours:,.1f} hours, "
                    + (f"${r.fastest.cost:,.2f})" if r.fastest.cost is not None else "price not known)"))
+
+
+def _check_outputs(**paths: Optional[str]) -> None:
+    """Each output a distinct path of a regular file (or of nothing yet): never a directory, a device, an
+    empty name, or the same file twice."""
+    import os
+
+    from ..atomic import check_target
+    from ..errors import FtplanError
+
+    seen: dict[str, str] = {}
+    for opt, p in paths.items():
+        if p is None:
+            continue
+        if not p.strip():
+            raise FtplanError(f"--{opt} is empty; give the path of a file")
+        check_target(p)  # type: ignore[arg-type]
+        real = os.path.realpath(p)
+        if real in seen:
+            raise FtplanError(f"--{opt} and --{seen[real]} name the same file {p}; give each its own path")
+        seen[real] = opt

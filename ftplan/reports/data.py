@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import __version__
@@ -226,9 +227,12 @@ def load_trials(study: str, storage: str | None) -> list[dict[str, Any]]:
     except ImportError:
         raise FtplanError("--study needs optuna, which is not installed: pip install 'ftplan[tune]'") from None
 
-    from ..tune.study import DEFAULT_RUNS, open_storage, storage_url, trial_row
+    from ..tune.study import DEFAULT_RUNS, open_storage, trial_row
 
-    url = storage_url(storage, DEFAULT_RUNS)
+    url = storage or f"sqlite:///{(DEFAULT_RUNS / 'ftplan.db').as_posix()}"
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():  # read only: create nothing
+        raise FtplanError(f"--study {study!r}: there is no study database at {url[len('sqlite:///'):]} "
+                          "(give --storage, or run ftplan autotune first)")
     try:
         st = optuna.load_study(study_name=study, storage=open_storage(url))
     except KeyError:

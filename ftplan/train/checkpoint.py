@@ -65,7 +65,7 @@ def load(path: Path, model, optimizer, scheduler, fingerprint: str) -> dict[str,
     if state.get("fingerprint") != fingerprint:
         raise FtplanError(f"checkpoint {path} was written with another configuration or data; "
                           "resume with the same --config and --data, or use a new --output")
-    params = torch.load(path / "trainable.pt", map_location="cpu")
+    params = _load(path / "trainable.pt")
     named = dict(model.named_parameters())
     missing = [n for n in params if n not in named]
     if missing:
@@ -73,13 +73,29 @@ def load(path: Path, model, optimizer, scheduler, fingerprint: str) -> dict[str,
     with torch.no_grad():
         for n, t in params.items():
             named[n].copy_(t.to(named[n].device))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng = torch.load(path / "rng.pt", weights_only=False)
+    optimizer.load_state_dict(_load(path / "optimizer.pt"))
+    scheduler.load_state_dict(_load(path / "scheduler.pt"))
+    rng = _load(path / "rng.pt")
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return state
+
+
+def _load(file: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors, numbers, strings and containers only, so a crafted
+    checkpoint cannot run code when it is resumed; anything else is an FtplanError naming the file."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FtplanError(f"checkpoint file {file} cannot be loaded safely ({first[:200]}); it holds more than "
+                          "tensors and plain values, or is damaged: resume from another checkpoint or start a "
+                          "new --output") from None
 
 
 def save_folder_atomic(dest: Path, write) -> Path:

@@ -11,8 +11,8 @@ from ..planner.handoff import handoff_knobs
 from ..planner.options import choice
 from ..profiles.gpus import get_gpu
 from ..profiles.models import get_model
-from ..units import parse_duration
-from .study import DEFAULT_RUNS, TuneResult, TuneSpec, run
+from ..units import parse_duration, real
+from .study import DEFAULT_RUNS, TuneResult, TuneSpec, check_study_name, run
 
 
 def data_summary(path: str, model: str, seq_len: int | None, synthetic: bool, max_positions: int,
@@ -44,13 +44,21 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
     objective = choice("objective", objective)
     if objective not in ("throughput", "cost"):
         raise FtplanError(f"--objective {objective!r}: autotune measures throughput or cost")
-    if steps < 2:
-        raise FtplanError(f"--steps={steps} must be at least 2")
-    if trial_timeout <= 0:
-        raise FtplanError(f"--trial-timeout={trial_timeout} must be greater than 0")
-    if not 0.0 <= margin < 1.0:
-        raise FtplanError(f"--margin={margin} must be in [0, 1)")
+    # every number checked before the training stack is imported (a bad one answers in a fraction of a second)
+    for opt, v, lo, hi in (("--steps", steps, 2, 1000), ("--trials", trials, 1, 100_000),
+                           ("--seed", seed, 0, 2**32 - 1), ("--planner-seeds", planner_seeds, 0, 1000)):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise FtplanError(f"{opt}={v!r} must be a whole number from {lo} to {hi:,}")
+    real("--trial-timeout", trial_timeout, low=0, low_open=True, high=7 * 86400)
+    real("--margin", margin, low=0, high=1, high_open=True)
+    if price is not None:
+        real("--price", price, low=0, high=1e6)
+    if isinstance(time_budget, (int, float)) and not isinstance(time_budget, bool):
+        real("--time-budget", time_budget, low=0, low_open=True, high=365 * 86400)
+    budget_s = parse_duration(time_budget) if isinstance(time_budget, str) else time_budget
     spec = get_model(model)
+    if study is not None:
+        check_study_name(study)
     from ..stack.env import require_stack, resolve_device
 
     require_stack()
@@ -65,7 +73,6 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
         summary = data_summary(data, model, fixed.get("seq_len"), synthetic_weights, spec.max_positions, spec.vocab,
                                spec.hf_id)
         fixed["seq_len"] = summary["seq_len"]
-    budget_s = parse_duration(time_budget) if isinstance(time_budget, str) else time_budget
     ts = TuneSpec(model=model, spec=spec, gpu=g, device=dev, fixed=fixed, trials=trials, time_budget_s=budget_s,
                   objective=objective, study_name=study, storage=storage, steps=steps, trial_timeout_s=trial_timeout,
                   margin=margin, max_memory_bytes=max_memory_bytes, ranks=ranks, seed=seed, runs_dir=Path(runs_dir),

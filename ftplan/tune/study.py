@@ -97,6 +97,22 @@ class TuneResult:
     device: str = "cuda"
 
 
+STUDY_NAME_CHARS = "letters, digits, '-', '_' and '.'"
+MAX_STUDY_NAME = 128
+
+
+def check_study_name(name: str) -> str:
+    """``name`` when it is a plain name (it names a folder under ``--runs-dir`` that holds best.json and the
+    exports): 1-128 of letters, digits, ``-``, ``_``, ``.``, not starting with ``.``; an FtplanError
+    otherwise (a separator or ``..`` would write outside ``--runs-dir``)."""
+    ok = (isinstance(name, str) and 0 < len(name) <= MAX_STUDY_NAME and not name.startswith(".")
+          and all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in name))
+    if not ok:
+        raise FtplanError(f"--study {name!r} is not a plain name: use 1-{MAX_STUDY_NAME} of {STUDY_NAME_CHARS}, "
+                          "not starting with '.'")
+    return name
+
+
 def default_study_name(spec: ModelSpec, gpu: GPUSpec, fixed: dict[str, Any]) -> str:
     seq = fixed.get("seq_len") or 2048
     eff = fixed.get("effective_batch") or 16
@@ -144,6 +160,12 @@ def open_storage(url: str):
 
     if "://" not in url:
         raise FtplanError(f"--storage {url!r} is not a database URL (e.g. sqlite:///runs.db, postgresql://user@host/db)")
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        if db.is_file() and db.stat().st_size == 0:
+            import sys
+
+            sys.stderr.write(f"note: the database {db} is empty: a new study database is made in it\n")
     interval, grace = heartbeat_settings()
     kwargs = {"heartbeat_interval": interval, "grace_period": grace,
               "engine_kwargs": {"pool_pre_ping": True} if not url.startswith("sqlite") else None}
@@ -159,8 +181,11 @@ def open_storage(url: str):
             # workers that start together on an empty database race to create the tables: the loser retries
             racing = type(e).__name__ in ("IntegrityError", "ProgrammingError") and attempt < 5
             if not racing:
-                raise FtplanError(f"cannot open --storage {_redact(url)}: {type(e).__name__}: "
-                                  f"{str(e).splitlines()[0]}") from None
+                first = str(e).splitlines()[0] if str(e) else ""
+                if type(e).__name__ == "DatabaseError" or "malformed" in first or "not a database" in first:
+                    raise FtplanError(f"the database {_redact(url)} is damaged ({first[:200]}): move it away "
+                                      "(a new one is made in its place) or give another --storage") from None
+                raise FtplanError(f"cannot open --storage {_redact(url)}: {type(e).__name__}: {first}") from None
             time.sleep(0.5 + random.random() * (attempt + 1))
     raise AssertionError("unreachable")
 
@@ -458,7 +483,7 @@ def _run(ts: TuneSpec, emit: Callable[..., None]) -> TuneResult:
         raise FtplanError(f"--attention {', '.join(kernels)} cannot be measured here: "
                           f"{'; '.join(sorted(set(unavailable.values())))}; the model build would run sdpa in its "
                           "place and every configuration left asks for it (use --attention sdpa or eager)")
-    name = ts.study_name or default_study_name(ts.spec, ts.gpu, ts.fixed)
+    name = check_study_name(ts.study_name or default_study_name(ts.spec, ts.gpu, ts.fixed))
     url = storage_url(ts.storage, ts.runs_dir)
     storage = open_storage(url)
     direction = "maximize" if ts.objective == "throughput" else "minimize"

@@ -98,3 +98,75 @@ def test_real_numbers_are_finite(value):
     with pytest.raises(FtplanError, match="price="):
         real("price", value, low=0)
     assert real("price", "2.5", low=0) == 2.5
+
+
+@pytest.mark.parametrize("target,needle", [("/dev/full", "not a regular file"), ("DIR", "it is a directory"),
+                                           ("", "--output is empty")])
+def test_report_never_replaces_what_is_not_a_file(tmp_path, target, needle):
+    # was: run as root, `report -o /dev/full` renamed the HTML page over the device file
+    out = str(tmp_path) if target == "DIR" else target
+    r, seconds = _ftplan("report", "-m", "8b", "--gpus", "rtx4090", "--tokens", "10M", "-o", out)
+    assert r.returncode == 2 and needle in r.stderr and seconds < 5
+    assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_outputs_are_distinct(tmp_path):
+    p = str(tmp_path / "r.html")
+    r, _ = _ftplan("report", "-m", "8b", "--gpus", "rtx4090", "--tokens", "10M", "-o", p, "--csv", p)
+    assert r.returncode == 2 and "name the same file" in r.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_a_write_the_disk_refuses_is_one_line_with_the_path(tmp_path):
+    from ftplan.atomic import atomic_write_text
+    from ftplan.errors import WriteError
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root writes anywhere: a read-only folder proves nothing here
+            return
+        with pytest.raises(WriteError, match=f"cannot write {ro / 'x.txt'}: permission denied"):
+            atomic_write_text(ro / "x.txt", "hello")
+    finally:
+        ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "~root", "with space", ".hidden", "x" * 129, ""])
+def test_study_names_are_plain_names(tmp_path, name):
+    r, seconds = _ftplan("autotune", "-m", "8b", "--study", name, "--runs-dir", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "is not a plain name" in r.stderr, r.stderr
+    assert seconds < 5 and not (tmp_path / "runs").exists()
+
+
+def test_report_of_a_missing_study_creates_no_database(tmp_path):
+    pytest.importorskip("optuna")
+    r = subprocess.run([sys.executable, "-m", "ftplan", "report", "-m", "8b", "--gpus", "rtx4090", "--tokens", "10M",
+                        "--study", "nosuch", "-o", str(tmp_path / "r.html")], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 2 and "no study database" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_study_database_is_one_line(tmp_path):
+    pytest.importorskip("optuna")
+    db = tmp_path / "ftplan.db"
+    db.write_bytes(b"this is not SQLite" * 200)
+    r = subprocess.run([sys.executable, "-m", "ftplan", "report", "-m", "8b", "--gpus", "rtx4090", "--tokens", "10M",
+                        "--study", "s", "--storage", f"sqlite:///{db}", "-o", str(tmp_path / "r.html")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and f"the database sqlite:///{db} is damaged" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--trials", "0"), "--trials=0"), (("--trial-timeout", "inf"), "--trial-timeout=inf"),
+    (("--margin", "nan"), "--margin=nan"), (("--seed", "-1"), "--seed=-1"), (("--time-budget", "0s"), "--time-budget"),
+    (("--steps", "1"), "--steps=1"), (("--price", "nan"), "--price=nan"),
+])
+def test_autotune_numbers_are_checked_before_torch(tmp_path, args, needle):
+    # was: 6-8 s (torch imported first) to say "--trials 0 is invalid"
+    r, seconds = _ftplan("autotune", "-m", "8b", "--runs-dir", str(tmp_path / "runs"), *args)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert seconds < 5 and not (tmp_path / "runs").exists()

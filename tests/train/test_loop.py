@@ -161,3 +161,27 @@ def test_merge_writes_weights_that_match_the_adapter(tiny_llama, data_file, tmp_
             c = with_adapter(input_ids=probe).logits.float()
     gap = (a - b).abs().max().item()
     assert gap < 0.1 * (a - c).abs().max().item(), gap  # far closer to the adapter model than to the base
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "paged_adamw_8bit", "adafactor"])
+def test_resume_loads_tensors_only(tiny_llama, data_file, tmp_path, optimizer):
+    """Every checkpoint file loads with ``weights_only=True`` (the optimizers' and scheduler's states are
+    tensors and plain values), and a crafted one that would run code on unpickling is refused without
+    running it."""
+    import pickle
+
+    doc = best_doc(tiny_llama, optimizer=optimizer)
+    _train(doc, data_file, tmp_path / "r", max_steps=2, save_every=1)
+    res = _train(doc, data_file, tmp_path / "r", max_steps=3, resume=True)
+    assert res.resumed_from == 2 and res.steps == 3
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    step = sorted((tmp_path / "r" / "checkpoints").glob("step-*"))[-1]
+    (step / "rng.pt").write_bytes(pickle.dumps({"torch": Payload()}))
+    with pytest.raises(FtplanError, match="cannot be loaded safely"):
+        _train(doc, data_file, tmp_path / "r", max_steps=4, resume=True)
+    assert not marker.exists()
