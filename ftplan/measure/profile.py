@@ -34,8 +34,12 @@ def profile(model: str | ModelSpec, *, steps: int = 3, device: str | None = "cpu
         raise FtplanError(f"--steps={steps} must be at least 2 (the first step creates the optimizer state)")
     if max_memory_bytes is not None and max_memory_bytes <= 0:
         raise FtplanError(f"--max-memory={max_memory_bytes} must be greater than 0")
-    require_stack()
     spec = get_model(model)
+    if not synthetic_weights and isinstance(model, str):
+        from ..profiles.hf_config import require_weights_source
+
+        require_weights_source(model, spec.hf_id)  # no network: at once, before torch
+    require_stack()
     cfg = make_config(spec, None, **knobs).config
     if cfg.num_gpus > 1:
         raise FtplanError("profile runs one process on one device; --gpus > 1 is planned with accelerate launch")

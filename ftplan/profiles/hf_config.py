@@ -190,6 +190,93 @@ def _hub_error(e: Exception, hf_id: str, revision: str | None) -> str:
     return f"{model}: fetching its config.json from the Hugging Face Hub failed ({_first_line(e)}); {fallback}"
 
 
+HUB_PROBE_TIMEOUT = 1.5  # seconds to wait for the Hub's TCP handshake before treating it as unreachable
+_unreachable: str | None = None  # why the Hub was found unreachable in this process (offline mode then set)
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """Why the Hub endpoint (``HF_ENDPOINT``, else huggingface.co) cannot be reached, or None when a TCP
+    connection to it opens within ``timeout`` seconds (name resolution included). Behind a proxy
+    (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``) the endpoint is not probed: None."""
+    import os
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    u = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    if not u.hostname:
+        return None
+    port = u.port or (443 if u.scheme == "https" else 80)
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((u.hostname, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"{u.hostname}: {e.strerror or e}")
+
+    t = threading.Thread(target=probe, daemon=True)  # name resolution has no timeout of its own
+    t.start()
+    t.join(timeout)
+    return result[0] if result else f"{u.hostname}: no answer within {timeout:g} s"
+
+
+def offline_if_unreachable() -> str | None:
+    """Before anything reads from the Hub: when it cannot be reached, turn on Hugging Face offline mode for
+    this process (cached files then load at once, missing ones fail at once, instead of minutes of
+    retries) and return why; None when it is reachable or offline mode is already on."""
+    import os
+    import sys
+
+    global _unreachable
+    if _unreachable is not None:
+        return _unreachable
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or \
+            os.environ.get("TRANSFORMERS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    why = hub_unreachable()
+    if why is None:
+        return None
+    _unreachable = why
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:  # already imported: it read the variable at import
+        hub.HF_HUB_OFFLINE = True
+    return why
+
+
+def require_weights_source(model: str, hf_id: str, what: str = "weights") -> None:
+    """Before the training stack is imported: when ``model`` (an alias, whose id is ``hf_id``, or an HF id)
+    would be read from the Hub and the Hub is unreachable or offline mode is on, its files must already
+    be in the local Hugging Face cache; an FtplanError at once otherwise (instead of minutes of retries
+    after a torch import). A local folder or file needs nothing."""
+    import os
+
+    if Path(model).expanduser().exists():
+        return
+    src = model if "/" in model else hf_id
+    if not src:
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or \
+        os.environ.get("TRANSFORMERS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    why = None if offline else offline_if_unreachable()
+    if not offline and why is None:
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(src, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an id the library rejects is not cached either
+        cached = False
+    if not cached:
+        reason = f"the Hub cannot be reached ({why})" if why else "Hugging Face offline mode is on (HF_HUB_OFFLINE)"
+        raise FtplanError(f"the {what} of {model!r} ({src}) are not in the local Hugging Face cache, and {reason}: "
+                          "connect, or use --synthetic-weights (random weights from the config)")
+
+
 def hub_config_path(hf_id: str, revision: str | None = None) -> Path:
     """``config.json`` of ``hf_id`` through ``huggingface_hub``: the shared HF cache first (no network),
     then the Hub, which stores it in that cache. The library handles the login token (``hf auth login`` /
@@ -206,7 +293,14 @@ def hub_config_path(hf_id: str, revision: str | None = None) -> Path:
         try:
             path = huggingface_hub.hf_hub_download(hf_id, "config.json", revision=revision, local_files_only=True)
         except LocalEntryNotFoundError:
+            why = None if huggingface_hub.constants.HF_HUB_OFFLINE else hub_unreachable()
+            if why is not None:  # at once, instead of the library's retries (about 25 s without a network)
+                raise FtplanError(f"model {hf_id!r} is not in the catalog or the local Hugging Face cache, and the Hub "
+                                  f"cannot be reached ({why}): check your connection (and HF_ENDPOINT if you use a "
+                                  "mirror), or pass a path to its config.json") from None
             path = huggingface_hub.hf_hub_download(hf_id, "config.json", revision=revision)
+    except FtplanError:
+        raise
     except Exception as e:  # only the library call is guarded: its errors become one line, never a traceback
         raise FtplanError(_hub_error(e, hf_id, revision)) from None
     return Path(path)

@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import FtplanError
 from ..planner.arch import hf_names
 from ..planner.types import ModelSpec, TrainConfig
+from ..profiles.hf_config import offline_if_unreachable
 
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -189,13 +190,16 @@ def load_base(model: str, spec: ModelSpec, cfg: TrainConfig, device: str, synthe
                 bnb_4bit_quant_type=cfg.quant if cfg.quant != "int8" else "nf4",
                 bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=torch_dtype(cfg.compute_dtype))
             kw["device_map"] = {"": device}
+        # a catalog alias ("8b") means its Hugging Face id; a path or an id is used as given
+        local = Path(model).expanduser().exists()
+        src = model if (local or "/" in model or not spec.hf_id) else spec.hf_id
+        why = None if local else offline_if_unreachable()  # no network: the cache only, at once
         try:
-            # a catalog alias ("8b") means its Hugging Face id; a path or an id is used as given
-            src = model if (Path(model).expanduser().exists() or "/" in model or not spec.hf_id) else spec.hf_id
             m = transformers.AutoModelForCausalLM.from_pretrained(src, **kw)
         except OSError as e:
-            raise FtplanError(f"cannot load weights for {model!r} ({e}); use --synthetic-weights to profile "
-                              "the architecture with random weights") from None
+            net = f"; the Hub cannot be reached ({why}), so only the local cache was read" if why else ""
+            raise FtplanError(f"cannot load weights for {model!r} ({str(e).splitlines()[0][:200]}){net}; use "
+                              "--synthetic-weights to profile the architecture with random weights") from None
         if not cfg.is_quantized:
             m = m.to(device)
     return m

@@ -84,6 +84,10 @@ def load_tokenizer(model: str, vocab: int, synthetic: bool, hf_id: str = ""):
         import transformers
 
         src = str(folder) if local else (model if "/" in model or not hf_id else hf_id)  # an alias means its HF id
+        if not local:
+            from ..profiles.hf_config import offline_if_unreachable
+
+            offline_if_unreachable()  # no network: the cache only, at once
         tok = transformers.AutoTokenizer.from_pretrained(src)
         return HFTokenizer(tok)
     except Exception as e:  # noqa: BLE001 - any loader failure is the same missing-files problem for the user

@@ -170,3 +170,20 @@ def test_autotune_numbers_are_checked_before_torch(tmp_path, args, needle):
     r, seconds = _ftplan("autotune", "-m", "8b", "--runs-dir", str(tmp_path / "runs"), *args)
     assert r.returncode == 2 and needle in r.stderr, r.stderr
     assert seconds < 5 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["profile", "train"])
+def test_offline_without_the_weights_answers_at_once(tmp_path, command):
+    # was: 71 s of DNS lookups and retries (profile without --synthetic-weights, no network)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    if command == "profile":
+        args = ("profile", "-m", "1b", "--device", "cpu")
+    else:
+        cfg = tmp_path / "best.json"
+        cfg.write_text(json.dumps({"format": "ftplan-best/1", "model": "1b", "knobs": {}}))
+        data = tmp_path / "d.jsonl"
+        data.write_text('{"text": "hi"}\n')
+        args = ("train", "-c", str(cfg), "--data", str(data))
+    r, seconds = _ftplan(*args, env=env)
+    assert r.returncode == 2 and "not in the local Hugging Face cache" in r.stderr and "offline mode" in r.stderr
+    assert seconds < 2.5  # a Python start-up and the message; no torch import

@@ -18,6 +18,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 
 from ftplan.errors import FtplanError
+from ftplan.profiles.hf_config import hub_unreachable as real_probe  # before the fixture stands in for it
 from ftplan.profiles.hf_config import spec_from_hub
 from ftplan.profiles.models import get_model
 
@@ -32,6 +33,8 @@ def _no_network_of_our_own(tmp_path, monkeypatch):
         raise AssertionError("ftplan made its own HTTP request")
 
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    # the stand-in Hub is reachable: the TCP probe that answers at once without a network says so
+    monkeypatch.setattr("ftplan.profiles.hf_config.hub_unreachable", lambda timeout=1.5: None)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("FTPLAN_CACHE", str(tmp_path / "ftplan-cache"))
 
@@ -203,3 +206,30 @@ def test_fit_path_loads_no_hub_or_http_library(tmp_path):
         out = _run(code, {}, tmp_path)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout.splitlines()[-1]) == [], model
+
+
+def test_an_unreachable_hub_answers_at_once(tmp_path, monkeypatch):
+    # was: about 25 s of the library's retries before the same answer
+    import time
+
+    from ftplan.profiles import hf_config
+
+    monkeypatch.setattr(hf_config, "hub_unreachable", lambda timeout=1.5: "huggingface.co: Name or service not known")
+    fake = FakeDownload(cached=None, remote=AssertionError("the Hub was called"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    t0 = time.perf_counter()
+    with pytest.raises(FtplanError, match="the Hub cannot be reached .huggingface.co: Name or service not known."):
+        spec_from_hub("org/not-cached")
+    assert time.perf_counter() - t0 < 1 and len(fake.calls) == 1  # the cache only
+
+
+def test_the_probe_of_an_endpoint_that_does_not_resolve(monkeypatch):
+    hub_unreachable = real_probe
+    for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://no-such-host.invalid")
+    why = hub_unreachable(timeout=1.0)
+    assert why is not None and why.startswith("no-such-host.invalid")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub_unreachable(timeout=1.0) is None  # behind a proxy the endpoint is not probed
