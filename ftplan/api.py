@@ -10,11 +10,12 @@ from .errors import FtplanError
 from .planner.estimate import build_estimate
 from .planner.handoff import handoff_knobs
 from .planner.memory.phases import device_bytes_fast
-from .planner.options import DEFAULTS, make_config, method_quant, no_bf16, parse_targets
+from .planner.options import DEFAULTS, make_config, method_quant, no_bf16, parse_targets, positive_int
 from .planner.search import DEFAULT_MARGIN, SearchResult, enumerate_configs, search
 from .planner.types import Estimate, GPUSpec, ModelSpec, Plan, TrainConfig
 from .profiles.gpus import get_gpu, list_gpus
 from .profiles.models import get_model
+from .units import real
 
 __all__ = ["estimate", "plan", "plan_search", "suggest", "get_gpu", "get_model"]
 
@@ -66,8 +67,9 @@ def plan_search(model: str | ModelSpec, gpu: str | GPUSpec, *, objective: str = 
     micro-batch variants of the same setup count as one). With ``calibrate``, plans are corrected by the
     stored measured factors, and a plan the correction pushes over the budget is dropped. ``handoff``:
     plan for that trainer (``estimate``)."""
-    if not 0.0 <= margin < 1.0:
-        raise FtplanError(f"margin={margin} must be in [0, 1)")
+    margin = real("margin", margin, low=0, high=1, high_open=True)
+    if top is not None:
+        top = positive_int("top", top)  # None: every plan that fits
     spec = get_model(model)
     g = _gpu(gpu, gpu_file)
     if handoff is not None:

@@ -76,3 +76,12 @@ def real(name: str, value: object, *, low: float | None = None, high: float | No
     if high is not None and (v > high or (high_open and v == high)):
         raise FtplanError(f"{name}={v:g} must be {rng}")
     return v
+
+
+def hours_text(h: float) -> str:
+    """A duration in hours as people read it: '12.3 hours', '1.5 hours', '42 minutes', '20 seconds' (a
+    thousand-GPU job is not '0.0 hours')."""
+    if h >= 1 or h == 0:
+        return f"{h:,.1f} hours"
+    n, unit = (round(h * 60), "minute") if h * 60 >= 1 else (max(round(h * 3600), 1), "second")
+    return f"{n} {unit}{'' if n == 1 else 's'}"

@@ -47,12 +47,14 @@ def report_command(
         written = [path, *reports.write_tables(r, csv, json_path)]
         if pdf:
             written.append(reports.write_pdf(path, pdf))
+    from ..units import hours_text
+
     for p in written:
         typer.echo(f"wrote {p}")
     if r.cheapest:
-        typer.echo(f"cheapest: {r.cheapest.label} (${r.cheapest.cost:,.2f}, {r.cheapest.hours:,.1f} hours)")
+        typer.echo(f"cheapest: {r.cheapest.label} (${r.cheapest.cost:,.2f}, {hours_text(r.cheapest.hours)})")
     if r.fastest:
-        typer.echo(f"fastest: {r.fastest.label} ({r.fastest.hours:,.1f} hours, "
+        typer.echo(f"fastest: {r.fastest.label} ({hours_text(r.fastest.hours)}, "
                    + (f"${r.fastest.cost:,.2f})" if r.fastest.cost is not None else "price not known)"))
 
 

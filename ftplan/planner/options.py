@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import FtplanError, UnknownNameError
+from ..units import real
 from .arch import fused_experts, resolve_targets
 from .memory.optimizer import OPTIMIZERS
 from .types import GPUSpec, ModelSpec, TrainConfig
@@ -100,6 +101,22 @@ def positive_int(name: str, value: Any) -> int:
     return v
 
 
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def flag(name: str, value: Any) -> bool:
+    """A yes/no knob: a bool, 0/1, or true/false, yes/no, on/off as text; an FtplanError otherwise (the
+    text 'false' is not True)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise FtplanError(f"{name}={value!r} must be true or false")
+
+
 def parse_targets(value: Any) -> tuple[str, ...]:
     """'all-linear', 'q_proj,v_proj' or a list -> tuple of names."""
     if value is None:
@@ -182,15 +199,13 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
     k = {n: v for n, v in knobs.items() if v is not None}
     warnings: list[str] = []
     method, quant = method_quant(k.get("method"), k.get("quant"))
-    autocast = bool(k.get("autocast", True))
+    autocast = flag("autocast", k.get("autocast", True))
     compute = compute_dtype_for(quant, k.get("compute_dtype"), gpu, warnings)
     quant = base_format_for(method, quant, compute, autocast, warnings)
     rank = positive_int("lora_rank", k.get("lora_rank", DEFAULTS["lora_rank"]))
     alpha = positive_int("lora_alpha", k.get("lora_alpha", 2 * rank))
     targets = parse_targets(k.get("lora_targets", DEFAULTS["lora_targets"]))
-    dropout = float(k.get("lora_dropout", DEFAULTS["lora_dropout"]))
-    if not 0.0 <= dropout < 1.0:
-        raise FtplanError(f"lora_dropout={dropout} must be in [0, 1)")
+    dropout = real("lora_dropout", k.get("lora_dropout", DEFAULTS["lora_dropout"]), low=0, high=1, high_open=True)
     mb = positive_int("micro_batch", k.get("micro_batch", DEFAULTS["micro_batch"]))
     seq = positive_int("seq_len", k.get("seq_len", DEFAULTS["seq_len"]))
     if seq > model.max_positions:
@@ -207,12 +222,12 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
     if gpu is not None and attention == "flash_attention_2" and not gpu.flash_attention_2:
         warnings.append(f"flash_attention_2 does not support {gpu.name}; HF would fail to load it (use sdpa)")
     loss_impl = choice("loss_impl", k.get("loss_impl", DEFAULTS["loss_impl"]))
-    cfg = TrainConfig(method=method, quant=quant, double_quant=bool(k.get("double_quant", True)),
+    cfg = TrainConfig(method=method, quant=quant, double_quant=flag("double_quant", k.get("double_quant", True)),
                       lora_rank=rank, lora_alpha=alpha, lora_targets=targets, lora_dropout=dropout,
                       micro_batch=mb, seq_len=seq, grad_accum=accum,
-                      gradient_checkpointing=bool(k.get("gradient_checkpointing", True)), optimizer=optimizer,
+                      gradient_checkpointing=flag("gradient_checkpointing", k.get("gradient_checkpointing", True)), optimizer=optimizer,
                       attention=attention, num_gpus=n_gpus, sharding=sharding,
-                      prepare_kbit=bool(k.get("prepare_kbit", True)), autocast=autocast,
+                      prepare_kbit=flag("prepare_kbit", k.get("prepare_kbit", True)), autocast=autocast,
                       loss_impl=loss_impl, compute_dtype=compute)
     if cfg.is_lora:
         resolve_targets(model, targets)  # raises on a name the model does not have

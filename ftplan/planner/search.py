@@ -28,7 +28,7 @@ from typing import Any
 
 from .estimate import build_estimate, optimizer_traffic_bytes
 from .memory.phases import cached_terms, device_bytes_fast
-from .options import DEFAULTS, choice, make_config, parse_targets, positive_int
+from .options import DEFAULTS, choice, flag, make_config, parse_targets, positive_int
 from .timing import tokens_per_s
 from .types import Estimate, GiB, GPUSpec, ModelSpec, Plan, TrainConfig
 
@@ -89,7 +89,7 @@ def _formats(fixed: dict[str, Any], cfg0: TrainConfig) -> list[tuple[str, str, b
         else:
             combos = [c for c in combos if c[0] == m and c[1] == q] or [(m, q, q in ("nf4", "fp4"))]
     if "double_quant" in fixed:
-        combos = [(m, q, bool(fixed["double_quant"]) if q in ("nf4", "fp4") else dq) for m, q, dq in combos]
+        combos = [(m, q, flag("double_quant", fixed["double_quant"]) if q in ("nf4", "fp4") else dq) for m, q, dq in combos]
         combos = list(dict.fromkeys(combos))
     return combos
 
@@ -112,7 +112,7 @@ def enumerate_configs(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any
             else:
                 per_gpu_eff = eff // cfg0.num_gpus
                 mbs = _divisors(per_gpu_eff, 256)
-    ckpts = [bool(fixed["gradient_checkpointing"])] if "gradient_checkpointing" in fixed else [True, False]
+    ckpts = [flag("gradient_checkpointing", fixed["gradient_checkpointing"])] if "gradient_checkpointing" in fixed else [True, False]
     opts = [cfg0.optimizer] if "optimizer" in fixed else list(SEARCH_OPTIMIZERS)
     if "attention" in fixed:
         attns = [cfg0.attention]

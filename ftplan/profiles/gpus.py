@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -51,6 +52,8 @@ def _num(row: dict, key: str, where: str) -> float | None:
         x = float(v)
     except ValueError:
         raise FtplanError(f"{where}: {key}={v!r} is not a number") from None
+    if not math.isfinite(x):
+        raise FtplanError(f"{where}: {key}={v!r} must be a finite number, or empty (unknown)")
     if x < 0:
         raise FtplanError(f"{where}: {key}={v} is negative; give a value >= 0 or leave it empty (unknown)")
     return x

@@ -19,7 +19,7 @@ from ..planner.estimate import ASSUMPTIONS
 from ..planner.types import Plan
 from ..profiles.gpus import get_gpu
 from ..profiles.models import get_model
-from ..units import parse_count
+from ..units import parse_count, real
 from .prices import Price, read_prices
 
 # the memory picture in words a finance reader can follow: (label, model terms and overheads)
@@ -102,6 +102,9 @@ class Report:
     study: str | None = None
 
 
+MAX_GPUS = 65_536  # the planner's own ceiling (planner.options.UPPER["num_gpus"])
+
+
 def parse_gpus(text: str | list[str]) -> list[tuple[str, int]]:
     """'rtx4090,2xh100,a100-80gb:4' -> [(key, count)] (a count as 'Nx' before or ':N' after the name);
     unknown names raise with close matches."""
@@ -118,8 +121,12 @@ def parse_gpus(text: str | list[str]) -> list[tuple[str, int]]:
             n, t = int(before.group(1)), before.group(2)
         elif after:
             t, n = after.group(1), int(after.group(2))
+        elif ":" in t or re.match(r"\d*\s*[x*]\s*$", t):
+            raise FtplanError(f"--gpus {raw!r}: a count is written 2xh100 or h100:2")
         if n < 1:
             raise FtplanError(f"--gpus {raw!r}: the GPU count must be at least 1")
+        if n > MAX_GPUS:
+            raise FtplanError(f"--gpus {raw!r}: at most {MAX_GPUS:,} GPUs")
         out.append((get_gpu(t).key, n))
     return out
 
@@ -177,12 +184,9 @@ def build(model: str, gpus: str | list[str], tokens: str | float, *, epochs: flo
           spot_discount: float = 0.0, hours_per_week: float = 40.0, study: str | None = None,
           storage: str | None = None, command: str = "", **knobs: Any) -> Report:
     """The report's data for ``model`` on each GPU option (``'rtx4090,2xh100'``) for ``tokens`` x ``epochs``."""
-    if epochs <= 0:
-        raise FtplanError(f"--epochs={epochs} must be greater than 0")
-    if not 0.0 <= spot_discount < 1.0:
-        raise FtplanError(f"--spot-discount={spot_discount} must be in [0, 1)")
-    if not 0.0 < hours_per_week <= 168.0:
-        raise FtplanError(f"--utilization-hours-per-week={hours_per_week} must be in (0, 168]")
+    epochs = real("--epochs", epochs, low=0, low_open=True, high=1e6)
+    spot_discount = real("--spot-discount", spot_discount, low=0, high=1, high_open=True)
+    hours_per_week = real("--utilization-hours-per-week", hours_per_week, low=0, low_open=True, high=168)
     tok = parse_count(tokens, "--tokens")
     spec = get_model(model)
     opts = parse_gpus(gpus)

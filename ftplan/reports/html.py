@@ -7,6 +7,7 @@ import html
 import json
 from typing import Any
 
+from ..units import hours_text
 from .data import MEMORY_GROUPS, Option, Report
 
 GIB = 2**30
@@ -31,7 +32,7 @@ def money(v: float | None) -> str:
 
 
 def hours(v: float | None) -> str:
-    return "-" if v is None else f"{v:,.1f} hours"
+    return "-" if v is None else hours_text(v)
 
 
 def config_words(o: Option) -> str:

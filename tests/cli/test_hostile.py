@@ -187,3 +187,34 @@ def test_offline_without_the_weights_answers_at_once(tmp_path, command):
     r, seconds = _ftplan(*args, env=env)
     assert r.returncode == 2 and "not in the local Hugging Face cache" in r.stderr and "offline mode" in r.stderr
     assert seconds < 2.5  # a Python start-up and the message; no torch import
+
+
+def test_flags_and_counts_in_the_library():
+    import ftplan
+
+    assert ftplan.plan("8b", "rtx4090", double_quant="false", top=1)[0].config.double_quant is False
+    with pytest.raises(FtplanError, match="double_quant='maybe' must be true or false"):
+        ftplan.plan("8b", "rtx4090", double_quant="maybe")
+    with pytest.raises(FtplanError, match="top=0"):  # was: every plan
+        ftplan.plan("8b", "rtx4090", top=0)
+
+
+@pytest.mark.parametrize("gpus,needle", [("h100:", "a count is written"), ("99999xh100", "at most 65,536")])
+def test_report_gpu_counts(tmp_path, gpus, needle):
+    r, _ = _ftplan("report", "-m", "8b", "--gpus", gpus, "--tokens", "10M", "-o", str(tmp_path / "r.html"))
+    assert r.returncode == 2 and needle in r.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_hours_read_as_people_read_them():
+    from ftplan.units import hours_text
+
+    assert [hours_text(h) for h in (12.34, 1.0, 0.5, 1 / 60, 0.0001)] == [
+        "12.3 hours", "1.0 hours", "30 minutes", "1 minute", "1 second"]
+
+
+@pytest.mark.parametrize("row", ["x1,X,inf,1", "x1,X,nan,1", "x1,X,24,inf", "x1,X,1e999,1"])
+def test_gpu_files_with_nan_or_inf(tmp_path, row):
+    f = tmp_path / "g.csv"
+    f.write_text("key,name,memory_gb,price_per_hour\n" + row + "\n")
+    r, _ = _ftplan("-m", "8b", "-g", "x1", "--gpu-file", str(f))
+    assert r.returncode == 2 and "must be a finite number" in r.stderr and "Traceback" not in r.stderr
