@@ -38,7 +38,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise _write_error(path, e) from None
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -50,11 +50,11 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise _write_error(path, e) from None
+            raise write_error(path, e) from None
         raise
 
 
-def _write_error(path: Path, e: OSError) -> WriteError:
+def write_error(path: Path, e: OSError) -> WriteError:
     why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
            errno.EACCES: "permission denied", errno.EPERM: "permission denied",
            errno.EDQUOT: "the disk quota is exceeded"}.get(e.errno or 0, e.strerror or str(e))

@@ -180,7 +180,15 @@ def autotune_command(
     if res.best is None:
         raise typer.Exit(1)
     if then_train:
+        from pathlib import Path
+
+        from ..train import checkpoint
         from .train import run_train
 
+        out = Path(output) if output else Path(res.files["best"]).parent / "train"
+        # a rerun after a kill (or after success) continues from the last checkpoint instead of refusing
+        again = checkpoint.latest(out / "checkpoints") is not None
+        if again:
+            typer.echo(f"{out} holds a training run of this winner: resuming it", err=True)
         with user_errors():
-            run_train(config=res.files["best"], data=data, output=output, max_steps=train_steps)
+            run_train(config=res.files["best"], data=data, output=str(out), max_steps=train_steps, resume=again)

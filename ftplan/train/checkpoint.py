@@ -105,7 +105,15 @@ def save_folder_atomic(dest: Path, write) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException as e:  # a failed save (disk full, a kill's KeyboardInterrupt) leaves no partial folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            from ..atomic import write_error
+
+            raise write_error(dest, e) from None
+        raise
     old = dest.parent / f".old-{dest.name}-{os.getpid()}"
     if dest.exists():
         os.replace(dest, old)

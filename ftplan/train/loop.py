@@ -212,6 +212,8 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     if opts.resume and last is not None:
         state = C.load(last, model, opt, sched, fp)
         start = int(state["step"])
+        if d.main:
+            _trim_log(out / "log.jsonl", start)  # the steps after the checkpoint are run again
         if scaler.is_enabled() and "grad_scaler" in state:
             scaler.load_state_dict(state["grad_scaler"])
     # loss_impl="chunked": the decoder, then lm_head fused with the chunked loss (ftplan.stack.loss); DDP wraps
@@ -280,6 +282,22 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     D.barrier(d)
     D.teardown(d)
     return TrainResult(out, total, start, losses, eval_loss, files, model)
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop the records of steps after ``step`` from ``log.jsonl`` (a killed run logged them, the resumed
+    run logs them again), atomically; lines that are not records (a line cut by a kill) go too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(x + "\n" for x in kept))
 
 
 def _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, start, model_name, spec, dev, synthetic,

@@ -64,6 +64,14 @@ def test_autotune_then_train(tiny_llama, tmp_path):
     out, err = t.communicate(timeout=300)
     assert t.returncode == 0, err
     assert (tmp_path / "trained" / "adapter").is_dir() or (tmp_path / "trained" / "model").is_dir()
+    # --then-train, run twice: the study is done, and the second run resumes the training it finds (it used
+    # to refuse the folder that the first one left, exit 2)
+    for attempt in range(2):
+        t = _cli([*_tune_args(tiny_llama, data, 4, "--then-train", "--train-steps", "2", "-o", "tt")], tmp_path)
+        out, err = t.communicate(timeout=600)
+        assert t.returncode == 0, err
+        assert ("resuming it" in err) is (attempt == 1)
+    assert (tmp_path / "tt" / "adapter").is_dir() or (tmp_path / "tt" / "model").is_dir()
 
 
 def test_killed_study_resumes(tiny_llama, tmp_path):
