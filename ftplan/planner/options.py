@@ -121,8 +121,14 @@ def parse_targets(value: Any) -> tuple[str, ...]:
     """'all-linear', 'q_proj,v_proj' or a list -> tuple of names."""
     if value is None:
         return ("all-linear",)
-    items = value.split(",") if isinstance(value, str) else list(value)
-    out = tuple(str(t).strip() for t in items if str(t).strip())
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value):
+        items = list(value)
+    else:
+        raise FtplanError(f"lora_targets={value!r} must be all-linear, attention, mlp, or module names such as "
+                          "'q_proj,v_proj' (text or a list of text)")
+    out = tuple(t.strip() for t in items if t.strip())
     if not out:
         raise FtplanError("lora targets are empty; use all-linear or names such as q_proj,v_proj")
     return out

@@ -5,11 +5,12 @@ an alias, a catalog HF id (offline), a path to a ``config.json`` or a model fold
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import UnknownNameError
+from ..errors import FtplanError, UnknownNameError
 from ..planner.types import ModelSpec
 from ._names import norm_name
 
@@ -37,16 +38,35 @@ def _index() -> dict[str, str]:
     return idx
 
 
+MAX_NAME = 1000  # characters in --model: a path or an id longer than this is a mistake
+
+
+def _existing_path(s: str) -> Path | None:
+    """``s`` as a path when it names a config file or folder (or ends in .json), else None; a name the
+    file system cannot even look up (too long, a NUL byte, an unknown ``~user``) is not a path."""
+    try:
+        p = Path(s).expanduser()
+        return p if (p.suffix == ".json" or p.is_dir() or p.exists()) else None
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
 def get_model(model: str | ModelSpec) -> ModelSpec:
     """Resolve ``--model``: catalog alias or id, config path/folder, or HF id (cache, then Hub)."""
     if isinstance(model, ModelSpec):
         return model
+    if not isinstance(model, (str, os.PathLike)):
+        raise FtplanError(f"model={model!r} must be a name (an alias from `ftplan models`, a Hugging Face id, or a "
+                          "path to config.json), not a {type(model).__name__}")
     s = str(model).strip()
+    if not s or len(s) > MAX_NAME:
+        raise FtplanError(f"model={s[:40]!r}{'...' if len(s) > 40 else ''} must be a name of 1 to {MAX_NAME} "
+                          "characters (an alias from `ftplan models`, a Hugging Face id, or a path to config.json)")
     key = _index().get(norm_name(s))
     if key is not None:
         return load_catalog()[key]
-    p = Path(s).expanduser()
-    if p.suffix == ".json" or p.is_dir() or p.exists():
+    p = _existing_path(s)
+    if p is not None:
         from .hf_config import spec_from_path
 
         return spec_from_path(p)
