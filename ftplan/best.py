@@ -86,7 +86,9 @@ def read_best(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise FtplanError(f"--config {str(path)!r} cannot be read ({e})") from None
     except ValueError as e:
-        raise FtplanError(f"--config {str(path)!r} is not JSON ({e})") from None
+        raise FtplanError(f"--config {str(path)!r} is not JSON ({str(e)[:200]})") from None
+    except RecursionError:
+        raise FtplanError(f"--config {str(path)!r}: JSON nested too deeply") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("knobs"), dict) or "model" not in doc:
         raise FtplanError(f"--config {str(path)!r} has no 'model' and 'knobs' (write it with ftplan autotune)")
     return _model_beside(doc, p.resolve().parent)

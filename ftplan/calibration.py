@@ -150,7 +150,7 @@ def load(path: Path | None = None) -> dict[str, Any]:
         data = json.loads(p.read_text())
     except FileNotFoundError:
         return {"entries": {}}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {"entries": {}}  # unreadable store: estimates stay uncalibrated rather than fail
     return data if isinstance(data, dict) and isinstance(data.get("entries"), dict) else {"entries": {}}
 

@@ -102,12 +102,18 @@ def _read_rows(path: Path) -> list[dict]:
     try:
         if path.suffix == ".json":
             data = json.loads(path.read_text())
-            rows = data if isinstance(data, list) else data.get("gpus", [])
+            rows = data if isinstance(data, list) else data.get("gpus", []) if isinstance(data, dict) else None
+            if not isinstance(rows, list):
+                raise FtplanError(f"GPU file {str(path)!r}: expected a list of GPU objects, or {{\"gpus\": [...]}}")
         else:
             with path.open(newline="") as fh:
                 rows = list(csv.DictReader(fh))
-    except (OSError, ValueError, csv.Error) as e:
-        raise FtplanError(f"cannot read GPU file {str(path)!r}: {e}") from None
+    except FtplanError:
+        raise
+    except (OSError, ValueError, csv.Error) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise FtplanError(f"cannot read GPU file {str(path)!r}: {str(e)[:200]}") from None
+    except RecursionError:
+        raise FtplanError(f"cannot read GPU file {str(path)!r}: JSON nested too deeply") from None
     for i, r in enumerate(rows, start=2):
         if not isinstance(r, dict) or not str(r.get("key") or "").strip():
             raise FtplanError(f"GPU file {str(path)!r}: row {i} has no 'key'")

@@ -36,13 +36,22 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# the largest value a config field may take: beyond the largest real models by orders of magnitude, small
+# enough that every count and product stays a plain number (a vocabulary of 1e30 is a broken file)
+CONFIG_MAX = 1 << 24  # 16,777,216: sizes, vocabularies, positions
+COUNT_MAX = 1 << 16  # layers, heads, experts
+
+
 def _int(cfg: dict, where: str, *keys: str, default: int | None = None) -> int:
     for k in keys:
         v = cfg.get(k)
         if v is not None:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise FtplanError(f"{where}: {k}={v!r} must be a positive integer")
-            return v
+            top = COUNT_MAX if any(w in k for w in ("layer", "head", "expert", "n_head")) else CONFIG_MAX
+            if v > top and k not in ("max_position_embeddings", "n_positions", "seq_length"):
+                raise FtplanError(f"{where}: {k}={v} is beyond the largest accepted, {top:,}")
+            return min(v, 1 << 30)
     if default is not None:
         return default
     raise FtplanError(f"{where}: missing {' / '.join(keys)}")
@@ -55,7 +64,11 @@ def spec_from_config(cfg: dict, name: str, hf_id: str = "", where: str = "config
     if isinstance(cfg.get("text_config"), dict):
         cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
     mtype = str(cfg.get("model_type", "llama"))
-    family, extra = FAMILIES.get(mtype, ("llama", {}))
+    if mtype not in FAMILIES:
+        raise FtplanError(f"{where}: model_type={mtype!r} is not one ftplan can plan (it would guess its layout); "
+                          f"known: {', '.join(sorted(FAMILIES))} (to plan it as one of those, set model_type in a copy "
+                          "of its config.json)")
+    family, extra = FAMILIES[mtype]
     extra = dict(extra)
     h = _int(cfg, where, "hidden_size", "n_embd", "d_model")
     heads = _int(cfg, where, "num_attention_heads", "n_head")
@@ -96,6 +109,9 @@ def spec_from_config(cfg: dict, name: str, hf_id: str = "", where: str = "config
     if n_exp:
         extra["num_experts"] = _int({"num_experts": n_exp}, where, "num_experts")
         extra["experts_per_token"] = _int(cfg, where, "num_experts_per_tok")
+        if extra["experts_per_token"] > extra["num_experts"]:
+            raise FtplanError(f"{where}: num_experts_per_tok={extra['experts_per_token']} is more than the "
+                              f"{extra['num_experts']} experts")
         extra["moe_intermediate"] = _int(cfg, where, "moe_intermediate_size", default=f)
         if cfg.get("shared_expert_intermediate_size"):
             extra["shared_expert_intermediate"] = _int(cfg, where, "shared_expert_intermediate_size")
@@ -115,6 +131,10 @@ def _load_json(path: Path, where: str) -> dict:
         raise FtplanError(f"cannot read {where}: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise FtplanError(f"{where} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise FtplanError(f"{where} is not UTF-8 text (byte {e.start + 1})") from None
+    except RecursionError:
+        raise FtplanError(f"{where}: JSON nested too deeply") from None
 
 
 def spec_from_path(path: Path) -> ModelSpec:

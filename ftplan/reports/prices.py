@@ -43,6 +43,15 @@ def read_prices(path: str | Path) -> dict[str, Price]:
     p = Path(path)
     if not p.is_file():
         raise FtplanError(f"price file {str(path)!r} does not exist")
+    try:
+        return _read_prices(p)
+    except UnicodeDecodeError as e:
+        raise FtplanError(f"price file {p}: not UTF-8 text (byte {e.start + 1})") from None
+    except csv.Error as e:
+        raise FtplanError(f"price file {p}: not CSV ({e})") from None
+
+
+def _read_prices(p: Path) -> dict[str, Price]:
     out: dict[str, Price] = {}
     with p.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -63,5 +72,5 @@ def read_prices(path: str | Path) -> dict[str, Price]:
                              _number(row.get("purchase_price"), "purchase_price", where, False),
                              row.get("source", "").strip() or f"{p.name}", row.get("date", "").strip())
     if not out:
-        raise FtplanError(f"price file {str(path)!r} has no rows")
+        raise FtplanError(f"price file {str(p)!r} has no rows")
     return out

@@ -38,6 +38,16 @@ def _str(obj: dict, field: str, where: str, required: bool = True) -> str:
         return ""
     if not isinstance(v, str):
         raise FtplanError(f"{where}: field {field!r} must be a string, got {type(v).__name__}")
+    return _text(v, f"{where}: field {field!r}")
+
+
+def _text(v: str, where: str) -> str:
+    """``v`` when it is valid Unicode text: a JSON escape such as \\ud800 decodes to a lone surrogate, which no
+    tokenizer can encode."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise FtplanError(f"{where} holds a lone surrogate (\\u{ord(v[e.start]):04x}), which is not text") from None
     return v
 
 
@@ -51,6 +61,7 @@ def parse_line(obj: Any, where: str) -> Example:
         for i, m in enumerate(msgs):
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                 raise FtplanError(f"{where}: messages[{i}] must have a role in {', '.join(ROLES)} and a string content")
+            _text(m["content"], f"{where}: messages[{i}]")
         if not any(m["role"] == "assistant" for m in msgs):
             raise FtplanError(f"{where}: no assistant message, so nothing to train on")
         return Example(messages=tuple({"role": m["role"], "content": m["content"]} for m in msgs))
@@ -73,15 +84,21 @@ def read_jsonl(path: str | Path) -> list[Example]:
     if not p.is_file():
         raise FtplanError(f"data file {str(path)!r} does not exist")
     out: list[Example] = []
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with p.open("rb") as f:
+        for n, raw in enumerate(f, 1):
             where = f"{p}:{n}"
             try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise FtplanError(f"{where}: not UTF-8 text (byte {e.start + 1})") from None
+            if not line.strip():
+                continue
+            try:
                 obj = json.loads(line)
-            except ValueError as e:
+            except json.JSONDecodeError as e:
                 raise FtplanError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise FtplanError(f"{where}: JSON nested too deeply") from None
             out.append(parse_line(obj, where))
     if not out:
         raise FtplanError(f"data file {str(path)!r} has no examples")

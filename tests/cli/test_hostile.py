@@ -218,3 +218,66 @@ def test_gpu_files_with_nan_or_inf(tmp_path, row):
     f.write_text("key,name,memory_gb,price_per_hour\n" + row + "\n")
     r, _ = _ftplan("-m", "8b", "-g", "x1", "--gpu-file", str(f))
     assert r.returncode == 2 and "must be a finite number" in r.stderr and "Traceback" not in r.stderr
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("kind,content,needle", [
+    ("config", DEEP, "JSON nested too deeply"),
+    ("config", '{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, '
+               '"vocab_size": 1000000000000000000000000000000}', "vocab_size=1000000000000000000000000000000 is beyond"),
+    ("config", '{"model_type": "mixtral", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, '
+               '"vocab_size": 100, "num_local_experts": 4, "num_experts_per_tok": 8}', "more than the 4 experts"),
+    ("config", '{"model_type": "mamba", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, '
+               '"vocab_size": 100}', "model_type='mamba' is not one ftplan can plan"),
+    ("config", "[1, 2]", "expected a JSON object"),
+    ("gpus.json", DEEP, "JSON nested too deeply"),
+    ("gpus.json", "42", "expected a list of GPU objects"),
+])
+def test_malformed_model_and_gpu_files(tmp_path, kind, content, needle):
+    if kind == "config":
+        (tmp_path / "m").mkdir()
+        (tmp_path / "m" / "config.json").write_text(content)
+        args = ("-m", str(tmp_path / "m"), "-g", "rtx4090")
+    else:
+        (tmp_path / "gpus.json").write_text(content)
+        args = ("-m", "8b", "-g", "x", "--gpu-file", str(tmp_path / "gpus.json"))
+    r, seconds = _ftplan(*args)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert seconds < 5
+
+
+@pytest.mark.parametrize("content,needle", [
+    (('{"text": ' + DEEP + "}\n").encode(), ":1: JSON nested too deeply"),
+    (b'{"text": "a\\ud800b"}\n', ":1: field 'text' holds a lone surrogate"),
+    (b'{"text": "ok"}\n{"text": "\xff\xfe"}\n', ":2: not UTF-8 text"),
+    (b'{"messages": [{"role": "user", "content": "\\udfff"}, {"role": "assistant", "content": "x"}]}\n', "lone surrogate"),
+    (b"[1, 2]\n", "expected a JSON object"),
+])
+def test_malformed_training_data(tmp_path, content, needle):
+    from ftplan.train.data import read_jsonl
+
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(content)
+    with pytest.raises(FtplanError, match=needle.replace("\\", "\\\\").replace("(", "\\(")):
+        read_jsonl(f)
+
+
+@pytest.mark.parametrize("content,needle", [(DEEP, "JSON nested too deeply"), ("[]", "has no 'model' and 'knobs'"),
+                                            ('{"model": "1b", "knobs": [1]}', "has no 'model' and 'knobs'")])
+def test_malformed_best_json(tmp_path, content, needle):
+    cfg = tmp_path / "best.json"
+    cfg.write_text(content)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "hi"}\n')
+    r, seconds = _ftplan("train", "-c", str(cfg), "--data", str(data))
+    assert r.returncode == 2 and needle in r.stderr and seconds < 5
+
+
+def test_a_price_file_that_is_not_utf8(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_bytes(b"gpu,price_per_hour\n\xff\xfe,1\n")
+    r, _ = _ftplan("report", "-m", "8b", "--gpus", "rtx4090", "--tokens", "1M", "--prices", str(f), "-o",
+                   str(tmp_path / "r.html"))
+    assert r.returncode == 2 and "not UTF-8 text" in r.stderr and not (tmp_path / "r.html").exists()
