@@ -28,6 +28,36 @@ def check_target(path: Path) -> None:
         raise FtplanError(f"refusing to write {path}: it is {kind}; give the path of a file")
 
 
+SYSTEM_ROOTS = ("/proc", "/sys", "/dev")  # kernel interfaces: never a place for ftplan's outputs
+
+
+def check_folder(path: Path, option: str) -> Path:
+    """``path`` as a folder ftplan may write into (its writer makes it): an FtplanError naming ``option`` when
+    it is an existing file, lies under /proc, /sys or /dev, or lies under a file or a folder it cannot write
+    (WriteError)."""
+    p = Path(path).expanduser()
+    if not str(p).strip():
+        raise FtplanError(f"{option} is empty; give a folder")
+    try:
+        resolved = p.resolve()
+    except (OSError, RuntimeError) as e:
+        raise FtplanError(f"{option} {str(path)!r}: {e}") from None
+    if any(resolved == Path(r) or Path(r) in resolved.parents for r in SYSTEM_ROOTS):
+        raise FtplanError(f"{option} {str(path)!r} is under {', '.join(SYSTEM_ROOTS)}: give a folder of your own")
+    if p.exists() and not p.is_dir():
+        raise FtplanError(f"{option} {str(path)!r} is a file, not a folder; give a folder (made when missing)")
+    # made later, by the writer: here only the nearest existing folder above it is checked (nothing is
+    # created, so a run refused afterwards leaves nothing behind)
+    up = resolved
+    while not up.exists():
+        up = up.parent
+    if not up.is_dir():
+        raise FtplanError(f"{option} {str(path)!r}: {up} is a file, so no folder can be made under it")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write {option} {str(path)!r}: {up} is not writable")
+    return p
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` (folders created) through a temporary file and a rename. Only a regular
     file (or nothing) is replaced; a write the machine refuses (disk full, read-only, no permission) is a

@@ -75,6 +75,9 @@ def check_options(opts: TrainOptions) -> None:
         raise FtplanError(f"--seed={opts.seed!r} must be a whole number from 0 to 2**63 - 1")
     real("--epochs", opts.epochs, low=0, low_open=True, high=1e6)
     real("--lr", opts.lr, low=0, low_open=True, high=MAX_LR)
+    from ..atomic import check_folder
+
+    check_folder(opts.output, "--output")
     model = opts.model or opts.config.get("model")
     synthetic = bool(opts.config.get("synthetic_weights")) if opts.synthetic_weights is None else opts.synthetic_weights
     if not synthetic and isinstance(model, str):  # no network: say so at once, not after torch and retries

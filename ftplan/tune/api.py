@@ -59,6 +59,9 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
     spec = get_model(model)
     if study is not None:
         check_study_name(study)
+    from ..atomic import check_folder
+
+    check_folder(Path(runs_dir), "--runs-dir")
     from ..stack.env import require_stack, resolve_device
 
     require_stack()

@@ -281,3 +281,19 @@ def test_a_price_file_that_is_not_utf8(tmp_path):
     r, _ = _ftplan("report", "-m", "8b", "--gpus", "rtx4090", "--tokens", "1M", "--prices", str(f), "-o",
                    str(tmp_path / "r.html"))
     assert r.returncode == 2 and "not UTF-8 text" in r.stderr and not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "/proc/self/x", "/dev/null", "file/below"])
+def test_output_folders_that_cannot_be_folders(tmp_path, where):
+    (tmp_path / "file").write_text("mine")
+    out = str(tmp_path / where) if not where.startswith("/") else where
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps({"format": "ftplan-best/1", "model": "1b", "synthetic_weights": True, "knobs": {}}))
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "hi"}\n')
+    before = sorted(os.listdir(tmp_path))
+    r, seconds = _ftplan("train", "-c", str(cfg), "--data", str(data), "-o", out)
+    assert r.returncode == 2 and "--output" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r2, _ = _ftplan("autotune", "-m", "1b", "--runs-dir", out)
+    assert r2.returncode == 2 and "--runs-dir" in r2.stderr, r2.stderr
+    assert seconds < 5 and sorted(os.listdir(tmp_path)) == before and (tmp_path / "file").read_text() == "mine"
