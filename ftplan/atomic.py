@@ -13,6 +13,8 @@ from pathlib import Path
 
 from .errors import FtplanError, WriteError
 
+SYSTEM_ROOTS = ("/proc", "/sys", "/dev")  # kernel interfaces: never a place for ftplan's outputs
+
 
 def check_target(path: Path) -> None:
     """FtplanError unless ``path`` is a regular file or does not exist yet: the rename would replace a
@@ -26,9 +28,32 @@ def check_target(path: Path) -> None:
     if not stat.S_ISREG(st.st_mode):
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, a FIFO or a socket)"
         raise FtplanError(f"refusing to write {path}: it is {kind}; give the path of a file")
+    if _under_system_root(Path(path)):
+        raise FtplanError(f"refusing to write {path}: it is under {', '.join(SYSTEM_ROOTS)}; give a file of your own")
 
 
-SYSTEM_ROOTS = ("/proc", "/sys", "/dev")  # kernel interfaces: never a place for ftplan's outputs
+def _under_system_root(p: Path) -> bool:
+    try:
+        resolved = p.expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+    return any(resolved == Path(r) or Path(r) in resolved.parents for r in SYSTEM_ROOTS)
+
+
+def check_input(path: str | Path, what: str) -> Path:
+    """``path`` as a file ftplan may read: it exists and is a regular file (a device such as /dev/zero would be
+    read forever, a FIFO would block); an FtplanError naming ``what`` otherwise."""
+    p = Path(path).expanduser()
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise FtplanError(f"{what} {str(path)!r} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise FtplanError(f"{what} {str(path)!r} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, a FIFO or a socket)"
+        raise FtplanError(f"{what} {str(path)!r} is {kind}; give a file")
+    return p
 
 
 def check_folder(path: Path, option: str) -> Path:
@@ -42,7 +67,7 @@ def check_folder(path: Path, option: str) -> Path:
         resolved = p.resolve()
     except (OSError, RuntimeError) as e:
         raise FtplanError(f"{option} {str(path)!r}: {e}") from None
-    if any(resolved == Path(r) or Path(r) in resolved.parents for r in SYSTEM_ROOTS):
+    if _under_system_root(p):
         raise FtplanError(f"{option} {str(path)!r} is under {', '.join(SYSTEM_ROOTS)}: give a folder of your own")
     if p.exists() and not p.is_dir():
         raise FtplanError(f"{option} {str(path)!r} is a file, not a folder; give a folder (made when missing)")

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, check_input
 from .errors import FtplanError
 
 FORMAT = "ftplan-best/1"
@@ -78,7 +78,7 @@ def document(*, model: str, model_name: str, hf_id: str | None, knobs: dict[str,
 
 def read_best(path: str | Path) -> dict[str, Any]:
     """A best.json document from ``path``; a clear error when it is missing or not one."""
-    p = Path(path)
+    p = check_input(path, "--config")
     try:
         doc = json.loads(p.read_text())
     except FileNotFoundError:

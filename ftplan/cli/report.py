@@ -5,6 +5,7 @@ Exit codes: 0 written, 2 bad input (nothing written), 3 internal error (``crash`
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from typing import Optional
@@ -43,10 +44,18 @@ def report_command(
                           effective_batch=effective_batch, method=method)
         if pdf:
             reports.require_browser()  # before anything is written
-        path = reports.write_html(r, output)
-        written = [path, *reports.write_tables(r, csv, json_path)]
-        if pdf:
-            written.append(reports.write_pdf(path, pdf))
+        outputs = [p for p in (output, csv, json_path, pdf) if p]
+        existed = {p for p in outputs if os.path.exists(p)}
+        try:
+            path = reports.write_html(r, output)
+            written = [path, *reports.write_tables(r, csv, json_path)]
+            if pdf:
+                written.append(reports.write_pdf(path, pdf))
+        except BaseException:  # a run that fails leaves no new file (a file it replaced keeps the new content)
+            for p in outputs:
+                if p not in existed and os.path.isfile(p):
+                    os.unlink(p)
+            raise
     from ..units import hours_text
 
     for p in written:

@@ -30,8 +30,12 @@ def profile(model: str | ModelSpec, *, steps: int = 3, device: str | None = "cpu
             on_step: Callable | None = None, argv: list[str] | None = None, **knobs: Any) -> dict[str, Any]:
     """Run ``steps`` measured training steps of ``model`` with the configuration ``knobs`` describe
     (the knobs of ``ftplan.estimate``) and return the measurement as a JSON-able dict."""
-    if steps < 2:
-        raise FtplanError(f"--steps={steps} must be at least 2 (the first step creates the optimizer state)")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= 1000:
+        raise FtplanError(f"--steps={steps!r} must be a whole number from 2 (the first step creates the optimizer "
+                          "state) to 1,000")
+    from ..stack.env import check_device_name
+
+    check_device_name(device)
     if max_memory_bytes is not None and max_memory_bytes <= 0:
         raise FtplanError(f"--max-memory={max_memory_bytes} must be greater than 0")
     spec = get_model(model)

@@ -21,6 +21,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from ..atomic import check_input
 from ..errors import FtplanError, UnknownNameError
 from ..planner.types import GPUSpec, MiB
 from ._names import norm_name
@@ -97,8 +98,7 @@ def _spec(row: dict) -> GPUSpec:
 
 
 def _read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        raise FtplanError(f"GPU file {str(path)!r} does not exist")
+    check_input(path, "GPU file")
     try:
         if path.suffix == ".json":
             data = json.loads(path.read_text())

@@ -103,6 +103,7 @@ class Report:
 
 
 MAX_GPUS = 65_536  # the planner's own ceiling (planner.options.UPPER["num_gpus"])
+MAX_OPTIONS = 64  # GPU options in one report (each is a plan search; a table finance can read)
 
 
 def parse_gpus(text: str | list[str]) -> list[tuple[str, int]]:
@@ -111,6 +112,8 @@ def parse_gpus(text: str | list[str]) -> list[tuple[str, int]]:
     items = text if isinstance(text, list) else [t for t in str(text).split(",") if t.strip()]
     if not items:
         raise FtplanError("--gpus is empty; give one or more names from `ftplan gpus`")
+    if len(items) > MAX_OPTIONS:
+        raise FtplanError(f"--gpus lists {len(items)} options; a report compares at most {MAX_OPTIONS}")
     out = []
     for raw in items:
         t = raw.strip().lower()

@@ -11,6 +11,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import check_input
 from ..errors import FtplanError
 from ..profiles.gpus import get_gpu
 
@@ -40,9 +41,7 @@ def _number(raw: str | None, field: str, where: str, required: bool) -> float | 
 
 
 def read_prices(path: str | Path) -> dict[str, Price]:
-    p = Path(path)
-    if not p.is_file():
-        raise FtplanError(f"price file {str(path)!r} does not exist")
+    p = check_input(path, "price file")
     try:
         return _read_prices(p)
     except UnicodeDecodeError as e:

@@ -27,7 +27,17 @@ def require_stack() -> None:
                           "(CPU torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device_name(device: str | None) -> None:
+    """``--device`` is auto, cpu or cuda (or unset): checked before torch is imported."""
+    if device is not None and device not in DEVICES:
+        raise FtplanError(f"--device {device!r} is not valid; use {', '.join(DEVICES)}")
+
+
 def resolve_device(device: str | None) -> str:
+    check_device_name(device)
     import torch
 
     if device in (None, "auto"):

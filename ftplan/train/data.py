@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import check_input
 from ..errors import FtplanError
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -80,9 +81,7 @@ def parse_line(obj: Any, where: str) -> Example:
 
 def read_jsonl(path: str | Path) -> list[Example]:
     """Every example of ``path``, or an error naming the first bad line."""
-    p = Path(path)
-    if not p.is_file():
-        raise FtplanError(f"data file {str(path)!r} does not exist")
+    p = check_input(path, "data file")
     out: list[Example] = []
     with p.open("rb") as f:
         for n, raw in enumerate(f, 1):

@@ -76,8 +76,13 @@ def check_options(opts: TrainOptions) -> None:
     real("--epochs", opts.epochs, low=0, low_open=True, high=1e6)
     real("--lr", opts.lr, low=0, low_open=True, high=MAX_LR)
     from ..atomic import check_folder
+    from ..stack.env import check_device_name
 
     check_folder(opts.output, "--output")
+    check_device_name(opts.device)
+    read_jsonl(opts.data)  # every line checked now, not after the model is built
+    if opts.eval_data:
+        read_jsonl(opts.eval_data)
     model = opts.model or opts.config.get("model")
     synthetic = bool(opts.config.get("synthetic_weights")) if opts.synthetic_weights is None else opts.synthetic_weights
     if not synthetic and isinstance(model, str):  # no network: say so at once, not after torch and retries

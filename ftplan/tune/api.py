@@ -60,8 +60,10 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
     if study is not None:
         check_study_name(study)
     from ..atomic import check_folder
+    from ..stack.env import check_device_name
 
     check_folder(Path(runs_dir), "--runs-dir")
+    check_device_name(device)
     from ..stack.env import require_stack, resolve_device
 
     require_stack()

@@ -297,3 +297,32 @@ def test_output_folders_that_cannot_be_folders(tmp_path, where):
     r2, _ = _ftplan("autotune", "-m", "1b", "--runs-dir", out)
     assert r2.returncode == 2 and "--runs-dir" in r2.stderr, r2.stderr
     assert seconds < 5 and sorted(os.listdir(tmp_path)) == before and (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("gpus", "--gpu-file", "/dev/zero"), "is not a regular file"),  # was read forever
+    (("report", "-m", "8b", "--gpus", "t4", "--tokens", "1M", "--pdf", "/proc/self/status"), "under /proc"),
+    (("report", "-m", "8b", "--gpus", ",".join(["h100"] * 65), "--tokens", "1M"), "at most 64"),
+    (("profile", "-m", "1b", "--synthetic-weights", "--steps", "2147483648"), "--steps=2147483648"),
+    (("profile", "-m", "1b", "--synthetic-weights", "--device", "nope"), "--device 'nope' is not valid"),
+    (("autotune", "-m", "1b", "--device", "nope"), "--device 'nope' is not valid"),
+])
+def test_found_by_the_fuzz_benchmark(tmp_path, args, needle):
+    r, seconds = _ftplan(*args)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert seconds < 5
+
+
+def test_train_checks_its_data_and_device_before_torch(tmp_path):
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps({"format": "ftplan-best/1", "model": "1b", "synthetic_weights": True, "knobs": {}}))
+    good = tmp_path / "d.jsonl"
+    good.write_text('{"text": "hi"}\n')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "hi"}\n{"oops"\n')
+    for extra, needle in ((("--data", str(bad)), f"{bad}:2"), (("--data", str(good), "--eval-data", str(bad)), f"{bad}:2"),
+                          (("--data", str(good), "--device", "tpu"), "--device 'tpu'"),
+                          (("--data", "/dev/zero"), "not a regular file")):
+        r, seconds = _ftplan("train", "-c", str(cfg), "-o", str(tmp_path / "out"), *extra)
+        assert r.returncode == 2 and needle in r.stderr and seconds < 5, (extra, r.stderr)
+    assert not (tmp_path / "out").exists()

@@ -94,7 +94,7 @@ def test_measured_chunked_step_is_smaller_and_as_predicted(archs, arch, knobs):
     assert res["peak_allocated_bytes"] < std["peak_allocated_bytes"]
     fwd_std, fwd_chunked = (r["phase_peaks"]["forward_end"]["peak_allocated_bytes"] for r in (std, res))
     assert fwd_chunked < 0.9 * fwd_std
-    est = ftplan.estimate(archs[arch], "cpu", loss_impl="chunked", **knobs)
+    est = ftplan.estimate(archs[arch], "cpu", loss_impl="chunked", calibrate=False, **knobs)
     assert abs(rel_error(est.peak_allocated_bytes, res["peak_allocated_bytes"])) <= 0.02
     # the loss's own term at the forward-end peak: one chunk of fp32 logits + log-probabilities and
     # the gradients computed in forward, as counted
