@@ -35,7 +35,7 @@ def check_target(path: Path) -> None:
 def _under_system_root(p: Path) -> bool:
     try:
         resolved = p.expanduser().resolve()
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         return False
     return any(resolved == Path(r) or Path(r) in resolved.parents for r in SYSTEM_ROOTS)
 
@@ -65,17 +65,24 @@ def check_folder(path: Path, option: str) -> Path:
         raise FtplanError(f"{option} is empty; give a folder")
     try:
         resolved = p.resolve()
-    except (OSError, RuntimeError) as e:
-        raise FtplanError(f"{option} {str(path)!r}: {e}") from None
+    except (OSError, RuntimeError, ValueError) as e:
+        raise FtplanError(f"{option} {str(path)[:80]!r}: not a usable path ({e})") from None
     if _under_system_root(p):
         raise FtplanError(f"{option} {str(path)!r} is under {', '.join(SYSTEM_ROOTS)}: give a folder of your own")
-    if p.exists() and not p.is_dir():
+    try:
+        is_file = p.exists() and not p.is_dir()
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+        raise FtplanError(f"{option} {str(path)[:80]!r}...: not a usable path ({getattr(e, 'strerror', None) or e})") from None
+    if is_file:
         raise FtplanError(f"{option} {str(path)!r} is a file, not a folder; give a folder (made when missing)")
     # made later, by the writer: here only the nearest existing folder above it is checked (nothing is
     # created, so a run refused afterwards leaves nothing behind)
     up = resolved
-    while not up.exists():
-        up = up.parent
+    try:
+        while not up.exists():
+            up = up.parent
+    except (OSError, ValueError) as e:
+        raise FtplanError(f"{option} {str(path)[:80]!r}...: not a usable path ({getattr(e, 'strerror', None) or e})") from None
     if not up.is_dir():
         raise FtplanError(f"{option} {str(path)!r}: {up} is a file, so no folder can be made under it")
     if not os.access(up, os.W_OK | os.X_OK):

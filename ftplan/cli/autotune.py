@@ -148,6 +148,16 @@ def autotune_command(
         from ..tune.api import autotune
 
         ranks = _ranks(rank)
+        if then_train:  # the training that follows: its options checked before the study runs
+            from ..atomic import check_folder
+            from ..errors import FtplanError
+
+            if train_steps is not None and not 1 <= train_steps <= 10**9:
+                raise FtplanError(f"--train-steps={train_steps} must be a whole number from 1 to 1,000,000,000")
+            if output is not None:
+                check_folder(output, "--output")
+            if data is None:
+                raise FtplanError("--then-train needs --data (the JSONL to train on)")
         knobs = dict(seq_len=seq_len, effective_batch=effective_batch, method=method, quant=quant,
                      lora_targets=targets, optimizer=optimizer, gradient_checkpointing=grad_ckpt,
                      micro_batch=micro_batch, attention=attention, loss_impl=loss)

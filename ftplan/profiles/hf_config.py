@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..atomic import check_input
 from ..errors import FtplanError
 from ..planner.types import ModelSpec
 
@@ -142,6 +143,7 @@ def spec_from_path(path: Path) -> ModelSpec:
     cfg_path = path / "config.json" if path.is_dir() else path
     if not cfg_path.exists():
         raise FtplanError(f"model path {str(path)!r}: no config.json there")
+    check_input(cfg_path, "model config")  # a device or a FIFO is not a config (it would be read forever)
     name = path.name if path.is_dir() else path.parent.name or path.stem
     return spec_from_config(_load_json(cfg_path, str(cfg_path)), name=name, where=str(cfg_path))
 

@@ -85,11 +85,13 @@ def check_options(opts: TrainOptions) -> None:
         read_jsonl(opts.eval_data)
     model = opts.model or opts.config.get("model")
     synthetic = bool(opts.config.get("synthetic_weights")) if opts.synthetic_weights is None else opts.synthetic_weights
+    from ..profiles.models import get_model
+
+    spec = get_model(model)  # a name, path or config that cannot be one: said before torch
     if not synthetic and isinstance(model, str):  # no network: say so at once, not after torch and retries
         from ..profiles.hf_config import require_weights_source
-        from ..profiles.models import get_model
 
-        require_weights_source(model, get_model(model).hf_id, "weights and tokenizer")
+        require_weights_source(model, spec.hf_id, "weights and tokenizer")
 
 
 @dataclass

@@ -64,6 +64,10 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
 
     check_folder(Path(runs_dir), "--runs-dir")
     check_device_name(device)
+    if storage is not None:  # a wrong URL, an unreachable server or a damaged file: said before torch
+        from .study import open_storage
+
+        open_storage(storage)
     from ..stack.env import require_stack, resolve_device
 
     require_stack()

@@ -326,3 +326,24 @@ def test_train_checks_its_data_and_device_before_torch(tmp_path):
         r, seconds = _ftplan("train", "-c", str(cfg), "-o", str(tmp_path / "out"), *extra)
         assert r.returncode == 2 and needle in r.stderr and seconds < 5, (extra, r.stderr)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("train", "-c", "CFG", "--data", "DATA", "-o", "x" * 5000), "not a usable path"),
+    (("autotune", "-m", "1b", "--runs-dir", "x" * 5000), "not a usable path"),
+    (("train", "-c", "CFG", "--data", "DATA", "--model", "/dev/full"), "not a regular file"),
+    (("autotune", "-m", "1b", "--storage", "sqlite:///DAMAGED"), "is damaged"),
+    (("autotune", "-m", "1b", "--then-train", "--train-steps", "-1", "--data", "DATA"), "--train-steps=-1"),
+    (("autotune", "-m", "1b", "--then-train", "--data", "DATA", "-o", "/proc/self/status"), "under /proc"),
+    (("autotune", "-m", "1b", "--then-train"), "--then-train needs --data"),
+])
+def test_found_by_the_second_fuzz_run(tmp_path, args, needle):
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps({"format": "ftplan-best/1", "model": "1b", "synthetic_weights": True, "knobs": {}}))
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "hi"}\n')
+    (tmp_path / "bad.db").write_bytes(b"not sqlite" * 300)
+    subst = {"CFG": str(cfg), "DATA": str(data), "sqlite:///DAMAGED": f"sqlite:///{tmp_path / 'bad.db'}"}
+    r, seconds = _ftplan(*(subst.get(a, a) for a in args))
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert seconds < 5
