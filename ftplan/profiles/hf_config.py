@@ -134,6 +134,8 @@ def _load_json(path: Path, where: str) -> dict:
         raise FtplanError(f"{where} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except UnicodeDecodeError as e:
         raise FtplanError(f"{where} is not UTF-8 text (byte {e.start + 1})") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise FtplanError(f"{where} is not JSON ftplan can read ({str(e)[:120]})") from None
     except RecursionError:
         raise FtplanError(f"{where}: JSON nested too deeply") from None
 

@@ -96,6 +96,8 @@ def read_jsonl(path: str | Path) -> list[Example]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise FtplanError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except ValueError as e:  # e.g. an integer of more than 4,300 digits
+                raise FtplanError(f"{where}: not JSON ftplan can read ({str(e)[:120]})") from None
             except RecursionError:
                 raise FtplanError(f"{where}: JSON nested too deeply") from None
             out.append(parse_line(obj, where))
