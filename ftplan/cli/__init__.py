@@ -39,6 +39,10 @@ def main() -> None:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
     except Exception as e:  # a bug: never a traceback on the terminal
-        from .crash import report_internal_error
+        from .crash import out_of_memory, report_internal_error
 
+        if out_of_memory(e):  # the machine ran out of memory (building a model too large for its RAM)
+            sys.stderr.write(f"out of memory: {str(e).splitlines()[0][:200]}; use a smaller model or a larger "
+                             "machine\n")
+            sys.exit(1)
         sys.exit(report_internal_error(e))

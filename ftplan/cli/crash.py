@@ -35,6 +35,14 @@ def write_log(text: str) -> str:
     return "(no log: neither the log folder nor the temporary folder can be written)"
 
 
+OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A run that failed for want of memory (a result, exit 1), not a bug."""
+    return isinstance(exc, MemoryError) or any(t in str(exc).lower() for t in OOM_TEXT)
+
+
 def report_internal_error(exc: BaseException) -> int:
     """Write the traceback of ``exc`` to a log, print one line, return the exit code."""
     text = "ftplan " + " ".join(sys.argv[1:]) + "\n\n" + "".join(traceback.format_exception(exc))

@@ -88,6 +88,7 @@ def check_options(opts: TrainOptions) -> None:
     from ..profiles.models import get_model
 
     spec = get_model(model)  # a name, path or config that cannot be one: said before torch
+    best_config(opts.config, model)  # every knob of the document validated too
     if not synthetic and isinstance(model, str):  # no network: say so at once, not after torch and retries
         from ..profiles.hf_config import require_weights_source
 
