@@ -77,13 +77,26 @@ def usable_bytes(row: dict) -> tuple[int, str]:
     return int((smi_estimate - SMI_TO_CUDA_MIB) * MiB), src
 
 
+MIN_USABLE = 256 * MiB  # less than this left for a process is not a GPU one can train on
+
+
+def _checked_usable(row: dict) -> tuple[int, str]:
+    """``usable_bytes``, refused when what it leaves is below ``MIN_USABLE`` (a 0.3 GB row, once CUDA's
+    600 MiB are taken, would be negative memory)."""
+    usable, src = usable_bytes(row)
+    if usable < MIN_USABLE:
+        raise FtplanError(f"GPU {row.get('key')}: {usable / 2**30:.2f} GiB usable ({src}) is less than "
+                          f"{MIN_USABLE // MiB} MiB; give the card's real size")
+    return usable, src
+
+
 def _yes(v: str | None) -> bool:
     return str(v or "").strip().lower() in ("yes", "true", "1", "y")
 
 
 def _spec(row: dict) -> GPUSpec:
     where = f"GPU {row.get('key')}"
-    usable, src = usable_bytes(row)
+    usable, src = _checked_usable(row)
     return GPUSpec(
         key=row["key"], name=row.get("name") or row["key"], memory_gb=_num(row, "memory_gb", where) or usable / 1e9,
         usable_bytes=usable, usable_source=src, bandwidth_gbs=_num(row, "bandwidth_gbs", where),

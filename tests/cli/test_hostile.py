@@ -347,3 +347,12 @@ def test_found_by_the_second_fuzz_run(tmp_path, args, needle):
     r, seconds = _ftplan(*(subst.get(a, a) for a in args))
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert seconds < 5
+
+
+@pytest.mark.parametrize("row", ["key,name,memory_gb\nx,X,0.3\n", "key,name,nvidia_smi_total_mib\nx,X,100\n"])
+def test_gpu_files_that_leave_no_usable_memory(tmp_path, row):
+    # was: "-0.29 GiB usable" and a plan against it
+    f = tmp_path / "g.csv"
+    f.write_text(row)
+    r, _ = _ftplan("-m", "8b", "-g", "x", "--gpu-file", str(f))
+    assert r.returncode == 2 and "less than 256 MiB" in r.stderr
