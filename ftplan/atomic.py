@@ -60,9 +60,9 @@ def check_folder(path: Path, option: str) -> Path:
     """``path`` as a folder ftplan may write into (its writer makes it): an FtplanError naming ``option`` when
     it is an existing file, lies under /proc, /sys or /dev, or lies under a file or a folder it cannot write
     (WriteError)."""
-    p = Path(path).expanduser()
-    if not str(p).strip():
+    if not str(path).strip():  # Path("") would be the working folder
         raise FtplanError(f"{option} is empty; give a folder")
+    p = Path(path).expanduser()
     try:
         resolved = p.resolve()
     except (OSError, RuntimeError, ValueError) as e:

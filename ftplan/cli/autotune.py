@@ -108,7 +108,8 @@ class _Progress:
     def close(self) -> None:
         """Stop the progress bar (idempotent): after the study, or when it stops on an error."""
         if self.bar is not None:
-            self.bar.stop()
+            if getattr(getattr(self.bar, "live", None), "is_started", True):  # a bar never started prints nothing
+                self.bar.stop()
             self.bar = None
 
 

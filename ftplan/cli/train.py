@@ -101,6 +101,10 @@ def train_command(
 ) -> None:
     """Train with a configuration from `ftplan autotune` (QLoRA, LoRA or full); resumable."""
     with user_errors():
+        if gpus > 65_536:
+            from ..errors import FtplanError
+
+            raise FtplanError(f"--gpus={gpus} is beyond the largest accepted, 65,536")
         if gpus > 1:
             from ..train.launch import launch_plan
 

@@ -146,7 +146,9 @@ def load_catalog(extra: str | None = None) -> dict[str, GPUSpec]:
     extra = extra or os.environ.get(GPU_FILE_ENV) or None
     if extra:
         for r in _read_rows(Path(extra)):
-            key = r["key"].strip()
+            key = str(r["key"]).strip()
+            if not isinstance(r["key"], str):
+                raise FtplanError(f"GPU file {extra!r}: key={r['key']!r} must be text (a name such as my-gpu)")
             given = {k: v for k, v in r.items() if v not in (None, "")}
             if key in rows:
                 rows[key] = {**rows[key], **given}

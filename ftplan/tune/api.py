@@ -62,8 +62,14 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
     from ..atomic import check_folder
     from ..stack.env import check_device_name
 
-    check_folder(Path(runs_dir), "--runs-dir")
+    check_folder(runs_dir, "--runs-dir")  # type: ignore[arg-type]
     check_device_name(device)
+    if gpu not in ("auto", "cpu"):
+        get_gpu(gpu)  # a name that is not a GPU is an error even when the run is on the CPU
+    if data is not None:
+        from ..atomic import check_input
+
+        check_input(data, "data file")
     if storage is not None:  # a wrong URL, an unreachable server or a damaged file: said before torch
         from .study import open_storage
 

@@ -356,3 +356,23 @@ def test_gpu_files_that_leave_no_usable_memory(tmp_path, row):
     f.write_text(row)
     r, _ = _ftplan("-m", "8b", "-g", "x", "--gpu-file", str(f))
     assert r.returncode == 2 and "less than 256 MiB" in r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("gpus", "--gpu-file", "GK"), "key=5 must be text"),
+    (("autotune", "-m", "1b", "--runs-dir", ""), "--runs-dir is empty"),
+    (("autotune", "-m", "1b", "--device", "cpu", "--gpu", "with space"), "unknown GPU 'with space'"),
+    (("autotune", "-m", "1b", "--data", "missing.jsonl"), "does not exist"),
+    (("train", "-c", "CFG", "--data", "DATA", "--gpus", "99999999999999999999999"), "beyond the largest accepted"),
+])
+def test_found_by_the_last_fuzz_run(tmp_path, args, needle):
+    (tmp_path / "gk.json").write_text('[{"key": 5}]')
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps({"format": "ftplan-best/1", "model": "1b", "synthetic_weights": True, "knobs": {}}))
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "hi"}\n')
+    subst = {"GK": str(tmp_path / "gk.json"), "CFG": str(cfg), "DATA": str(data)}
+    r = subprocess.run([sys.executable, "-m", "ftplan", *(subst.get(a, a) for a in args)], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1  # one line, no blank line before it
