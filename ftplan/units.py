@@ -56,6 +56,14 @@ def parse_duration(text: str | float | int | None, name: str = "--time-budget") 
     return parse_quantity(text, DURATION_UNITS, name, "90s, 10m, 1.5h")
 
 
+def whole(name: str, value: object, low: int, high: int) -> int:
+    """``value`` as an int within ``[low, high]`` (a bool is not one); an FtplanError naming ``name``, the value
+    and the range otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FtplanError(f"{name}={value!r} must be a whole number from {low:,} to {high:,}")
+    return value
+
+
 def real(name: str, value: object, *, low: float | None = None, high: float | None = None,
          low_open: bool = False, high_open: bool = False) -> float:
     """``value`` as a finite float within ``[low, high]`` (an open end excludes its bound); an FtplanError

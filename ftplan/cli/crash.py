@@ -35,11 +35,10 @@ def write_log(text: str) -> str:
     return "(no log: neither the log folder nor the temporary folder can be written)"
 
 
-OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
-
-
 def out_of_memory(exc: BaseException) -> bool:
     """A run that failed for want of memory (a result, exit 1), not a bug."""
+    from ..stack.env import OOM_TEXT  # the texts is_oom reads (stack.env imports no torch at module level)
+
     return isinstance(exc, MemoryError) or any(t in str(exc).lower() for t in OOM_TEXT)
 
 

@@ -248,6 +248,14 @@ def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
     return result[0] if result else f"{u.hostname}: no answer within {timeout:g} s"
 
 
+def offline_env() -> bool:
+    """Hugging Face offline mode asked for in the environment (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    import os
+
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def offline_if_unreachable() -> str | None:
     """Before anything reads from the Hub: when it cannot be reached, turn on Hugging Face offline mode for
     this process (cached files then load at once, missing ones fail at once, instead of minutes of
@@ -258,8 +266,7 @@ def offline_if_unreachable() -> str | None:
     global _unreachable
     if _unreachable is not None:
         return _unreachable
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or \
-            os.environ.get("TRANSFORMERS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if offline_env():
         return None
     why = hub_unreachable()
     if why is None:
@@ -277,15 +284,13 @@ def require_weights_source(model: str, hf_id: str, what: str = "weights") -> Non
     would be read from the Hub and the Hub is unreachable or offline mode is on, its files must already
     be in the local Hugging Face cache; an FtplanError at once otherwise (instead of minutes of retries
     after a torch import). A local folder or file needs nothing."""
-    import os
 
     if Path(model).expanduser().exists():
         return
     src = model if "/" in model else hf_id
     if not src:
         return
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or \
-        os.environ.get("TRANSFORMERS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = offline_env()
     why = None if offline else offline_if_unreachable()
     if not offline and why is None:
         return

@@ -61,18 +61,14 @@ def check_options(opts: TrainOptions) -> None:
     """Every number of ``opts`` finite and in range, before anything heavy is imported: an FtplanError
     naming the option and what is valid (a NaN learning rate would train an all-NaN adapter; ``--keep 0``
     would delete each checkpoint as it is written, so a resume would start over)."""
-    from ..units import real
+    from ..units import real, whole
 
     for name, v in (("--max-steps", opts.max_steps), ("--save-every", opts.save_every), ("--keep", opts.keep),
                     ("--log-every", opts.log_every)):
-        if v is None and name == "--max-steps":
-            continue
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10**9:
-            raise FtplanError(f"{name}={v!r} must be a whole number from 1 to 1,000,000,000")
-    if isinstance(opts.warmup_steps, bool) or not isinstance(opts.warmup_steps, int) or not 0 <= opts.warmup_steps <= 10**9:
-        raise FtplanError(f"--warmup-steps={opts.warmup_steps!r} must be a whole number from 0 to 1,000,000,000")
-    if isinstance(opts.seed, bool) or not isinstance(opts.seed, int) or not 0 <= opts.seed < 2**63:
-        raise FtplanError(f"--seed={opts.seed!r} must be a whole number from 0 to 2**63 - 1")
+        if v is not None or name != "--max-steps":
+            whole(name, v, 1, 10**9)
+    whole("--warmup-steps", opts.warmup_steps, 0, 10**9)
+    whole("--seed", opts.seed, 0, 2**63 - 1)
     real("--epochs", opts.epochs, low=0, low_open=True, high=1e6)
     real("--lr", opts.lr, low=0, low_open=True, high=MAX_LR)
     from ..atomic import check_folder

@@ -11,7 +11,7 @@ from ..planner.handoff import handoff_knobs
 from ..planner.options import choice
 from ..profiles.gpus import get_gpu
 from ..profiles.models import get_model
-from ..units import parse_duration, real
+from ..units import parse_duration, real, whole
 from .study import DEFAULT_RUNS, TuneResult, TuneSpec, check_study_name, run
 
 
@@ -47,8 +47,7 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
     # every number checked before the training stack is imported (a bad one answers in a fraction of a second)
     for opt, v, lo, hi in (("--steps", steps, 2, 1000), ("--trials", trials, 1, 100_000),
                            ("--seed", seed, 0, 2**32 - 1), ("--planner-seeds", planner_seeds, 0, 1000)):
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise FtplanError(f"{opt}={v!r} must be a whole number from {lo} to {hi:,}")
+        whole(opt, v, lo, hi)
     real("--trial-timeout", trial_timeout, low=0, low_open=True, high=7 * 86400)
     real("--margin", margin, low=0, high=1, high_open=True)
     if price is not None:
