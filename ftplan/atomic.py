@@ -26,10 +26,14 @@ def check_target(path: Path) -> None:
     except OSError as e:
         raise FtplanError(f"cannot write {path}: {e.strerror or e}") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, a FIFO or a socket)"
-        raise FtplanError(f"refusing to write {path}: it is {kind}; give the path of a file")
+        raise FtplanError(f"refusing to write {path}: it is {_kind(st)}; give the path of a file")
     if _under_system_root(Path(path)):
         raise FtplanError(f"refusing to write {path}: it is under {', '.join(SYSTEM_ROOTS)}; give a file of your own")
+
+
+def _kind(st: os.stat_result) -> str:
+    """What a path that is not a regular file is, for the message that refuses it."""
+    return "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, a FIFO or a socket)"
 
 
 def _under_system_root(p: Path) -> bool:
@@ -51,8 +55,7 @@ def check_input(path: str | Path, what: str) -> Path:
     except (OSError, ValueError) as e:
         raise FtplanError(f"{what} {str(path)!r} cannot be read ({getattr(e, 'strerror', None) or e})") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, a FIFO or a socket)"
-        raise FtplanError(f"{what} {str(path)!r} is {kind}; give a file")
+        raise FtplanError(f"{what} {str(path)!r} is {_kind(st)}; give a file")
     return p
 
 
