@@ -15,7 +15,7 @@ from .planner.search import DEFAULT_MARGIN, SearchResult, enumerate_configs, sea
 from .planner.types import Estimate, GPUSpec, ModelSpec, Plan, TrainConfig
 from .profiles.gpus import get_gpu, list_gpus
 from .profiles.models import get_model
-from .units import real
+from .units import parse_bytes, real
 
 __all__ = ["estimate", "plan", "plan_search", "suggest", "get_gpu", "get_model"]
 
@@ -29,13 +29,15 @@ def _gpu(gpu: str | GPUSpec | None, gpu_file: str | None) -> GPUSpec | None:
 def estimate(model: str | ModelSpec, gpu: str | GPUSpec | None = None, *, tokens: float | None = None,
              epochs: float = 1.0, price: float | None = None, gpu_file: str | None = None,
              spot_discount: float = 0.0, calibrate: bool = True, handoff: str | None = None,
-             **knobs: Any) -> Estimate:
+             host_ram: str | int | None = None, **knobs: Any) -> Estimate:
     """Memory per phase, the peak, whether it fits ``gpu``, and (with a GPU) tokens/s, hours and dollars
     for one configuration. Knobs not given take the defaults in ``planner.options.DEFAULTS``.
     With ``calibrate`` (the default), measured factors that ``ftplan autotune`` stored for this GPU and
     the installed library versions are applied, and ``Estimate.calibration`` says which. ``handoff``
     (``ftplan``, ``hf``, ``trl``, ``axolotl``, ``llamafactory``; see ``planner.handoff``) sets the knobs that
     trainer decides (its k-bit preparation, the standard loss where it cannot run the chunked one).
+    ``host_ram`` (bytes, or text such as "64GiB"): the host memory of one node; a plan whose offloaded state
+    or model loading needs more does not fit (``Estimate.host_bytes`` is always computed).
 
     >>> est = estimate("8b", "a100-80gb", method="qlora", micro_batch=1, seq_len=2048)
     >>> est.fits, est.peak_phase
@@ -46,7 +48,9 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec | None = None, *, tokens
     if handoff is not None:
         knobs = handoff_knobs(spec, handoff, knobs)[0]
     resolved = make_config(spec, g, **knobs)
-    est = build_estimate(spec, resolved.config, g, tokens, epochs, price, resolved.warnings, spot_discount)
+    ram = parse_bytes(host_ram, "host_ram")
+    est = build_estimate(spec, resolved.config, g, tokens, epochs, price, resolved.warnings, spot_discount,
+                         host_ram=ram)
     return _calibrated(est) if calibrate and g is not None else est
 
 
@@ -61,7 +65,7 @@ def plan_search(model: str | ModelSpec, gpu: str | GPUSpec, *, objective: str = 
                 tokens: float | None = None, epochs: float = 1.0, price: float | None = None,
                 margin: float = DEFAULT_MARGIN, top: int | None = None, gpu_file: str | None = None,
                 spot_discount: float = 0.0, diverse: bool = False, calibrate: bool = True,
-                handoff: str | None = None, **knobs: Any) -> SearchResult:
+                handoff: str | None = None, host_ram: str | int | None = None, **knobs: Any) -> SearchResult:
     """``plan`` with the search's counts (candidates evaluated, feasible) and warnings. ``diverse`` keeps
     only the best configuration of each family (see ``planner.search``: nf4/fp4 and double-quant twins and
     micro-batch variants of the same setup count as one). With ``calibrate``, plans are corrected by the
@@ -76,7 +80,8 @@ def plan_search(model: str | ModelSpec, gpu: str | GPUSpec, *, objective: str = 
         knobs = handoff_knobs(spec, handoff, knobs)[0]
     if g is None:
         raise FtplanError("plan needs a GPU (a name from `ftplan gpus`, or 'auto')")
-    res = search(spec, g, knobs, objective, tokens, epochs, price, margin, top, spot_discount, diverse)
+    res = search(spec, g, knobs, objective, tokens, epochs, price, margin, top, spot_discount, diverse,
+                 parse_bytes(host_ram, "host_ram"))
     if not calibrate:
         return res
     from . import calibration

@@ -359,6 +359,8 @@ def adjusted(est: Estimate, factors: Mapping[str, float], margin: float = 0.0) -
         breakdown["calibration"] = breakdown.get("calibration", 0) + alloc2 - alloc
     overheads = {**est.overheads, "allocator_overhead": overhead2, "cuda_context": context2}
     fits = est.fits if est.usable_bytes is None else device2 <= est.usable_bytes * (1.0 - margin)
+    if fits and est.host_fits is False:
+        fits = False  # the host memory check is not a device figure: a calibration leaves it as it was
     speed = f.get("tokens_per_s", 1.0)
     time, cost = est.time, est.cost
     if time is not None and speed != 1.0:

@@ -42,7 +42,9 @@ def fit_callback(
     loss: Optional[str] = typer.Option(None, "--loss", help="standard | chunked (lm_head fused with the cross-entropy, chunk by chunk) (searched where the trainer can run it)"),
     handoff: str = typer.Option("ftplan", "--for", help="the trainer the plan is built for: ftplan (ftplan train) | hf (HF Trainer + ftplan.integrations.hf) | trl | axolotl | llamafactory; sets what it decides (k-bit preparation, loss)"),
     gpus: int = typer.Option(1, "--gpus", help="number of GPUs"),
-    sharding: Optional[str] = typer.Option(None, help="ddp | fsdp (with --gpus > 1) [default: ddp]"),
+    sharding: Optional[str] = typer.Option(None, help="ddp | fsdp | fsdp_grad_op (with --gpus > 1) [default: ddp]"),
+    offload: Optional[str] = typer.Option(None, "--offload", help="none | params (FSDP: parameters, gradients and optimizer step on the host) [default: none]"),
+    host_ram: Optional[str] = typer.Option(None, "--host-ram", help="host memory of one node, e.g. 256GiB: a plan needing more does not fit [default: unknown; the need is stated]"),
     tokens: Optional[str] = typer.Option(None, help="training tokens per epoch, e.g. 50M [default: 10M]"),
     epochs: float = typer.Option(1.0, help="epochs over --tokens"),
     price: Optional[float] = typer.Option(None, help="override $ per GPU-hour"),
@@ -79,11 +81,12 @@ def fit_callback(
             raise FtplanError(f"--top={top} must be at least 1")
         result = run_fit(model, gpu, objective=objective, tokens=tokens, epochs=epochs, price=price, margin=margin,
                          top=top, gpu_file=gpu_file, spot_discount=spot_discount, calibrate=calibration,
-                         handoff=handoff, method=method, quant=quant,
+                         handoff=handoff, host_ram=host_ram, method=method, quant=quant,
                          double_quant=double_quant, lora_rank=rank, lora_alpha=alpha, lora_targets=targets,
                          lora_dropout=lora_dropout, micro_batch=micro_batch, seq_len=seq_len,
                          effective_batch=effective_batch, grad_accum=grad_accum, gradient_checkpointing=grad_ckpt,
-                         optimizer=optimizer, attention=attention, loss_impl=loss, num_gpus=gpus, sharding=sharding)
+                         optimizer=optimizer, attention=attention, loss_impl=loss, num_gpus=gpus, sharding=sharding,
+                         offload=offload)
     traced = None
     if trace and result.plans:
         with user_errors():

@@ -51,7 +51,7 @@ class FitResult:
 def run_fit(model: str, gpu: str, *, objective: str = "throughput", tokens: float | str | None = None,
             epochs: float = 1.0, price: float | None = None, margin: float = DEFAULT_MARGIN, top: int = 6,
             gpu_file: str | None = None, spot_discount: float = 0.0, calibrate: bool = True,
-            handoff: str = DEFAULT_HANDOFF, **knobs: Any) -> FitResult:
+            handoff: str = DEFAULT_HANDOFF, host_ram: str | int | None = None, **knobs: Any) -> FitResult:
     """Search ``model`` on ``gpu`` with the knobs given fixed, for the trainer ``handoff`` (what it
     decides is fixed too: ``planner.handoff``); when nothing fits, ``suggest`` the ways out (each checked
     with this same search: objective, margin, calibration, fixed knobs, trainer)."""
@@ -66,7 +66,7 @@ def run_fit(model: str, gpu: str, *, objective: str = "throughput", tokens: floa
         defaults_used["tokens"] = DEFAULT_TOKENS
     res = plan_search(spec, g, objective=objective, tokens=tok, epochs=epochs, price=price, margin=margin,
                       top=top, gpu_file=gpu_file, spot_discount=spot_discount, diverse=True, calibrate=calibrate,
-                      **searched)
+                      host_ram=host_ram, **searched)
     sugg: dict[str, Any] = {}
     if not res.plans:
         sugg = suggest(spec, g, objective=objective, margin=margin, gpu_file=gpu_file, calibrate=calibrate,

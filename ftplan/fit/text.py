@@ -64,7 +64,8 @@ def describe_config(plan: Plan, spec) -> list[tuple[str, str]]:
         mods = sorted({lin.role for lin in resolve_targets(spec, c.lora_targets)})
         rows.append(("LoRA", f"rank {c.lora_rank}, alpha {c.lora_alpha}, targets {','.join(c.lora_targets)} "
                              f"({', '.join(mods)}), dropout {c.lora_dropout:g}"))
-    gpus = f" x {c.num_gpus} GPUs ({c.sharding})" if c.num_gpus > 1 else " x 1 GPU"
+    off = f", {c.offload} offloaded to the host" if c.offload != "none" else ""
+    gpus = f" x {c.num_gpus} GPUs ({c.sharding}{off})" if c.num_gpus > 1 else " x 1 GPU"
     rows += [("batch", f"micro-batch {c.micro_batch} x accumulation {c.grad_accum}{gpus} = {c.effective_batch} "
                        f"sequences of {c.seq_len} tokens"),
              ("checkpointing", "on" if c.gradient_checkpointing else "off"),
@@ -88,7 +89,23 @@ def breakdown_lines(est: Estimate) -> list[str]:
     if est.usable_bytes:
         usable = f"  of {gib(est.usable_bytes)} usable ({est.device_bytes / est.usable_bytes:.0%})"
     lines.append(f"  {'= device (nvidia-smi)':<44}{gib(est.device_bytes):>10}{usable}")
+    if est.config.num_gpus > 1:
+        lines.append("  (per GPU: every rank holds this)")
+    lines += host_lines(est)
     return lines
+
+
+def host_lines(est: Estimate) -> list[str]:
+    """The host memory a plan needs per node, and whether the node has it (said when it is not 0)."""
+    if not est.host_bytes:
+        return []
+    parts = ", ".join(f"{k.replace('offloaded_', 'offloaded ').replace('_', ' ')} {gib(v)}"
+                      for k, v in est.host_breakdown.items() if v)
+    if est.host_ram_bytes is None:
+        have = "host RAM unknown: give --host-ram to check it"
+    else:
+        have = f"{'fits' if est.host_fits else 'DOES NOT FIT'} the {gib(est.host_ram_bytes)} GiB given (--host-ram)"
+    return [f"  Host memory per node: {gib(est.host_bytes)} GiB ({parts}; analytical; {have})"]
 
 
 def speed_lines(est: Estimate, gpu: GPUSpec | None = None) -> list[str]:

@@ -19,11 +19,11 @@ GROUP_OF = {
     "autocast_weight_copies": "autocast_weight_copies", "logits_loss": "logits_loss",
     "dequant_transient": "dequant_transient", "activations": "activations", "recompute": "activations",
     "backward_transient": "activations", "forward_transient": "activations",
-    "cuda_workspace": "other", "fsdp_gathered": "other",
+    "cuda_workspace": "other", "fsdp_gathered": "fsdp_buffers", "fsdp_reduce": "fsdp_buffers",
 }
 GROUPS = ("weights_quantized", "quant_constants", "weights_dense", "weights_unquantized", "lora_weights",
           "gradients", "optimizer_state", "optimizer_temp", "autocast_weight_copies", "dequant_transient",
-          "logits_loss", "activations", "other")
+          "logits_loss", "activations", "fsdp_buffers", "other")
 PHASES = ("forward_end", "backward", "optimizer_step")
 
 

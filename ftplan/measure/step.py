@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,8 +152,10 @@ def nvml_process_bytes() -> int | None:
 
 def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, tracker: LiveStorageTracker | None,
               on_step: Callable[[StepRecord], None] | None = None, make_batch: Callable | None = None,
-              optimizer=None) -> list[StepRecord]:
-    """``steps`` optimizer steps of ``min(grad_accum, 2)`` micro-batches each, measured by phase."""
+              optimizer=None, no_sync: Callable | None = None) -> list[StepRecord]:
+    """``steps`` optimizer steps of ``min(grad_accum, 2)`` micro-batches each, measured by phase.
+    ``no_sync()`` (data-parallel runs) is the context the micro-batches before the last of an accumulation run
+    in, as HF Trainer does (DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync(False)``)."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -179,8 +182,9 @@ def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, trac
         for i in range(steps):
             rec = StepRecord(i + 1)
             t0 = time.perf_counter()
-            for _ in range(micro):
-                with _scope(tracker, "activations"):
+            for j in range(micro):
+                with _scope(tracker, "activations"), (no_sync() if no_sync is not None and j < micro - 1
+                                                       else nullcontext()):
                     if make_batch is not None:
                         ids = make_batch(b, s)
                     else:

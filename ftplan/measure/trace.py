@@ -18,7 +18,6 @@ operator (a fused kernel's workspace) are invisible, and 8-bit (LLM.int8) bases 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from typing import Any
 
 from ..errors import FtplanError
@@ -26,6 +25,7 @@ from ..planner.memory.weights import FOUR_BIT_CODE_ENTRIES, NESTED_CODE_ENTRIES
 from ..planner.options import make_config
 from ..planner.types import ModelSpec
 from ..profiles.models import get_model
+from .fake import unpacked_positions
 
 
 def _stand_in_class():
@@ -144,27 +144,6 @@ def _traced_params(model) -> dict[str, list]:
     return groups
 
 
-@contextmanager
-def _unpacked_positions():
-    """transformers checks ``position_ids`` for packed sequences by reading their values; a fake tensor
-    has none, so it assumes packing and builds an explicit O(s^2) mask that a real run of the same
-    batch (positions ``0..s-1``, one sequence per row) would not. Answer the check as the real run does."""
-    try:
-        from transformers import masking_utils
-    except ImportError:  # transformers before 4.53 has no packed-sequence detection
-        yield
-        return
-    if not hasattr(masking_utils, "find_packed_sequence_indices"):
-        yield
-        return
-    orig = masking_utils.find_packed_sequence_indices
-    masking_utils.find_packed_sequence_indices = lambda position_ids: None
-    try:
-        yield
-    finally:
-        masking_utils.find_packed_sequence_indices = orig
-
-
 def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = None, **knobs: Any) -> dict[str, Any]:
     """Trace ``steps`` training steps of the full-size model; returns the ``profile``-shaped dict."""
     if steps < 2:
@@ -177,7 +156,9 @@ def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = No
     if cfg.quant == "int8":
         raise FtplanError("trace does not model 8-bit (LLM.int8) bases; use nf4/fp4 or a 16-bit base")
     if cfg.num_gpus > 1:
-        raise FtplanError("trace models one device; multi-GPU sharding is analytical only")
+        from .sharded_trace import trace_sharded
+
+        return trace_sharded(str(model) if not isinstance(model, ModelSpec) else spec.name, spec, cfg, steps, argv)
     import torch
     import transformers
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -210,7 +191,7 @@ def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = No
     def batch(b, s):
         return torch.randint(0, vocab, (b, s))
 
-    with fake_mode, tracker, _unpacked_positions():
+    with fake_mode, tracker, unpacked_positions():
         records = run_steps(m, cfg, vocab, "cpu", steps, tracker, make_batch=batch, optimizer=opt)
     out: dict[str, Any] = {"status": "ok", "model": spec.name, "device": "fake", "config": cfg.to_dict(),
                            "memory_source": "live-storage tracker under FakeTensorMode (tensor level)",

@@ -54,6 +54,9 @@ class PhaseReport:
 
 
 def _storage(t: torch.Tensor):
+    local = getattr(t, "_local_tensor", None)  # a DTensor (FSDP2's sharded parameter): its shard on this rank
+    if isinstance(local, torch.Tensor):
+        t = local
     try:
         return t.untyped_storage()
     except (RuntimeError, NotImplementedError):  # sparse or opaque tensors hold no plain storage
@@ -146,6 +149,61 @@ class LiveStorageTracker(TorchDispatchMode):
                 tag = self.labels.get(rec.key, rec.tag) if rec.died is None else rec.tag
                 by_tag[tag] = by_tag.get(tag, 0) + rec.nbytes
         return PhaseReport(name, self.peak, self.current, dict(sorted(by_tag.items())))
+
+    def resized(self, t: torch.Tensor, tag: str) -> None:
+        """A storage changed size in place (``UntypedStorage.resize_``, which no operator dispatch shows):
+        the old allocation dies here and, when the new size is not 0, a new one of the new size is born."""
+        st = _storage(t)
+        if st is None:
+            return
+        rec = self._live.get(id(st))
+        if rec is not None:
+            self._freed(rec)
+        if int(st.nbytes()):
+            new = self._add(t, tag)
+            if new is not None and rec is not None:
+                new.ref = weakref.ref(st, lambda _r, rec=new: self._freed(rec))
+
+    @contextmanager
+    def follow_fsdp2(self, tag: str = "fsdp_gathered") -> Iterator[None]:
+        """Follow FSDP2's in-place storage resizes: it frees a unit's unsharded parameters by resizing their
+        storage to 0 and re-allocates them the same way before the next all-gather
+        (``torch.distributed.fsdp._fully_shard._fsdp_param.free_storage``/``alloc_storage``). Without this the
+        tracker would keep counting every unit's gathered parameters after its reshard."""
+        from torch.distributed.fsdp._fully_shard import _fsdp_param, _fsdp_param_group
+
+        orig_alloc, orig_free = _fsdp_param.alloc_storage, _fsdp_param.free_storage
+
+        def alloc(tensor: torch.Tensor) -> None:
+            orig_alloc(tensor)
+            self.resized(tensor, tag)
+
+        def free(tensor: torch.Tensor) -> None:
+            orig_free(tensor)
+            self.resized(tensor, tag)
+
+        def scoped(fn, name):
+            def run(*a, **kw):
+                with self.scope(name):
+                    return fn(*a, **kw)
+            return run
+
+        patched = [(m, n) for m in (_fsdp_param, _fsdp_param_group) for n in ("alloc_storage", "free_storage")
+                   if hasattr(m, n)]
+        # what FSDP2's collectives allocate: the all-gather buffers, the reduce-scatter input and output
+        collectives = [(n, t) for n, t in (("foreach_all_gather", tag), ("foreach_all_gather_copy_out", tag),
+                                           ("foreach_reduce", "fsdp_reduce")) if hasattr(_fsdp_param_group, n)]
+        saved = {(m, n): getattr(m, n) for m, n in patched}
+        saved.update({(_fsdp_param_group, n): getattr(_fsdp_param_group, n) for n, _ in collectives})
+        for m, n in patched:
+            setattr(m, n, alloc if n == "alloc_storage" else free)
+        for n, t in collectives:
+            setattr(_fsdp_param_group, n, scoped(getattr(_fsdp_param_group, n), t))
+        try:
+            yield
+        finally:
+            for (m, n), f in saved.items():
+                setattr(m, n, f)
 
     # -- the mode ---------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):

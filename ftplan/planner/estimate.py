@@ -5,6 +5,7 @@ from __future__ import annotations
 from .cost import job_cost
 from .memory.phases import memory_model
 from .memory.precision import autocast_assumption, precision
+from .memory.sharding import host_memory
 from .timing import step_time, work_per_token
 from .types import Estimate, GPUSpec, ModelSpec, TrainConfig, spec_id
 
@@ -39,12 +40,32 @@ def _optimizer_traffic(spec: ModelSpec, cfg: TrainConfig) -> float:
     return n * (2 * p + p + 2 * state)
 
 
+def host_breakdown(spec: ModelSpec, cfg: TrainConfig, host_per_rank: dict[str, int] | None) -> dict[str, int]:
+    """Host memory per node by term (``memory.sharding.host_memory``): the weights' stored bytes are what
+    loading the model holds."""
+    weights = sum(memory_model_weights(spec, cfg).values())
+    return host_memory(host_per_rank or {}, spec, cfg, weights)
+
+
+def memory_model_weights(spec: ModelSpec, cfg: TrainConfig) -> dict[str, int]:
+    """The model's weights as stored (one rank, nothing sharded), by term, bytes."""
+    from dataclasses import replace
+
+    one = replace(cfg, num_gpus=1, sharding=None, offload="none")
+    mem = memory_model(spec, one, None)
+    keep = ("weights_quantized", "quant_constants", "weights_dense", "weights_unquantized", "lora_weights")
+    return {k: v for k, v in mem.phases["optimizer_step"].items() if k in keep}
+
+
 def build_estimate(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, tokens: float | None = None,
                    epochs: float = 1.0, price: float | None = None, warnings: tuple[str, ...] = (),
-                   spot_discount: float = 0.0, margin: float = 0.0) -> Estimate:
+                   spot_discount: float = 0.0, margin: float = 0.0, host_ram: int | None = None) -> Estimate:
     mem = memory_model(spec, cfg, gpu)
+    host = host_breakdown(spec, cfg, mem.host)
     usable = gpu.usable_bytes if gpu is not None else None
     fits = None if usable is None else mem.device_bytes <= usable * (1.0 - margin)
+    if fits and host_ram is not None and sum(host.values()) > host_ram:
+        fits = False  # the node cannot hold what the plan keeps in host memory
     t = step_time(spec, cfg, gpu, optimizer_traffic_bytes(spec, cfg))
     cost = job_cost(t, gpu, cfg.num_gpus, tokens, epochs, price, spot_discount) if tokens else None
     return Estimate(model=spec.name, gpu=gpu.key if gpu else None, config=cfg,
@@ -52,4 +73,5 @@ def build_estimate(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, token
                     device_bytes=mem.device_bytes, breakdown=mem.breakdown, peak_phase=mem.peak_phase,
                     phases=mem.phases, overheads=mem.overheads, usable_bytes=usable, fits=fits,
                     trainable_params=mem.trainable_params, total_params=mem.total_params, time=t, cost=cost,
-                    warnings=warnings, assumptions=(autocast_assumption(cfg), *ASSUMPTIONS[1:]))
+                    warnings=warnings, assumptions=(autocast_assumption(cfg), *ASSUMPTIONS[1:]),
+                    host_breakdown=host, host_ram_bytes=host_ram)

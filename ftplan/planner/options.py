@@ -19,7 +19,8 @@ METHODS = ("full", "lora", "qlora")
 QUANTS = ("nf4", "fp4", "int8", "bf16", "fp16", "fp32")
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 OBJECTIVES = ("throughput", "cost", "quality")
-SHARDINGS = ("ddp", "fsdp")
+SHARDINGS = ("ddp", "fsdp", "fsdp_grad_op")
+OFFLOADS = ("none", "optimizer", "params")
 LOSS_IMPLS = ("standard", "chunked")
 COMPUTE_DTYPES = ("bf16", "fp16")
 
@@ -35,12 +36,15 @@ _ALIASES = {
     "attention": {"flash": "flash_attention_2", "fa2": "flash_attention_2", "flash_attn": "flash_attention_2",
                   "flash-attention-2": "flash_attention_2", "math": "eager"},
     "objective": {"speed": "throughput", "tokens/s": "throughput", "price": "cost", "dollars": "cost"},
-    "sharding": {"zero3": "fsdp", "deepspeed": "fsdp", "none": "ddp"},
+    "sharding": {"none": "ddp", "fsdp2": "fsdp", "full_shard": "fsdp", "fsdp_full_shard": "fsdp",
+                 "shard_grad_op": "fsdp_grad_op", "fsdp_shard_grad_op": "fsdp_grad_op"},
+    "offload": {"no": "none", "off": "none", "false": "none", "cpu": "params", "optimizer_state": "optimizer",
+                "optim": "optimizer", "param": "params", "parameters": "params", "all": "params"},
     "loss_impl": {"hf": "standard", "fused": "chunked", "liger": "chunked", "chunked_ce": "chunked"},
     "compute_dtype": {"bfloat16": "bf16", "float16": "fp16", "half": "fp16"},
 }
 _VALID = {"method": METHODS, "quant": QUANTS, "optimizer": OPTIMIZERS, "attention": ATTENTIONS,
-          "objective": OBJECTIVES, "sharding": SHARDINGS, "loss_impl": LOSS_IMPLS, "compute_dtype": COMPUTE_DTYPES}
+          "objective": OBJECTIVES, "sharding": SHARDINGS, "offload": OFFLOADS, "loss_impl": LOSS_IMPLS, "compute_dtype": COMPUTE_DTYPES}
 
 # which MoE expert layout the estimate assumes (planner.arch.fused_experts), said on every MoE estimate
 MOE_FUSED = ("MoE: transformers >= 5 layout assumed: fused expert stacks that bitsandbytes does not quantize "
@@ -52,7 +56,7 @@ MOE_PER_EXPERT = ("MoE: transformers 4.x layout assumed: one nn.Linear per exper
 # the knobs estimate()/plan() take; effective_batch is turned into grad_accum
 KNOBS = ("method", "quant", "double_quant", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout",
          "micro_batch", "seq_len", "grad_accum", "effective_batch", "gradient_checkpointing", "optimizer",
-         "attention", "num_gpus", "sharding", "prepare_kbit", "autocast", "loss_impl", "compute_dtype")
+         "attention", "num_gpus", "sharding", "offload", "prepare_kbit", "autocast", "loss_impl", "compute_dtype")
 
 DEFAULTS: dict[str, Any] = {
     "method": "qlora", "quant": "nf4", "double_quant": True, "lora_rank": 16, "lora_targets": "all-linear",
@@ -222,6 +226,8 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
         sharding = "ddp"
     if n_gpus == 1:
         sharding = None
+    offload = choice("offload", k.get("offload", "none"))
+    check_offload(sharding, offload)
     accum = _grad_accum(k, mb, n_gpus, warnings)
     optimizer = choice("optimizer", k.get("optimizer", DEFAULTS["optimizer"]))
     attention = choice("attention", k.get("attention", DEFAULTS["attention"]))
@@ -232,7 +238,7 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
                       lora_rank=rank, lora_alpha=alpha, lora_targets=targets, lora_dropout=dropout,
                       micro_batch=mb, seq_len=seq, grad_accum=accum,
                       gradient_checkpointing=flag("gradient_checkpointing", k.get("gradient_checkpointing", True)), optimizer=optimizer,
-                      attention=attention, num_gpus=n_gpus, sharding=sharding,
+                      attention=attention, num_gpus=n_gpus, sharding=sharding, offload=offload,
                       prepare_kbit=flag("prepare_kbit", k.get("prepare_kbit", True)), autocast=autocast,
                       loss_impl=loss_impl, compute_dtype=compute)
     if cfg.is_lora:
@@ -240,6 +246,21 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
     if model.is_moe:
         warnings.append(MOE_FUSED if fused_experts() else MOE_PER_EXPERT)
     return Resolved(cfg, tuple(warnings))
+
+
+# what each strategy can move to the host: FSDP's CPUOffloadPolicy / CPUOffload(offload_params=True) moves
+# parameters, gradients and the optimizer step together; DDP offloads nothing
+OFFLOAD_FOR = {None: ("none",), "ddp": ("none",), "fsdp": ("none", "params"), "fsdp_grad_op": ("none", "params")}
+
+
+def check_offload(sharding: str | None, offload: str) -> None:
+    """Raise when ``sharding`` cannot offload ``offload`` (see ``OFFLOAD_FOR``)."""
+    ok = OFFLOAD_FOR[sharding]
+    if offload not in ok:
+        what = f"--sharding {sharding}" if sharding else "one GPU (offload needs --gpus 2 or more and a sharding)"
+        raise FtplanError(f"--offload={offload} is not possible with {what}; valid: {', '.join(ok)}"
+                          + (" (FSDP moves parameters, gradients and the optimizer step together: --offload params)"
+                             if sharding in ("fsdp", "fsdp_grad_op") else ""))
 
 
 def _grad_accum(k: dict[str, Any], mb: int, n_gpus: int, warnings: list[str]) -> int:

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .estimate import build_estimate, optimizer_traffic_bytes
+from .estimate import build_estimate, host_breakdown, optimizer_traffic_bytes
 from .memory.phases import cached_terms, device_bytes_fast
 from .options import DEFAULTS, choice, flag, make_config, parse_targets, positive_int
 from .timing import tokens_per_s
@@ -222,8 +222,10 @@ def score_of(objective: str, est: Estimate) -> float:
 
 def search(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], objective: str = "throughput",
            tokens: float | None = None, epochs: float = 1.0, price: float | None = None, margin: float = DEFAULT_MARGIN,
-           top: int | None = None, spot_discount: float = 0.0, diverse: bool = False) -> SearchResult:
-    """Every candidate that fits ``gpu`` with ``margin``, best first (see module docstring)."""
+           top: int | None = None, spot_discount: float = 0.0, diverse: bool = False,
+           host_ram: int | None = None) -> SearchResult:
+    """Every candidate that fits ``gpu`` with ``margin`` (and, with ``host_ram``, the node's host memory),
+    best first (see module docstring)."""
     objective = choice("objective", objective)
     fixed = {k: v for k, v in fixed.items() if v is not None}
     if "lora_targets" in fixed:
@@ -239,6 +241,8 @@ def search(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], objectiv
         dev = device_bytes_fast(spec, cfg, gpu)
         if usable is not None and dev > usable:
             continue
+        if host_ram is not None and sum(host_breakdown(spec, cfg, cached_terms(spec, cfg, gpu)[0].host).values()) > host_ram:
+            continue
         tps = tokens_per_s(spec, cfg, gpu, optimizer_traffic_bytes(spec, cfg)) or 0.0
         fam = (cfg.method, cfg.quant, cfg.lora_rank, cfg.lora_targets, cfg.num_gpus, cfg.sharding)
         is_small = small.get(fam)
@@ -252,7 +256,8 @@ def search(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], objectiv
     if diverse:
         scored = _diverse(scored, fixed)
     chosen = scored if not top else scored[:top]
-    ests = [build_estimate(spec, c, gpu, tokens, epochs, price, warnings, spot_discount, margin) for _, c in chosen]
+    ests = [build_estimate(spec, c, gpu, tokens, epochs, price, warnings, spot_discount, margin, host_ram)
+            for _, c in chosen]
     plans = [Plan(config=e.config, estimate=e, score=score_of(objective, e), rank=i + 1) for i, e in enumerate(ests)]
     return SearchResult(plans, n, feasible, warnings)
 

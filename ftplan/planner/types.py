@@ -137,7 +137,8 @@ class TrainConfig:
     optimizer: str = "paged_adamw_8bit"
     attention: str = "sdpa"  # sdpa | eager | flash_attention_2
     num_gpus: int = 1
-    sharding: str | None = None  # None | ddp | fsdp
+    sharding: str | None = None  # None | ddp | fsdp | fsdp_grad_op | zero1 | zero2 | zero3
+    offload: str = "none"  # none | optimizer | params (what the strategy keeps in host memory)
     prepare_kbit: bool = True  # peft.prepare_model_for_kbit_training (fp32 upcast of unquantized params)
     autocast: bool = True  # HF Trainer bf16=True / fp16=True
     loss_impl: str = "standard"  # standard (HF ForCausalLMLoss) | chunked (fused/chunked cross-entropy)
@@ -270,6 +271,18 @@ class Estimate:
     calibration: Calibration | None = None
     warnings: tuple[str, ...] = ()
     assumptions: tuple[str, ...] = field(default=())
+    host_breakdown: Mapping[str, int] = field(default_factory=dict)  # host memory per node by term
+    host_ram_bytes: int | None = None  # what the user said a node has (None: unknown)
+
+    @property
+    def host_bytes(self) -> int:
+        """Host memory the plan needs per node (offloaded state or loading the model; 0 when neither)."""
+        return sum(self.host_breakdown.values())
+
+    @property
+    def host_fits(self) -> bool | None:
+        """Whether ``host_bytes`` fits ``host_ram_bytes``; None when the host memory is unknown."""
+        return None if self.host_ram_bytes is None else self.host_bytes <= self.host_ram_bytes
 
     @property
     def headroom_bytes(self) -> int | None:
@@ -297,6 +310,10 @@ class Estimate:
             "time": asdict(self.time) if self.time else None,
             "cost": asdict(self.cost) if self.cost else None,
             "calibration": asdict(self.calibration) if self.calibration else None,
+            "host_bytes": self.host_bytes,
+            "host_breakdown": dict(self.host_breakdown),
+            "host_ram_bytes": self.host_ram_bytes,
+            "host_fits": self.host_fits,
             "warnings": list(self.warnings),
             "assumptions": list(self.assumptions),
         }

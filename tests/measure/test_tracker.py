@@ -71,3 +71,51 @@ def test_fake_tensors_count_their_real_size_without_memory():
     assert tr.peak == 4 * 2**30
     assert tr.current == 2 * 2**30
     del x
+
+
+def test_a_storage_resized_in_place_dies_and_is_born_again():
+    """FSDP2 frees a unit's unsharded parameters by resizing their storage to 0 and re-allocates them the
+    same way; ``resized`` records both, and the phase report sees each allocation at its own size."""
+    tr = LiveStorageTracker()
+    with tr:
+        t = torch.empty(1000, dtype=torch.uint8)
+        tr.start_phase()
+        t.untyped_storage().resize_(0)
+        tr.resized(t, "fsdp_gathered")
+        assert tr.current == 0
+        t.untyped_storage().resize_(600)
+        tr.resized(t, "fsdp_gathered")
+        assert tr.current == 600
+        rep = tr.phase_report("p")
+    assert rep.peak_bytes == 1000 and rep.end_bytes == 600
+    del t
+
+
+def test_follow_fsdp2_counts_gathered_parameters_only_while_unsharded():
+    """A one-process FSDP2 unit over a fake process group of 2: after the forward the unit reshards, and
+    the tracker no longer counts its gathered parameters (without following the resizes it would)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
+    try:
+        mesh = init_device_mesh("cpu", (2,))
+        lin = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False), torch.nn.Linear(64, 64, bias=False))
+        fully_shard(lin[0], mesh=mesh)
+        fully_shard(lin, mesh=mesh)
+        tr = LiveStorageTracker()
+        tr.track([p for p in lin.parameters()], "weights_dense", weight=True)
+        before = tr.current
+        with tr, tr.follow_fsdp2():
+            tr.start_phase()
+            lin(torch.ones(4, 64)).sum().backward()
+            rep = tr.phase_report("step")
+        assert before == 2 * 32 * 64 * 4  # two fp32 shards of 32 x 64
+        assert rep.breakdown["fsdp_gathered"] == 64 * 64 * 4  # one 64 x 64 fp32 unit gathered at the peak
+        # after the backward every non-root unit is resharded: the live set is shards, gradients, input
+        gathered_now = sum(r.nbytes for r in tr._live.values() if r.tag == "fsdp_gathered")
+        assert gathered_now == 0  # both units resharded after the backward: their storages resized to 0
+    finally:
+        dist.destroy_process_group()

@@ -13,11 +13,11 @@ With gradient accumulation > 1 the gradients of the previous micro-batch are liv
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import NamedTuple
 
-from ..arch import embedding_params, layer_linears, lm_head_params, n_layers_of, total_params
+from ..arch import layer_linears, n_layers_of, total_params
 from ..types import GPUSpec, ModelSpec, TrainConfig, spec_by_id, spec_id
 from .activations import activation_memory
 from .logits import loss_memory
@@ -31,6 +31,18 @@ from .optimizer import (
 from .overhead import allocator_overhead_bytes, cublas_workspace_bytes, cuda_context_bytes
 from .params import base_linear_terms, lora_tensors, numel, trainable_tensors, unquantized_bytes
 from .precision import Precision, loss_scaling, precision
+from .sharding import (
+    Gathered,
+    fsdp_embedding_gathered_bytes,
+    fsdp_gathered,
+    fsdp_layer_gathered_bytes,
+    fsdp_master_bytes,
+    fsdp_tail_gathered_bytes,
+    gather_bytes,
+    held_reduce_at_layer,
+    is_fsdp,
+    ranks,
+)
 
 PHASES = ("forward_end", "backward", "optimizer_step")
 
@@ -45,6 +57,7 @@ class MemoryResult:
     overheads: dict[str, int]
     trainable_params: int
     total_params: int
+    host: dict[str, int] | None = None  # per rank: what the strategy keeps in host memory, by term
 
     @property
     def breakdown(self) -> dict[str, int]:
@@ -127,6 +140,7 @@ class StaticKey(NamedTuple):
     optimizer: str
     num_gpus: int
     sharding: str | None
+    offload: str
     compute_dtype: str
 
 
@@ -145,6 +159,8 @@ class DynamicKey(NamedTuple):
     gradient_checkpointing: bool
     attention: str
     loss_impl: str
+    num_gpus: int  # with sharding: only FSDP changes the dtype flow (``precision.gathered_in_compute_dtype``)
+    sharding: str | None
 
 
 @dataclass(frozen=True)
@@ -155,7 +171,9 @@ class StaticTerms:
     grads: int
     opt_temp: int
     opt_paged: int
-    gathered: int
+    gathered: Gathered
+    grads_accum: int  # gradients held between the micro-batches of an accumulation
+    host: dict[str, int]  # per rank: state offloaded to host memory, by term (empty without offload)
     head_copy: int
     other_copies: int
     dequant: int
@@ -181,13 +199,14 @@ class DynamicTerms:
 
 def static_key(cfg: TrainConfig) -> StaticKey:
     return StaticKey(cfg.method, cfg.quant, cfg.double_quant, cfg.prepare_kbit, cfg.autocast, cfg.lora_rank,
-                     cfg.lora_targets, cfg.optimizer, cfg.num_gpus, cfg.sharding, cfg.compute_dtype)
+                     cfg.lora_targets, cfg.optimizer, cfg.num_gpus, cfg.sharding, cfg.offload, cfg.compute_dtype)
 
 
 def dynamic_key(cfg: TrainConfig) -> DynamicKey:
     return DynamicKey(cfg.method, cfg.quant, cfg.prepare_kbit, cfg.autocast, cfg.lora_rank, cfg.lora_targets,
                       cfg.lora_dropout, cfg.micro_batch, cfg.seq_len, cfg.gradient_checkpointing, cfg.attention,
-                      cfg.loss_impl)
+                      cfg.loss_impl, cfg.num_gpus if cfg.sharding in ("fsdp", "fsdp_grad_op") else 1,
+                      cfg.sharding if cfg.sharding in ("fsdp", "fsdp_grad_op") else None)
 
 
 def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | None) -> StaticTerms:
@@ -196,17 +215,22 @@ def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | Non
     prec = precision(cfg)
     tensors = trainable_tensors(spec, cfg)
     n_train = numel(tensors)
-    fsdp = cfg.sharding == "fsdp" and cfg.num_gpus > 1
+    fsdp = is_fsdp(cfg)
     ddp = cfg.sharding in (None, "ddp") and cfg.num_gpus > 1
-    N = cfg.num_gpus if fsdp else 1
+    N = ranks(cfg)
+    # FSDP2 stores trainable shards (their gradients and optimizer state) in fp32 under mixed precision
+    master = fsdp_master_bytes(cfg, prec) if fsdp else prec.trainable
+    up = master / prec.trainable
     resident: dict[str, int] = {}
     base = base_linear_terms(spec, cfg, prec)
+    full = cfg.method == "full"
     for k, v in base.items():
-        resident[k] = _sharded(v, N)
-    resident["weights_unquantized"] = _sharded(unquantized_bytes(spec, prec), N)
+        kept = k in ("quant_constants",)  # a 4-bit weight's quant_state is an attribute FSDP does not shard
+        resident[k] = v if kept else _sharded(int(v * up) if full else v, N)
+    resident["weights_unquantized"] = _sharded(int(unquantized_bytes(spec, prec) * (up if full else 1)), N)
     if cfg.is_lora:
-        resident["lora_weights"] = _sharded(n_train * prec.trainable, N)
-    opt = optimizer_memory(cfg.optimizer, tensors, prec.trainable)
+        resident["lora_weights"] = _sharded(n_train * master, N)
+    opt = optimizer_memory(cfg.optimizer, tensors, master)
     if device == "cpu":  # bitsandbytes falls back to plain tensors on the CPU
         opt = OptimizerMemory(opt.state + opt.state_paged, 0, opt.temp)
     resident["optimizer_state"] = _sharded(opt.state, N)
@@ -215,19 +239,41 @@ def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | Non
     if loss_scaling(cfg):  # fp16: torch.amp.GradScaler's state, and its tensors during the step
         resident["grad_scaler"] = grad_scaler_state_bytes(device)
         scaler_step = grad_scaler_step_bytes(device)
-    grads = _sharded(gradient_bytes(tensors, prec.trainable), N)
+    grads = _sharded(gradient_bytes(tensors, master), N)
     if ddp:
         resident["ddp_buckets"] = grads  # DDP reducer buckets (gradient_as_bucket_view=False)
-    gathered = 0
-    if fsdp:  # two decoder layers in flight (current + prefetch) and the root unit (embeddings, head)
-        layer_w = sum(base.values()) // spec.layers
-        if cfg.is_lora:
-            layer_w += n_train * prec.trainable // spec.layers
-        gathered = 2 * layer_w + (embedding_params(spec) + lm_head_params(spec)) * prec.unquantized
+    gathered = Gathered(0, 0, 0, 0, 0, 0, 0)
+    if fsdp:
+        lora_layer = n_train // spec.layers if cfg.is_lora else 0
+        L = fsdp_layer_gathered_bytes(spec, cfg, prec, lora_layer)
+        T = fsdp_tail_gathered_bytes(spec, cfg, prec)
+        E = fsdp_embedding_gathered_bytes(spec, cfg, prec)
+        g = gather_bytes(cfg, prec, master)
+        R = G = (L if full else lora_layer * g)  # one layer's gradients in the reduce/param dtype
+        gathered = fsdp_gathered(L, T, E, R, G, cfg.sharding == "fsdp_grad_op", spec.layers)
     head_copy, other_copies = autocast_copy_bytes(spec, cfg, prec)
+    if fsdp and cfg.autocast:  # gathered in the compute dtype: autocast has nothing to copy
+        head_copy = other_copies = 0
     tied = _sharded(tied_embedding_grad_bytes(spec, cfg, prec), N)
-    opt_temp = _sharded(opt.temp, N) + scaler_step
-    return StaticTerms(resident, grads, opt_temp, _sharded(opt.state_paged, N), gathered, head_copy, other_copies,
+    host: dict[str, int] = {}
+    if fsdp and cfg.offload == "params":  # CPUOffloadPolicy: shards, gradients and the optimizer step on the host
+        for k in [k for k in resident if k not in ("quant_constants", "cuda_workspace", "grad_scaler")]:
+            if resident[k]:
+                host[k] = resident.pop(k)
+        host["gradients"], host["optimizer_temp"] = grads, _sharded(opt.temp, N)
+        shard_copy = _sharded(gathered.forward_layer // 2, N)  # a unit's shard copied to the device to gather
+        g0 = gathered
+        gathered = replace(g0, **{k: getattr(g0, k) + shard_copy for k in (
+            "forward_copy_out", "forward_layer", "loss", "backward_start", "backward_layer", "backward_end")
+            if getattr(g0, k)})
+        grads = 0  # reduce-scatter output copied to the host at once
+    # HF Trainer skips the reduction of all micro-batches but the last (accelerate ``no_sync``): under FSDP2
+    # (``set_requires_gradient_sync(False)``) every unit keeps its unsharded gradients in the param dtype
+    # until then (measured: full fine-tuning, 2 ranks, +n_train x 2 B per rank)
+    accum_held = n_train * gather_bytes(cfg, prec, master) if fsdp else grads
+    opt_temp = (0 if host else _sharded(opt.temp, N)) + scaler_step
+    return StaticTerms(resident, grads, opt_temp, _sharded(opt.state_paged, N), gathered, accum_held, host,
+                       head_copy, other_copies,
                        dequant_transient_bytes(spec, prec), n_train, sum(resident.values()), tied)
 
 
@@ -276,7 +322,7 @@ def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> d
     """The live set of each phase, term by term. ``device_bytes_fast`` restates these sums without the
     dicts; a property test holds the two equal: change both together."""
     accum = cfg.grad_accum > 1
-    grads_live = s.grads if accum else 0
+    grads_live = s.grads_accum if accum else 0
 
     def phase(**terms: int) -> dict[str, int]:
         live = dict(s.resident)
@@ -291,25 +337,34 @@ def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> d
     chunked = cfg.loss_impl == "chunked"
     head_fwd = s.head_copy if chunked else 0
     head_kept = 0 if chunked else s.head_copy
-    fwd_logits = head_fwd + d.loss_forward >= d.forward_transient
     copies_start, copies_top = backward_copies(s.other_copies, cfg, layers)
+    g = s.gathered
+    # the forward's largest moment: the loss (tail unit gathered), a layer's transient (two layers' worth
+    # gathered under FSDP) or FSDP's copy-out of the next layer (three)
+    moments = {"loss": head_fwd + d.loss_forward + g.loss, "layer": d.forward_transient + g.forward_layer,
+               "copy_out": g.forward_copy_out}
+    at = max(moments, key=lambda k: moments[k])
     forward_end = phase(
         gradients=grads_live, activations=d.act_layers + d.act_model,
-        autocast_weight_copies=head_kept + s.other_copies + (head_fwd if fwd_logits else 0),
-        fsdp_gathered=s.gathered, logits_loss=d.loss_forward if fwd_logits else 0,
-        forward_transient=0 if fwd_logits else d.forward_transient)
+        autocast_weight_copies=head_kept + s.other_copies + (head_fwd if at == "loss" else 0),
+        fsdp_gathered={"loss": g.loss, "layer": g.forward_layer, "copy_out": g.forward_copy_out}[at],
+        logits_loss=d.loss_forward if at == "loss" else 0,
+        forward_transient=d.forward_transient if at == "layer" else 0)
     bwd_start = phase(
         gradients=grads_live, activations=d.act_layers + d.act_model,
-        autocast_weight_copies=head_kept + copies_start, fsdp_gathered=s.gathered, logits_loss=d.loss_backward)
+        autocast_weight_copies=head_kept + copies_start, fsdp_gathered=g.backward_start, logits_loss=d.loss_backward)
     bwd_top = phase(
-        gradients=s.grads if accum else s.grads // max(layers, 1), activations=d.act_layers + d.act_rest,
+        gradients=max(s.grads, s.grads_accum) if accum else s.grads // max(layers, 1),
+        activations=d.act_layers + d.act_rest,
         recompute=d.recompute, backward_transient=d.backward_transient, dequant_transient=s.dequant,
-        autocast_weight_copies=copies_top, fsdp_gathered=s.gathered)
+        autocast_weight_copies=copies_top,
+        fsdp_gathered=g.backward_layer - (g.layer_grads if accum else 0)
+        + held_reduce_at_layer(g, d.act_layers // max(layers, 1)))
     bwd_end = phase(gradients=s.grads, backward_transient=d.backward_transient, activations=d.last_layer,
-                    dequant_transient=s.dequant, fsdp_gathered=s.gathered)
+                    dequant_transient=s.dequant, fsdp_gathered=g.backward_end)
     candidates = [bwd_start, bwd_top, bwd_end]
     if s.tied_grad:
-        candidates.append(phase(gradients=s.grads, backward_transient=s.tied_grad, fsdp_gathered=s.gathered))
+        candidates.append(phase(gradients=s.grads, backward_transient=s.tied_grad, fsdp_gathered=g.backward_end))
     backward = max(candidates, key=lambda live: sum(live.values()))
     step = phase(gradients=s.grads, optimizer_temp=s.opt_temp)
     return {"forward_end": forward_end, "backward": backward, "optimizer_step": step}
@@ -330,7 +385,8 @@ def memory_model(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> Memo
     overheads = _overheads(s, peak_alloc, gpu)
     reserved = peak_alloc + overheads["allocator_overhead"]
     device = reserved + overheads["cuda_context"] + overheads["paged_optimizer_state"]
-    return MemoryResult(phases, peak_phase, peak_alloc, reserved, device, overheads, s.n_train, total_params(spec))
+    return MemoryResult(phases, peak_phase, peak_alloc, reserved, device, overheads, s.n_train, total_params(spec),
+                        dict(s.host))
 
 
 def device_bytes_fast(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> int:
@@ -341,18 +397,20 @@ def device_bytes_fast(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) ->
     s, d = cached_terms(spec, cfg, gpu)
     grads, layers = s.grads, spec.layers
     accum = cfg.grad_accum > 1
-    grads_live = grads if accum else 0
+    grads_live = s.grads_accum if accum else 0
     copies_start, copies_top = backward_copies(s.other_copies, cfg, layers)
     saved = d.act_layers + d.act_model
     chunked = cfg.loss_impl == "chunked"
     head_fwd, head_kept = (s.head_copy, 0) if chunked else (0, s.head_copy)
-    fwd = (grads_live + saved + head_kept + s.other_copies + s.gathered
-           + max(head_fwd + d.loss_forward, d.forward_transient))
-    start = grads_live + saved + head_kept + copies_start + s.gathered + d.loss_backward
-    top = ((grads if accum else grads // max(layers, 1)) + d.act_layers + d.act_rest + d.recompute
-           + d.backward_transient + s.dequant + copies_top + s.gathered)
-    end = grads + d.backward_transient + d.last_layer + s.dequant + s.gathered
-    embed = grads + s.tied_grad + s.gathered if s.tied_grad else 0
+    g = s.gathered
+    fwd = (grads_live + saved + head_kept + s.other_copies
+           + max(head_fwd + d.loss_forward + g.loss, d.forward_transient + g.forward_layer, g.forward_copy_out))
+    start = grads_live + saved + head_kept + copies_start + g.backward_start + d.loss_backward
+    top = ((max(grads, s.grads_accum) if accum else grads // max(layers, 1)) + d.act_layers + d.act_rest + d.recompute
+           + d.backward_transient + s.dequant + copies_top + g.backward_layer - (g.layer_grads if accum else 0)
+           + held_reduce_at_layer(g, d.act_layers // max(layers, 1)))
+    end = grads + d.backward_transient + d.last_layer + s.dequant + g.backward_end
+    embed = grads + s.tied_grad + g.backward_end if s.tied_grad else 0
     step = grads + s.opt_temp
     peak = s.resident_total + max(fwd, start, top, end, embed, step)
     return peak + allocator_overhead_bytes(peak - s.resident_total, gpu) + cuda_context_bytes(gpu) + s.opt_paged

@@ -84,6 +84,13 @@ def precision(cfg: TrainConfig, device: str = "cuda") -> Precision:
     base = FORMAT_BYTES[cfg.quant]
     compute = FORMAT_BYTES[cfg.compute_dtype] if (cfg.autocast or base == 2) else base
     trainable = 4 if cfg.is_lora else base  # peft keeps adapters in fp32 (autocast_adapter_dtype=True)
-    recast = cfg.is_lora and trainable != base
+    recast = cfg.is_lora and trainable != base and not gathered_in_compute_dtype(cfg)
     return Precision(compute, base, base, trainable, False, base, recast,
-                     dropout_mask_bytes(device, trainable if cfg.is_lora else base))
+                     dropout_mask_bytes(device, trainable if recast else base))
+
+
+def gathered_in_compute_dtype(cfg: TrainConfig) -> bool:
+    """FSDP with mixed precision gathers every parameter in the compute dtype
+    (``MixedPrecisionPolicy(param_dtype=bf16)``): the adapters the forward sees are 16-bit, so peft's cast of
+    a layer's input to the adapter dtype makes no copy (measured: LoRA + checkpointing on 2 CPU ranks)."""
+    return cfg.autocast and cfg.num_gpus > 1 and cfg.sharding in ("fsdp", "fsdp_grad_op")

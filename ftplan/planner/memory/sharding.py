@@ -1,0 +1,166 @@
+"""Per-rank memory of data-parallel and sharded training: DDP, FSDP2 (full shard and grad-op shard), with
+parameters offloaded to the host.
+
+Each term is bytes on one rank. ``N`` is the number of ranks, ``L`` the bytes of one decoder layer's
+parameters as FSDP gathers them, ``T`` the tail unit (final norm and lm_head, and the embedding when tied).
+
+Sources (read in the library code; the figures measured with ``ftplan.measure.distributed`` on CPU ranks):
+- accelerate ``utils.fsdp_utils.fsdp2_prepare_model`` (what HF Trainer, TRL and ``ftplan train`` run): with
+  mixed precision every trainable parameter that is not fp32 is upcast to fp32 before ``fully_shard`` (FSDP2
+  needs one original dtype per group; models with ``Params4bit`` are left alone), and
+  ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=bf16)`` gathers in the compute dtype. Units: every
+  decoder layer (``TRANSFORMER_BASED_WRAP``), the input embedding when untied, the final norm + lm_head as one
+  tail unit with ``reshard_after_forward=False``, the root.
+- torch ``distributed/fsdp/_fully_shard/_fsdp_param_group.py`` (2.13): ``wait_for_unshard`` in forward keeps
+  the previous unit's all-gather output alive in ``comm_ctx.all_gather_state`` (and in a local variable until it
+  returns) while the current unit's copy-out allocates its unsharded parameters: three layers at that moment;
+  in backward the next unit is prefetched (``_backward_prefetch``), and ``post_backward`` keeps one
+  reduce-scatter input alive (``reduce_scatter_max_input_buffers = 1``) until the next unit's reduce.
+  ``_fsdp_param.free_storage`` resizes an unsharded parameter's storage to 0 after each reshard.
+- DDP: ``torch.nn.parallel.DistributedDataParallel`` with ``gradient_as_bucket_view=False`` (the default)
+  copies gradients into buckets that together hold every gradient once more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..arch import embedding_params, layer_linears, lm_head_params, n_layers_of, norm_params
+from ..types import ModelSpec, TrainConfig
+from .precision import FORMAT_BYTES, Precision
+
+FSDP = ("fsdp", "fsdp_grad_op")
+ZERO = ("zero1", "zero2", "zero3")
+
+
+def ranks(cfg: TrainConfig) -> int:
+    """Ranks the model state is split over: ``num_gpus`` when the strategy shards anything, else 1."""
+    return cfg.num_gpus if (cfg.num_gpus > 1 and cfg.sharding not in (None, "ddp")) else 1
+
+
+def is_fsdp(cfg: TrainConfig) -> bool:
+    return cfg.num_gpus > 1 and cfg.sharding in FSDP
+
+
+def shard(x: int, n: int) -> int:
+    """``ceil(x / n)``: one rank's part of ``x`` bytes split over ``n`` ranks. FSDP2 pads each parameter's
+    dim 0 to a multiple of ``n``; for catalog models (dims multiples of 64) the padding is 0 up to 64 ranks."""
+    return -(-x // n)
+
+
+def fsdp_master_bytes(cfg: TrainConfig, prec: Precision) -> int:
+    """Bytes per trainable parameter as FSDP2 stores its shard: 4 when mixed precision upcasts 16-bit trainable
+    parameters to fp32 (accelerate ``fsdp2_prepare_model``; not for models holding 4-bit weights), else the
+    trainable dtype. Gradients and the optimizer state follow the stored dtype."""
+    if cfg.autocast and not prec.quantized:
+        return 4
+    return prec.trainable
+
+
+def gather_bytes(cfg: TrainConfig, prec: Precision, stored: int) -> int:
+    """Bytes per element of a gathered (unsharded) floating parameter: the compute dtype under
+    ``MixedPrecisionPolicy(param_dtype=...)`` (mixed precision), else the stored dtype."""
+    return FORMAT_BYTES[cfg.compute_dtype] if cfg.autocast else stored
+
+
+def layer_param_counts(spec: ModelSpec) -> tuple[int, int]:
+    """(linear weights + biases, norm weights) of the largest decoder layer (a unit of FSDP), parameters."""
+    lin = 0
+    for x in layer_linears(spec):
+        if n_layers_of(spec, x) == spec.layers:
+            lin += x.params * x.count
+        else:  # MoE layers interleaved with dense ones: the MoE layer is the larger unit
+            lin += x.params * x.count if "expert" in x.group or x.group == "moe" else 0
+    norms = (norm_params(spec) - spec.hidden * (2 if spec.norm == "layernorm" else 1)) // max(spec.layers, 1)
+    return lin, norms
+
+
+def fsdp_layer_gathered_bytes(spec: ModelSpec, cfg: TrainConfig, prec: Precision, lora_params_per_layer: int) -> int:
+    """``L``: one decoder layer's parameters unsharded, bytes. Dense linears and norms in the gather dtype;
+    4-bit weights gather their packed bytes (stored in a float ``quant_storage`` dtype so FSDP can shard them:
+    the same bytes); LoRA adapters in the gather dtype."""
+    lin, norms = layer_param_counts(spec)
+    g = gather_bytes(cfg, prec, prec.trainable if cfg.method == "full" else prec.base_bytes or prec.unquantized)
+    if prec.quantized:
+        from .weights import four_bit_packed_bytes
+
+        base = four_bit_packed_bytes(lin) if cfg.quant in ("nf4", "fp4") else lin
+        unq = gather_bytes(cfg, prec, prec.unquantized)
+        return base + norms * unq + lora_params_per_layer * gather_bytes(cfg, prec, 4)
+    lora = lora_params_per_layer * gather_bytes(cfg, prec, 4)
+    return (lin + norms) * g + lora
+
+
+def fsdp_tail_gathered_bytes(spec: ModelSpec, cfg: TrainConfig, prec: Precision) -> int:
+    """``T``: the tail unit unsharded (final norm, lm_head; the embedding too when tied), bytes."""
+    stored = prec.trainable if cfg.method == "full" else prec.unquantized
+    g = gather_bytes(cfg, prec, stored)
+    n = spec.hidden + (lm_head_params(spec) if not spec.tied_embeddings else embedding_params(spec))
+    return n * g
+
+
+def fsdp_embedding_gathered_bytes(spec: ModelSpec, cfg: TrainConfig, prec: Precision) -> int:
+    """The input embedding's own unit unsharded (0 when tied: it is in the tail unit), bytes."""
+    if spec.tied_embeddings:
+        return 0
+    stored = prec.trainable if cfg.method == "full" else prec.unquantized
+    return embedding_params(spec) * gather_bytes(cfg, prec, stored)
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What FSDP holds unsharded beside the resident shards, per moment of the step (bytes per rank)."""
+
+    forward_copy_out: int  # unit i+1's copy-out: previous all-gather output + current output + its parameters
+    forward_layer: int  # during a layer's forward: its all-gather output (kept for overlap) + its parameters
+    loss: int  # the tail unit gathered during the loss (and its all-gather output)
+    backward_start: int  # the loss's backward: the tail kept from forward (its pre-backward hook, which
+    # prefetches the last layer, runs after the loss's gradients reach lm_head's output)
+    backward_layer: int  # a layer, the next one prefetched, its unsharded gradients
+    backward_end: int  # the embedding unit and the last reduce-scatter input
+    held_reduce: int = 0  # the previous layer's reduce-scatter input, kept until this layer's reduce: it
+    # exists from the second layer of the backward on, when one layer's saved activations are gone
+    layer_grads: int = 0  # a layer's unsharded gradients as autograd makes them (in ``backward_layer``);
+    # with accumulation they add into the gradients every unit holds (counted there)
+
+
+def fsdp_gathered(L: int, T: int, E: int, R: int, G: int, grad_op: bool, layers: int) -> Gathered:
+    """FSDP2's gathered memory by moment (see module docstring). ``R`` is one layer's reduce-scatter input
+    (its gradients in the reduce dtype), ``G`` its unsharded gradients (param dtype). With ``grad_op``
+    (``reshard_after_forward=False``) every unit stays gathered from its forward to its backward."""
+    if grad_op:
+        all_units = layers * L + E
+        return Gathered(all_units + 2 * L, all_units + L, all_units + 2 * T, all_units + T,
+                        (layers - 1) * L + L + G, E + R, R, G)
+    return Gathered(3 * L, 2 * L, 2 * T, T, 2 * L + G, E + R, R, G)
+
+
+def held_reduce_at_layer(g: Gathered, layer_activations: int) -> int:
+    """The held reduce-scatter input as it adds to the backward's largest moment: it is there from the
+    second layer on, when that layer's saved activations (``layer_activations``) are freed already."""
+    return max(0, g.held_reduce - layer_activations)
+
+
+def model_load_host_bytes(spec: ModelSpec, cfg: TrainConfig, weights_bytes: int) -> int:
+    """Host memory to load the model, per node, bytes.
+
+    FSDP through accelerate (``fsdp_cpu_ram_efficient_loading``, the setting ftplan's configs write): rank 0
+    loads the full state dict on the host and ``fsdp2_load_full_state_dict`` broadcasts it, the other ranks
+    build on ``meta``: the weights once (``weights_bytes``, their stored format). DDP and one GPU load each
+    tensor from the memory-mapped checkpoint straight to the device (transformers >= 4.47 with
+    ``low_cpu_mem_usage``; page cache, not process memory): 0 counted."""
+    return weights_bytes if is_fsdp(cfg) else 0
+
+
+def host_memory(per_rank: dict[str, int], spec: ModelSpec, cfg: TrainConfig, weights_bytes: int,
+                ranks_per_node: int | None = None) -> dict[str, int]:
+    """Host memory per node by term, bytes: each rank's offloaded state times the ranks on the node, plus
+    loading the model (``model_load_host_bytes``). Both count: with offload the shards are placed on the host
+    while rank 0 still holds the full state dict it broadcasts. Not counted: each process's own footprint
+    (Python, the CUDA and torch libraries), the data loader, pinned staging buffers."""
+    n = ranks_per_node if ranks_per_node is not None else cfg.num_gpus
+    out = {f"offloaded_{k}": v * n for k, v in per_rank.items() if v}
+    load = model_load_host_bytes(spec, cfg, weights_bytes)
+    if load:
+        out["model_load"] = load
+    return out
