@@ -18,7 +18,7 @@ TERM_LABELS = {
     "quant_constants": "quantization constants (absmax)",
     "weights_dense": "base weights, 16/32-bit",
     "weights_unquantized": "embeddings, lm_head, norms, biases",
-    "lora_weights": "LoRA adapters (fp32)",
+    "lora_weights": "LoRA adapters",
     "optimizer_state": "optimizer state",
     "cuda_workspace": "cuBLAS workspace",
     "ddp_buckets": "DDP gradient buckets",
@@ -32,7 +32,9 @@ TERM_LABELS = {
     "dequant_transient": "dequantized weight (transient)",
     "optimizer_temp": "optimizer step temporaries",
     "grad_scaler": "fp16 loss scaler (GradScaler)",
-    "fsdp_gathered": "FSDP gathered parameters",
+    "fsdp_gathered": "FSDP gathered parameters and buffers",
+    "zero_buffers": "ZeRO buffers and gathered parameters",
+    "master_weights": "fp32 master weights (ZeRO partition)",
 }
 OVERHEAD_LABELS = {
     "allocator_overhead": "allocator overhead (reserved - allocated)",

@@ -20,6 +20,7 @@ GROUP_OF = {
     "dequant_transient": "dequant_transient", "activations": "activations", "recompute": "activations",
     "backward_transient": "activations", "forward_transient": "activations",
     "cuda_workspace": "other", "fsdp_gathered": "fsdp_buffers", "fsdp_reduce": "fsdp_buffers",
+    "zero_buffers": "fsdp_buffers", "master_weights": "optimizer_state",
 }
 GROUPS = ("weights_quantized", "quant_constants", "weights_dense", "weights_unquantized", "lora_weights",
           "gradients", "optimizer_state", "optimizer_temp", "autocast_weight_copies", "dequant_transient",

@@ -99,6 +99,11 @@ def handoff_knobs(spec: ModelSpec, handoff: Any, knobs: dict[str, Any]) -> tuple
         raise FtplanError(f"prepare_kbit={bool(pk)} is not what {h.name} does ({h.kbit_note}); "
                           f"drop it, or plan for another hand-off target (valid: {', '.join(HANDOFFS)})")
     out["prepare_kbit"] = h.prepare_kbit
+    sharding = str(out.get("sharding") or "").lower().replace("-", "_")
+    if sharding.startswith("zero") or "deepspeed" in sharding:
+        raise FtplanError(f"--sharding {out['sharding']}: {h.name} is not handed a DeepSpeed ZeRO plan yet (no "
+                          "DeepSpeed config is exported); ftplan.estimate(..., sharding='zero1|zero2|zero3') models its "
+                          "memory; plan several GPUs with --sharding ddp, fsdp or fsdp_grad_op")
     loss = str(out.get("loss_impl", "")).lower()
     parts = [f"{h.name}: {h.kbit_note}"]
     if h.chunked_available(spec):

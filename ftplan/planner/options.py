@@ -19,7 +19,7 @@ METHODS = ("full", "lora", "qlora")
 QUANTS = ("nf4", "fp4", "int8", "bf16", "fp16", "fp32")
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 OBJECTIVES = ("throughput", "cost", "quality")
-SHARDINGS = ("ddp", "fsdp", "fsdp_grad_op")
+SHARDINGS = ("ddp", "fsdp", "fsdp_grad_op", "zero1", "zero2", "zero3")
 OFFLOADS = ("none", "optimizer", "params")
 LOSS_IMPLS = ("standard", "chunked")
 COMPUTE_DTYPES = ("bf16", "fp16")
@@ -37,7 +37,10 @@ _ALIASES = {
                   "flash-attention-2": "flash_attention_2", "math": "eager"},
     "objective": {"speed": "throughput", "tokens/s": "throughput", "price": "cost", "dollars": "cost"},
     "sharding": {"none": "ddp", "fsdp2": "fsdp", "full_shard": "fsdp", "fsdp_full_shard": "fsdp",
-                 "shard_grad_op": "fsdp_grad_op", "fsdp_shard_grad_op": "fsdp_grad_op"},
+                 "shard_grad_op": "fsdp_grad_op", "fsdp_shard_grad_op": "fsdp_grad_op", "zero_1": "zero1",
+                 "zero_2": "zero2", "zero_3": "zero3", "zero_stage_1": "zero1", "zero_stage_2": "zero2",
+                 "zero_stage_3": "zero3", "deepspeed_zero1": "zero1", "deepspeed_zero2": "zero2",
+                 "deepspeed_zero3": "zero3"},
     "offload": {"no": "none", "off": "none", "false": "none", "cpu": "params", "optimizer_state": "optimizer",
                 "optim": "optimizer", "param": "params", "parameters": "params", "all": "params"},
     "loss_impl": {"hf": "standard", "fused": "chunked", "liger": "chunked", "chunked_ce": "chunked"},
@@ -70,7 +73,8 @@ def choice(kind: str, value: Any) -> str:
     """Normalise one categorical knob ('Flash' -> 'flash_attention_2'), or raise naming the valid ones."""
     v = str(value).strip().lower().replace(" ", "_")
     v = _ALIASES.get(kind, {}).get(v, v)
-    v = v.replace("-", "_") if kind in ("optimizer", "attention") else v
+    v = v.replace("-", "_") if kind in ("optimizer", "attention", "sharding", "offload") else v
+    v = _ALIASES.get(kind, {}).get(v, v)
     if v not in _VALID[kind]:
         raise UnknownNameError(kind.replace("_", " "), value, _VALID[kind])
     return v
@@ -210,6 +214,22 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
     warnings: list[str] = []
     method, quant = method_quant(k.get("method"), k.get("quant"))
     autocast = flag("autocast", k.get("autocast", True))
+    n_gpus = positive_int("num_gpus", k.get("num_gpus", DEFAULTS["num_gpus"]))
+    sharding = choice("sharding", k["sharding"]) if k.get("sharding") is not None else None
+    if n_gpus > 1 and sharding is None:
+        sharding = "ddp"
+    if n_gpus == 1:
+        sharding = None
+    offload = choice("offload", k.get("offload", "none"))
+    check_offload(sharding, offload)
+    if sharding in ("zero1", "zero2", "zero3"):
+        if quant in ("nf4", "fp4", "int8"):
+            raise FtplanError(f"--sharding {sharding} with a {quant} base is not modelled yet; use --sharding fsdp "
+                              "for QLoRA on several GPUs, or --method lora/full with DeepSpeed")
+        if autocast and k.get("autocast") is not None:
+            warnings.append("DeepSpeed runs the model in its 16-bit dtype without autocast (HF Trainer + "
+                            "DeepSpeed): autocast=False")
+        autocast = False  # DeepSpeed's bf16/fp16 mode casts the module; accelerate leaves autocast off
     compute = compute_dtype_for(quant, k.get("compute_dtype"), gpu, warnings)
     quant = base_format_for(method, quant, compute, autocast, warnings)
     rank = positive_int("lora_rank", k.get("lora_rank", DEFAULTS["lora_rank"]))
@@ -220,14 +240,6 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
     seq = positive_int("seq_len", k.get("seq_len", DEFAULTS["seq_len"]))
     if seq > model.max_positions:
         warnings.append(f"seq_len={seq} is beyond {model.name}'s max_position_embeddings={model.max_positions}")
-    n_gpus = positive_int("num_gpus", k.get("num_gpus", DEFAULTS["num_gpus"]))
-    sharding = choice("sharding", k["sharding"]) if k.get("sharding") is not None else None
-    if n_gpus > 1 and sharding is None:
-        sharding = "ddp"
-    if n_gpus == 1:
-        sharding = None
-    offload = choice("offload", k.get("offload", "none"))
-    check_offload(sharding, offload)
     accum = _grad_accum(k, mb, n_gpus, warnings)
     optimizer = choice("optimizer", k.get("optimizer", DEFAULTS["optimizer"]))
     attention = choice("attention", k.get("attention", DEFAULTS["attention"]))
@@ -249,8 +261,12 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
 
 
 # what each strategy can move to the host: FSDP's CPUOffloadPolicy / CPUOffload(offload_params=True) moves
-# parameters, gradients and the optimizer step together; DDP offloads nothing
-OFFLOAD_FOR = {None: ("none",), "ddp": ("none",), "fsdp": ("none", "params"), "fsdp_grad_op": ("none", "params")}
+# parameters, gradients and the optimizer step together; DeepSpeed ZeRO offloads the optimizer (stages 1-3:
+# ``offload_optimizer``) and the parameters (stage 3 only: ``offload_param``, which implies the optimizer here, as
+# DeepSpeed's estimator and the HF guides pair them); DDP offloads nothing
+OFFLOAD_FOR = {None: ("none",), "ddp": ("none",), "fsdp": ("none", "params"), "fsdp_grad_op": ("none", "params"),
+               "zero1": ("none", "optimizer"), "zero2": ("none", "optimizer"),
+               "zero3": ("none", "optimizer", "params")}
 
 
 def check_offload(sharding: str | None, offload: str) -> None:

@@ -149,15 +149,24 @@ def test_host_ram_decides_the_fit():
     assert plans == []
 
 
-@pytest.mark.parametrize("sharding,offload", [("ddp", "params"), ("fsdp", "optimizer"), (None, "params")])
+@pytest.mark.parametrize("sharding,offload", [("ddp", "params"), ("fsdp", "optimizer"), (None, "params"),
+                                              ("zero2", "params"), ("ddp", "optimizer")])
 def test_impossible_offload_is_refused(sharding, offload):
     kn = {"num_gpus": 1} if sharding is None else {"num_gpus": 2, "sharding": sharding}
     with pytest.raises(FtplanError, match=f"--offload={offload} is not possible"):
         ftplan.estimate("8b", "h100", offload=offload, **kn)
 
 
+def test_a_zero_plan_is_not_handed_off_until_a_deepspeed_config_is_exported():
+    from ftplan.planner.handoff import handoff_knobs
+
+    with pytest.raises(FtplanError, match="not handed a DeepSpeed ZeRO plan"):
+        handoff_knobs(get_model("8b"), "hf", {"sharding": "zero2", "num_gpus": 2})
+
+
 def test_sharding_spellings():
     for alias, canon in (("full_shard", "fsdp"), ("FSDP2", "fsdp"), ("shard_grad_op", "fsdp_grad_op")):
         assert ftplan.estimate("8b", "h100", num_gpus=2, sharding=alias).config.sharding == canon
-    with pytest.raises(FtplanError, match="valid: ddp, fsdp, fsdp_grad_op"):
+    assert ftplan.estimate("8b", "h100", num_gpus=2, sharding="ZeRO-3", method="lora").config.sharding == "zero3"
+    with pytest.raises(FtplanError, match="unknown sharding 'zero9'; did you mean: zero3, zero2, zero1"):
         ftplan.estimate("8b", "h100", num_gpus=2, sharding="zero9")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import NamedTuple
 
-from ..arch import layer_linears, n_layers_of, total_params
+from ..arch import layer_linears, n_layers_of, norm_params, total_params
 from ..types import GPUSpec, ModelSpec, TrainConfig, spec_by_id, spec_id
 from .activations import activation_memory
 from .logits import loss_memory
@@ -29,9 +29,10 @@ from .optimizer import (
     optimizer_memory,
 )
 from .overhead import allocator_overhead_bytes, cublas_workspace_bytes, cuda_context_bytes
-from .params import base_linear_terms, lora_tensors, numel, trainable_tensors, unquantized_bytes
+from .params import base_linear_terms, bias_params, lora_tensors, numel, trainable_tensors, unquantized_bytes
 from .precision import Precision, loss_scaling, precision
 from .sharding import (
+    ZERO,
     Gathered,
     fsdp_embedding_gathered_bytes,
     fsdp_gathered,
@@ -42,6 +43,7 @@ from .sharding import (
     held_reduce_at_layer,
     is_fsdp,
     ranks,
+    zero_terms,
 )
 
 PHASES = ("forward_end", "backward", "optimizer_step")
@@ -251,6 +253,20 @@ def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | Non
         g = gather_bytes(cfg, prec, master)
         R = G = (L if full else lora_layer * g)  # one layer's gradients in the reduce/param dtype
         gathered = fsdp_gathered(L, T, E, R, G, cfg.sharding == "fsdp_grad_op", spec.layers)
+    if cfg.sharding in ZERO and cfg.num_gpus > 1:
+        small = (norm_params(spec) + bias_params(spec)) * prec.unquantized
+        params16 = {k: v for k, v in base.items()}
+        params16["weights_unquantized"] = unquantized_bytes(spec, prec)
+        if cfg.is_lora:
+            params16["lora_weights"] = n_train * prec.trainable
+        opt32 = optimizer_memory(cfg.optimizer, tensors, 4)
+        largest = max(lin.params for lin in layer_linears(spec))
+        z = zero_terms(spec, cfg, params16, small, n_train, opt32.state + opt32.state_paged, opt32.temp, largest)
+        resident = {**z.resident, "cuda_workspace": cublas_workspace_bytes(gpu_like)}
+        if loss_scaling(cfg):
+            resident["grad_scaler"] = grad_scaler_state_bytes(device)
+        return StaticTerms(resident, z.grads, z.opt_temp, 0, z.gathered, z.grads_accum, z.host, 0, 0,
+                           dequant_transient_bytes(spec, prec), n_train, sum(resident.values()), 0)
     head_copy, other_copies = autocast_copy_bytes(spec, cfg, prec)
     if fsdp and cfg.autocast:  # gathered in the compute dtype: autocast has nothing to copy
         head_copy = other_copies = 0
@@ -339,6 +355,7 @@ def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> d
     head_kept = 0 if chunked else s.head_copy
     copies_start, copies_top = backward_copies(s.other_copies, cfg, layers)
     g = s.gathered
+    gk = "zero_buffers" if cfg.sharding in ZERO and cfg.num_gpus > 1 else "fsdp_gathered"
     # the forward's largest moment: the loss (tail unit gathered), a layer's transient (two layers' worth
     # gathered under FSDP) or FSDP's copy-out of the next layer (three)
     moments = {"loss": head_fwd + d.loss_forward + g.loss, "layer": d.forward_transient + g.forward_layer,
@@ -347,24 +364,24 @@ def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> d
     forward_end = phase(
         gradients=grads_live, activations=d.act_layers + d.act_model,
         autocast_weight_copies=head_kept + s.other_copies + (head_fwd if at == "loss" else 0),
-        fsdp_gathered={"loss": g.loss, "layer": g.forward_layer, "copy_out": g.forward_copy_out}[at],
+        **{gk: {"loss": g.loss, "layer": g.forward_layer, "copy_out": g.forward_copy_out}[at]},
         logits_loss=d.loss_forward if at == "loss" else 0,
         forward_transient=d.forward_transient if at == "layer" else 0)
     bwd_start = phase(
         gradients=grads_live, activations=d.act_layers + d.act_model,
-        autocast_weight_copies=head_kept + copies_start, fsdp_gathered=g.backward_start, logits_loss=d.loss_backward)
+        autocast_weight_copies=head_kept + copies_start, logits_loss=d.loss_backward, **{gk: g.backward_start})
     bwd_top = phase(
         gradients=max(s.grads, s.grads_accum) if accum else s.grads // max(layers, 1),
         activations=d.act_layers + d.act_rest,
         recompute=d.recompute, backward_transient=d.backward_transient, dequant_transient=s.dequant,
         autocast_weight_copies=copies_top,
-        fsdp_gathered=g.backward_layer - (g.layer_grads if accum else 0)
-        + held_reduce_at_layer(g, d.act_layers // max(layers, 1)))
+        **{gk: g.backward_layer - (g.layer_grads if accum else 0)
+           + held_reduce_at_layer(g, d.act_layers // max(layers, 1))})
     bwd_end = phase(gradients=s.grads, backward_transient=d.backward_transient, activations=d.last_layer,
-                    dequant_transient=s.dequant, fsdp_gathered=g.backward_end)
+                    dequant_transient=s.dequant, **{gk: g.backward_end})
     candidates = [bwd_start, bwd_top, bwd_end]
     if s.tied_grad:
-        candidates.append(phase(gradients=s.grads, backward_transient=s.tied_grad, fsdp_gathered=g.backward_end))
+        candidates.append(phase(gradients=s.grads, backward_transient=s.tied_grad, **{gk: g.backward_end}))
     backward = max(candidates, key=lambda live: sum(live.values()))
     step = phase(gradients=s.grads, optimizer_temp=s.opt_temp)
     return {"forward_end": forward_end, "backward": backward, "optimizer_step": step}

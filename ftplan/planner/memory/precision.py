@@ -84,9 +84,18 @@ def precision(cfg: TrainConfig, device: str = "cuda") -> Precision:
     base = FORMAT_BYTES[cfg.quant]
     compute = FORMAT_BYTES[cfg.compute_dtype] if (cfg.autocast or base == 2) else base
     trainable = 4 if cfg.is_lora else base  # peft keeps adapters in fp32 (autocast_adapter_dtype=True)
+    if deepspeed_cast(cfg):
+        trainable = base  # DeepSpeed's bf16/fp16 engine casts the whole module, adapters included
     recast = cfg.is_lora and trainable != base and not gathered_in_compute_dtype(cfg)
     return Precision(compute, base, base, trainable, False, base, recast,
                      dropout_mask_bytes(device, trainable if recast else base))
+
+
+def deepspeed_cast(cfg: TrainConfig) -> bool:
+    """DeepSpeed ZeRO with bf16/fp16 enabled (what HF Trainer's ``"auto"`` config turns on) casts the module to
+    that dtype in ``DeepSpeedEngine._configure_distributed_model`` (``module.bfloat16()``/``half()``): every
+    parameter, LoRA adapters included, is 16-bit; the fp32 master copy lives in the optimizer's partition."""
+    return cfg.num_gpus > 1 and cfg.sharding in ("zero1", "zero2", "zero3")
 
 
 def gathered_in_compute_dtype(cfg: TrainConfig) -> bool:

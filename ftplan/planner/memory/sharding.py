@@ -23,7 +23,7 @@ Sources (read in the library code; the figures measured with ``ftplan.measure.di
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..arch import embedding_params, layer_linears, lm_head_params, n_layers_of, norm_params
 from ..types import ModelSpec, TrainConfig
@@ -164,3 +164,104 @@ def host_memory(per_rank: dict[str, int], spec: ModelSpec, cfg: TrainConfig, wei
     if load:
         out["model_load"] = load
     return out
+
+
+# DeepSpeed ZeRO as HF Trainer runs it: the "auto" values transformers' ``integrations/deepspeed.py``
+# (``trainer_config_finalize``) fills from the model's hidden size, and DeepSpeed's own defaults
+# (``deepspeed/runtime/zero/config.py``) for what "auto" does not touch.
+def zero_reduce_bucket_elems(spec: ModelSpec) -> int:
+    """``reduce_bucket_size`` "auto" = ``hidden * hidden`` elements (transformers); DeepSpeed's own default,
+    5e8 elements (1 GB in bf16), applies only to a config that does not say "auto"."""
+    return spec.hidden * spec.hidden
+
+
+def zero3_prefetch_bucket_elems(spec: ModelSpec) -> int:
+    """``stage3_prefetch_bucket_size`` "auto" = ``int(0.9 * hidden * hidden)`` elements (transformers)."""
+    return int(0.9 * spec.hidden * spec.hidden)
+
+
+def zero3_persistence_threshold(spec: ModelSpec) -> int:
+    """``stage3_param_persistence_threshold`` "auto" = ``10 * hidden`` elements: smaller parameters (norms,
+    biases) stay whole on every rank (``parameter_offload.py``)."""
+    return 10 * spec.hidden
+
+
+ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000  # stage3_max_reuse_distance default (elements; not "auto")
+
+
+@dataclass(frozen=True)
+class ZeroTerms:
+    """Per-rank terms of a ZeRO stage (bytes): what stays on the device, what the step adds, what the host holds."""
+
+    resident: dict[str, int]
+    grads: int  # gradients on the device at the end of backward
+    grads_accum: int  # gradients kept between micro-batches of an accumulation
+    reduce_buffers: int  # the reduce buckets alive during backward (not resident)
+    opt_temp: int  # the step's transients on the device
+    gathered: Gathered
+    host: dict[str, int]
+
+
+def zero_terms(spec: ModelSpec, cfg: TrainConfig, params16: dict[str, int], small_params: int, n_train: int,
+               optimizer_state: int, optimizer_temp: int, largest_linear: int) -> ZeroTerms:
+    """Per-rank memory of DeepSpeed ZeRO stage 1, 2 or 3 (``cfg.sharding``) with bf16/fp16 enabled.
+
+    ``params16``: the model's weights by term, all 16-bit (the engine casts the module); ``small_params``: bytes
+    of parameters under the stage-3 persistence threshold (norms, biases); ``n_train``: trainable parameters;
+    ``optimizer_state``: the inner optimizer's state for fp32 master parameters (unsharded bytes).
+    Read in DeepSpeed 0.19 (``runtime/zero/stage_1_and_2.py``, ``stage3.py``), measured on 2 CPU ranks:
+    - stage 1/2: the 16-bit parameters whole (``bit16_groups_flat``), the fp32 master partition ``4 n / N``
+      and the optimizer state ``/ N``; gradients whole (stage 1) or as the contiguous partition ``2 n / N``
+      (stage 2), reduced through ``reduce_bucket_size`` buckets (one bucket and its flattened copy in
+      backward; two buckets with ``overlap_comm``); the step makes the flat 16-bit gradient partition and its
+      fp32 copy (``2 n / N + 4 n / N``).
+    - stage 3: 16-bit partitions ``/ N`` (parameters under the persistence threshold whole), the gradient
+      partition buffer ``2 n / N`` and the reduce bucket allocated at init and kept; gathered parameters: the
+      module being run and the prefetch bucket, and at the turn from forward to backward every parameter
+      reused within ``stage3_max_reuse_distance`` elements (the last layers, up to 1e9 elements).
+    - offload of the optimizer: master, state and a persistent fp32 gradient partition ``4 n / N`` on the
+      host (the step runs there; stage 1/2 keep a 16-bit copy-back buffer ``2 n / N`` on the device); of the
+      parameters (stage 3): the 16-bit partitions on the host.
+    """
+    n = cfg.num_gpus
+    stage = int(cfg.sharding[-1]) if cfg.sharding in ZERO else 0
+    off_opt = cfg.offload in ("optimizer", "params")
+    resident: dict[str, int] = {}
+    host: dict[str, int] = {}
+    bucket = 2 * zero_reduce_bucket_elems(spec)
+    if stage == 3:
+        sharded = {k: shard(v, n) for k, v in params16.items()}
+        sharded["weights_unquantized"] = sharded.get("weights_unquantized", 0) + small_params - shard(small_params, n)
+        (host if cfg.offload == "params" else resident).update(sharded)
+        resident["zero_buffers"] = 2 * shard(n_train, n) * (0 if off_opt else 1) + bucket
+        if off_opt:
+            host["gradients"] = 2 * shard(n_train, n)
+    else:
+        resident.update(params16)
+    master = 4 * shard(n_train, n)
+    state = shard(optimizer_state, n)
+    if off_opt:
+        host["master_weights"], host["optimizer_state"] = master, state
+        host["gradients"] = host.get("gradients", 0) + 4 * shard(n_train, n)  # the fp32 gradient partition
+        host["optimizer_temp"] = shard(optimizer_temp, n)
+        if stage in (1, 2):
+            resident["zero_buffers"] = 2 * shard(n_train, n)  # param_buffer_of_bit16_for_cpu_offload
+        opt_temp = 0
+    else:
+        resident["master_weights"], resident["optimizer_state"] = master, state
+        opt_temp = 2 * shard(n_train, n) + 4 * shard(n_train, n) + shard(optimizer_temp, n)
+    # gradients at the end of backward: whole (stage 1), the contiguous partition (stage 2); stage 3's partition
+    # buffer is resident (``zero_buffers``) or on the host
+    grads = 2 * n_train if stage == 1 else (2 * shard(n_train, n) if stage == 2 else 0)
+    accum = grads
+    reduce_buffers = 2 * bucket if stage in (1, 2) else bucket  # a bucket and its flattened copy / the concat
+    gathered = Gathered(0, 0, 0, 0, 0, 0)
+    if stage == 3:
+        lin, norms = layer_param_counts(spec)
+        layer = 2 * (lin + norms)
+        live = 2 * (largest_linear + zero3_prefetch_bucket_elems(spec))
+        window = 2 * min(ZERO3_MAX_REUSE_DISTANCE, lin * spec.layers) + 2 * (lm_head_params(spec) or embedding_params(spec))
+        gathered = Gathered(live, live, window, window, layer + live, live)
+    gathered = replace(gathered, backward_layer=gathered.backward_layer + reduce_buffers,
+                       backward_end=gathered.backward_end + reduce_buffers)
+    return ZeroTerms(resident, grads, accum, reduce_buffers, opt_temp, gathered, host)
