@@ -11,7 +11,7 @@ The full-size rows (catalog models, 8B to 70B on 2 to 8 ranks) are traced in one
 job over PyTorch's fake process group under FakeTensorMode (``ftplan trace --gpus N --sharding fsdp``), the
 same tracker, no memory. Prints the table and writes ``results/accuracy_multi.json``.
 
-    python benchmarks/accuracy_multi.py [--quick] [--ranks-only | --traces-only] [--out PATH] [--reuse]
+    python benchmarks/accuracy_multi.py [--quick] [--ranks-only | --traces-only] [--match TEXT] [--out PATH] [--reuse]
 
 Every rank's measured phases go to ``results/accuracy_multi_measured.json``; ``--reuse`` compares the model
 with those measurements again without running the ranks (after a change to the model).
@@ -71,6 +71,17 @@ def grid(folder: Path) -> list[tuple[str, str, dict]]:
                                                    seq_len=256, grad_accum=1, gradient_checkpointing=False)))
         rows.append(("llama", p["llama"], dict(q, num_gpus=world, sharding="ddp", micro_batch=2, seq_len=128,
                                                grad_accum=2, gradient_checkpointing=True)))
+    # DeepSpeed ZeRO as HF Trainer runs it (bf16 module, the plan's optimizer wrapped by ZeRO, "auto" buckets)
+    for world, sh, kn in ((2, "zero1", dict(full, gradient_checkpointing=False)),
+                          (2, "zero2", dict(full, gradient_checkpointing=False)),
+                          (2, "zero2", dict(full, gradient_checkpointing=True, grad_accum=2)),
+                          (2, "zero2", dict(lora, gradient_checkpointing=True)),
+                          (2, "zero3", dict(full, gradient_checkpointing=False)),
+                          (2, "zero3", dict(lora, gradient_checkpointing=True)),
+                          (4, "zero2", dict(full, gradient_checkpointing=False)),
+                          (4, "zero3", dict(full, gradient_checkpointing=True))):
+        rows.append(("wide", wide, dict({"micro_batch": 1, "seq_len": 128, "grad_accum": 1}, **kn, num_gpus=world,
+                                        sharding=sh)))
     return rows
 
 
@@ -150,6 +161,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the 2-rank half of the grid")
     ap.add_argument("--ranks-only", action="store_true", help="only the multi-process CPU runs")
     ap.add_argument("--traces-only", action="store_true", help="only the full-size fake-process-group traces")
+    ap.add_argument("--match", default="", help="only the rows whose description contains this text (e.g. zero)")
     ap.add_argument("--reuse", action="store_true", help="compare with the stored measurements, run nothing")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "accuracy_multi.json"))
     a = ap.parse_args()
@@ -157,20 +169,23 @@ def main() -> None:
         rows = [] if a.traces_only else [r for r in g if r[2]["num_gpus"] == 2 or not a.quick]
         if not a.ranks_only:
             rows += traces()[: 4 if a.quick else None]
-        return rows
+        return [r for r in rows if a.match in describe(r[2])]
 
     global _reuse
     if a.reuse:
         _reuse = True
         _measured.update(json.loads(MEASURED.read_text())["measured"])
     run_and_report(grid, measure, "measured", "cpu", "benchmarks/accuracy_multi.py", a.out, keep=keep)
+    print(f"measured {len(_measured)} rows" if not a.reuse else "compared with the stored measurements "
+          f"({MEASURED.name}; --reuse ran nothing)")
     if not a.reuse:
         from ftplan.atomic import atomic_write_text
         from ftplan.stack.env import provenance
 
-        old = json.loads(MEASURED.read_text())["measured"] if MEASURED.exists() else {}
-        doc = {"provenance": provenance("cpu", ["python", "benchmarks/accuracy_multi.py", *sys.argv[1:]]),
-               "measured": {**old, **_measured}}
+        old = json.loads(MEASURED.read_text()) if MEASURED.exists() else {}
+        argv = ["python", "benchmarks/accuracy_multi.py", *(_accuracy.scrub(x) for x in sys.argv[1:])]
+        runs = [*old.get("runs", []), {**provenance("cpu", argv), "rows": sorted(_measured)}]
+        doc = {"runs": runs, "measured": {**old.get("measured", {}), **_measured}}
         atomic_write_text(MEASURED, json.dumps(doc, indent=1))
 
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-STRATEGIES = ("ddp", "fsdp", "fsdp_grad_op")
+STRATEGIES = ("ddp", "fsdp", "fsdp_grad_op", "zero1", "zero2", "zero3")
 
 
 def _tail_modules(model) -> list:
@@ -82,6 +82,8 @@ def shard_fsdp2(model, cfg, reshard_after_forward: bool = True, offload: bool = 
 
 def _rank_main(rank: int, world: int, init_file: str, model: str, knobs: dict, sharding: str, steps: int,
                out_dir: str) -> None:
+    import sys
+
     import torch
     import torch.distributed as dist
 
@@ -95,8 +97,20 @@ def _rank_main(rank: int, world: int, init_file: str, model: str, knobs: dict, s
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         spec = get_model(model)
-        cfg = make_config(spec, None, **knobs).config
+        cfg = make_config(spec, None, num_gpus=world, sharding=sharding, **knobs).config
         m = build_model(model, spec, cfg, "cpu", synthetic=True, seed=0)
+        if sharding.startswith("zero"):
+            from .zero import run_zero_rank
+
+            phases = run_zero_rank(m, spec, cfg, world, steps)
+            Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"rank": rank, "phases": phases}))
+            dist.barrier()
+            dist.destroy_process_group()
+            # DeepSpeed's background threads can abort the interpreter's teardown ("terminate called without an
+            # active exception") after the work is done and written: leave without it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         if sharding == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
@@ -163,7 +177,8 @@ def measure(model: str, world: int = 2, sharding: str = "fsdp", steps: int = 2, 
                 "steps": steps, "out_dir": tmp}
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
         procs = [subprocess.Popen([sys.executable, "-m", "ftplan.measure.distributed", json.dumps(dict(args, rank=r))],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                  env=dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for r in range(world)]
         outs = []
         try:

@@ -125,15 +125,31 @@ def enumerate_configs(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any
     else:
         ranks, targets = [cfg0.lora_rank], [cfg0.lora_targets]
     base_fields = dict(cfg0.__dict__)
-    for (method, quant, dq), mb, ckpt, opt, attn, loss, rank, tg in itertools.product(
-            _formats(fixed, cfg0), mbs, ckpts, opts, attns, losses, ranks, targets):
+    for (method, quant, dq), (sharding, offload), mb, ckpt, opt, attn, loss, rank, tg in itertools.product(
+            _formats(fixed, cfg0), _strategies(fixed, cfg0), mbs, ckpts, opts, attns, losses, ranks, targets):
         if method == "full" and (rank != ranks[0] or tg != targets[0]):
             continue  # rank and targets mean nothing without LoRA
         accum = cfg0.grad_accum if per_gpu_eff is None else per_gpu_eff // mb
-        yield _with(base_fields, method=method, quant=quant, double_quant=dq, micro_batch=mb, grad_accum=accum,
+        yield _with(base_fields, method=method, quant=quant, double_quant=dq, sharding=sharding, offload=offload,
+                    micro_batch=mb, grad_accum=accum,
                     gradient_checkpointing=ckpt, optimizer=opt, attention=attn, loss_impl=loss, lora_rank=rank,
                     lora_alpha=rank * 2 if "lora_alpha" not in fixed else cfg0.lora_alpha,
                     lora_targets=tg), base.warnings
+
+
+# the strategies searched on several GPUs when --sharding is not given: what every hand-off builds (ZeRO waits for
+# an exported DeepSpeed config), FSDP with and without parameters on the host
+SEARCH_STRATEGIES = (("ddp", "none"), ("fsdp", "none"), ("fsdp_grad_op", "none"), ("fsdp", "params"))
+
+
+def _strategies(fixed: dict[str, Any], cfg0: TrainConfig) -> list[tuple[str | None, str]]:
+    """(sharding, offload) pairs to search: the given ones, or ``SEARCH_STRATEGIES`` on several GPUs."""
+    if cfg0.num_gpus <= 1 or "sharding" in fixed:
+        return [(cfg0.sharding, cfg0.offload)]
+    pairs: list[tuple[str | None, str]] = list(SEARCH_STRATEGIES)
+    if "offload" in fixed:
+        pairs = [p for p in pairs if p[1] == cfg0.offload]
+    return pairs
 
 
 def _with(fields: dict[str, Any], **changes: Any) -> TrainConfig:

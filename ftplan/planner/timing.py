@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 from ..errors import FtplanError
 from .arch import layer_linears, n_layers_of, resolve_targets
+from .comm import NVLINK_GBS, PCIE_GBS, Traffic, comm_seconds, traffic
 from .memory.params import numel, trainable_tensors
 from .memory.weights import four_bit_constant_bytes, four_bit_packed_bytes
 from .types import GPUSpec, ModelSpec, TimeEstimate, TrainConfig, spec_id
@@ -47,9 +48,6 @@ from .types import GPUSpec, ModelSpec, TimeEstimate, TrainConfig, spec_id
 MFU_PRIOR = 0.48
 # Achievable fraction of datasheet memory bandwidth for large streaming kernels (prior).
 BANDWIDTH_EFFICIENCY = 0.80
-# Gradient all-reduce links (GB/s): NVLink-class and PCIe 4.0 x16 (32 GB/s theoretical), effective.
-NVLINK_GBS = 300.0
-PCIE_GBS = 25.0
 
 
 def linear_flop_params(spec: ModelSpec) -> int:
@@ -208,25 +206,30 @@ def _step_parts(spec: ModelSpec, cfg: TrainConfig, rate: _Rate,
     bw = rate.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY
     tokens_micro = cfg.micro_batch * cfg.seq_len
     fpt, read_bytes, dequant_bytes, n_train = work_per_token(spec, cfg)
-    shard = cfg.num_gpus if (cfg.sharding == "fsdp" and cfg.num_gpus > 1) else 1
+    shard = cfg.num_gpus if (cfg.sharding not in (None, "ddp") and cfg.num_gpus > 1) else 1
     n_pass = passes(cfg)
     compute = 0.0 if rate.tflops is None else fpt * tokens_micro / (rate.tflops * 1e12)
     reads = read_bytes * n_pass / bw
     dequant = dequant_bytes * n_pass / bw
     micro = max(compute, reads) + dequant
-    optimizer = opt_bytes / shard / bw
+    host_optimizer = cfg.offload != "none" and cfg.num_gpus > 1
+    optimizer = 0.0 if host_optimizer else opt_bytes / shard / bw
     comm = 0.0
     if cfg.num_gpus > 1:
-        link = (NVLINK_GBS if rate.nvlink else PCIE_GBS) * 1e9
-        n = cfg.num_gpus
-        grad_bytes = n_train * (4 if cfg.is_lora else 2)
-        comm = 2 * (n - 1) / n * grad_bytes / link
-        if cfg.sharding == "fsdp":  # all-gather weights in forward and backward, per micro-batch
-            weights = base_linear_weights(spec) * (0.5 if cfg.quant in ("nf4", "fp4") else 2)
-            comm += cfg.grad_accum * 2 * (n - 1) / n * weights / link
+        comm = comm_seconds(_traffic(spec, cfg, n_train, opt_bytes), micro, cfg.grad_accum, rate.nvlink)
     step = cfg.grad_accum * micro + optimizer + comm
     tokens_step = tokens_micro * cfg.grad_accum * cfg.num_gpus
     return tokens_step, step, fpt, compute, reads, dequant, optimizer, comm
+
+
+def _traffic(spec: ModelSpec, cfg: TrainConfig, n_train: float, opt_bytes: float) -> Traffic:
+    """What ``comm.traffic`` needs, from the step's own figures: the parameters as gathered (4-bit packed,
+    else 16-bit), the gradients as reduced (16-bit; fp32 LoRA adapters under DDP), the trainable parameters in
+    16 bits, and the optimizer step's traffic (``opt_bytes``) as what a host step moves."""
+    weights = base_linear_weights(spec)
+    gathered = weights * (0.5 if cfg.quant in ("nf4", "fp4") else (1 if cfg.quant == "int8" else 2)) + 2 * n_train
+    grads = n_train * (4 if (cfg.is_lora and cfg.sharding == "ddp") else 2)
+    return traffic(cfg, gathered, grads, 2 * n_train, opt_bytes)
 
 
 def _rate(gpu: GPUSpec | None, cfg: TrainConfig) -> _Rate | None:
@@ -282,7 +285,10 @@ def step_time(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes:
     notes.append(f"throughput objective: {_ranking(rate)}")
     if cfg.num_gpus > 1:
         link = NVLINK_GBS if rate.nvlink else PCIE_GBS
-        notes.append(f"gradient sync over {'NVLink' if rate.nvlink else 'PCIe'} at {link:.0f} GB/s")
+        notes.append(f"{cfg.sharding} collectives over {'NVLink' if rate.nvlink else 'PCIe'} at {link:.0f} GB/s "
+                     "(ring algorithms; overlap with compute assumed, see planner.comm)")
+        if cfg.offload != "none":
+            notes.append("offload: host transfers over PCIe and the optimizer step on the host (prior rate)")
     bound = "compute" if compute >= reads + dequant else "memory"
     return TimeEstimate(tokens_per_s=tokens_step / step, step_time_s=step, flops_per_token=fpt,
                         compute_s=cfg.grad_accum * compute, memory_s=cfg.grad_accum * (reads + dequant),

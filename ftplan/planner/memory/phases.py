@@ -261,7 +261,8 @@ def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | Non
             params16["lora_weights"] = n_train * prec.trainable
         opt32 = optimizer_memory(cfg.optimizer, tensors, 4)
         largest = max(lin.params for lin in layer_linears(spec))
-        z = zero_terms(spec, cfg, params16, small, n_train, opt32.state + opt32.state_paged, opt32.temp, largest)
+        z = zero_terms(spec, cfg, params16, small, n_train, opt32.state + opt32.state_paged, opt32.temp, largest,
+                       total_params(spec))
         resident = {**z.resident, "cuda_workspace": cublas_workspace_bytes(gpu_like)}
         if loss_scaling(cfg):
             resident["grad_scaler"] = grad_scaler_state_bytes(device)

@@ -203,7 +203,7 @@ class ZeroTerms:
 
 
 def zero_terms(spec: ModelSpec, cfg: TrainConfig, params16: dict[str, int], small_params: int, n_train: int,
-               optimizer_state: int, optimizer_temp: int, largest_linear: int) -> ZeroTerms:
+               optimizer_state: int, optimizer_temp: int, largest_linear: int, total_params: int) -> ZeroTerms:
     """Per-rank memory of DeepSpeed ZeRO stage 1, 2 or 3 (``cfg.sharding``) with bf16/fp16 enabled.
 
     ``params16``: the model's weights by term, all 16-bit (the engine casts the module); ``small_params``: bytes
@@ -247,21 +247,33 @@ def zero_terms(spec: ModelSpec, cfg: TrainConfig, params16: dict[str, int], smal
         if stage in (1, 2):
             resident["zero_buffers"] = 2 * shard(n_train, n)  # param_buffer_of_bit16_for_cpu_offload
         opt_temp = 0
-    else:
-        resident["master_weights"], resident["optimizer_state"] = master, state
-        opt_temp = 2 * shard(n_train, n) + 4 * shard(n_train, n) + shard(optimizer_temp, n)
     # gradients at the end of backward: whole (stage 1), the contiguous partition (stage 2); stage 3's partition
     # buffer is resident (``zero_buffers``) or on the host
     grads = 2 * n_train if stage == 1 else (2 * shard(n_train, n) if stage == 2 else 0)
     accum = grads
-    reduce_buffers = 2 * bucket if stage in (1, 2) else bucket  # a bucket and its flattened copy / the concat
+    if not off_opt:
+        resident["master_weights"], resident["optimizer_state"] = master, state
+        # the step (``DeepSpeedZeroOptimizer.step``): the gradients of other ranks' partitions are freed, the own
+        # partition is flattened (16-bit) and copied to fp32; the 16-bit copies are freed before the inner
+        # optimizer's step makes its temporaries. The largest of these moments, less the gradients held at the start
+        # (measured, 2 CPU ranks: 16-bit partition + flat copy + fp32 copy = fp32 copy + AdamW's foreach temporary)
+        part16, fp32 = 2 * shard(n_train, n), 4 * shard(n_train, n)
+        opt_temp = max(grads, part16 + part16 + fp32, fp32 + shard(optimizer_temp, n)) - grads
+    # a bucket and its flattened copy (the concat in stage 3), and a layer's 16-bit gradients as autograd makes
+    # them, before the hooks copy them into the bucket (measured: 2 CPU ranks, stage 2)
+    lin, norms = layer_param_counts(spec)
+    layer_trainable = n_train // max(spec.layers, 1) if cfg.is_lora else lin + norms
+    reduce_buffers = 2 * bucket + 2 * layer_trainable if stage in (1, 2) else bucket  # stage 3: one gradient at a
+    # time goes from autograd into the resident bucket (measured: 2 and 4 CPU ranks)
     gathered = Gathered(0, 0, 0, 0, 0, 0)
     if stage == 3:
-        lin, norms = layer_param_counts(spec)
-        layer = 2 * (lin + norms)
         live = 2 * (largest_linear + zero3_prefetch_bucket_elems(spec))
-        window = 2 * min(ZERO3_MAX_REUSE_DISTANCE, lin * spec.layers) + 2 * (lm_head_params(spec) or embedding_params(spec))
-        gathered = Gathered(live, live, window, window, layer + live, live)
+        # a parameter is released after use only when its next use is more than ``stage3_max_reuse_distance``
+        # elements of the trace away: at the turn from forward to backward (and at the top layer of backward)
+        # the last 1e9 elements gathered are still there; a model under 1e9 parameters stays gathered whole
+        # (measured: 2 and 4 CPU ranks)
+        window = 2 * min(ZERO3_MAX_REUSE_DISTANCE, total_params + (n_train if cfg.is_lora else 0))
+        gathered = Gathered(live, live, window, window, window, live)
     gathered = replace(gathered, backward_layer=gathered.backward_layer + reduce_buffers,
                        backward_end=gathered.backward_end + reduce_buffers)
     return ZeroTerms(resident, grads, accum, reduce_buffers, opt_temp, gathered, host)
