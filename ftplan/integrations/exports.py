@@ -137,10 +137,12 @@ def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
         out["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if k["loss_impl"] == "chunked":  # Axolotl's Liger plugin, fused linear cross-entropy only
         out.update(plugins=[AXOLOTL_LIGER_PLUGIN], liger_fused_linear_cross_entropy=True)
-    if k.get("sharding") == "fsdp" and k.get("num_gpus", 1) > 1:
-        out.update(fsdp_version=2, fsdp_config={"offload_params": False, "cpu_ram_efficient_loading": True,
+    if k.get("sharding") in ("fsdp", "fsdp_grad_op") and k.get("num_gpus", 1) > 1:
+        out.update(fsdp_version=2, fsdp_config={"offload_params": k.get("offload") == "params",
+                                                "cpu_ram_efficient_loading": True,
                                                 "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                                                "reshard_after_forward": True, "state_dict_type": "FULL_STATE_DICT"})
+                                                "reshard_after_forward": k.get("sharding") != "fsdp_grad_op",
+                                                "state_dict_type": "FULL_STATE_DICT"})
     out.update(learning_rate=DEFAULT_LR, num_epochs=1, output_dir="./out")
     text = to_yaml({**out, "datasets": [{"path": data_path, "type": "completion"}]})
     note = assumed(k, "axolotl")
@@ -177,6 +179,17 @@ def llamafactory(doc: dict[str, Any], dataset: str = "my_dataset") -> str:
     head = (f"# LLaMA-Factory config from {_origin(doc)}\n# llamafactory-cli train llamafactory.yaml; {dataset!r} must be "
             "an entry of dataset_info.json in dataset_dir\n# (template, learning_rate, epochs: set them for your data; "
             "not planned: memory does not depend on them)\n")
+    gpus = k.get("num_gpus", 1)
+    if gpus > 1 and k.get("sharding") in ("fsdp", "fsdp_grad_op"):
+        from .launchers import accelerate_config
+
+        mixed = "fp16" if amp_flags(k)["fp16"] else "bf16"
+        acc = to_yaml(accelerate_config(gpus, k["sharding"], mixed, k.get("offload") or "none"))
+        head += (f"# FSDP over {gpus} GPUs, as planned: save the accelerate config below as fsdp.yaml and run\n"
+                 "#   accelerate launch --config_file fsdp.yaml src/train.py llamafactory.yaml\n"
+                 + "".join(f"#   {line}\n" for line in acc.splitlines()))
+    elif gpus > 1:
+        head += f"# DDP over {gpus} GPUs, as planned: FORCE_TORCHRUN=1 llamafactory-cli train llamafactory.yaml\n"
     return head + note + to_yaml(out)
 
 
@@ -197,7 +210,7 @@ def trl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
     compute = TORCH_DTYPES[k["compute_dtype"]]
     load = TORCH_DTYPES[load_dtype(k)]
     prec = amp_flags(k)
-    fsdp = k.get("sharding") == "fsdp" and k.get("num_gpus", 1) > 1
+    fsdp = k.get("sharding") in ("fsdp", "fsdp_grad_op") and k.get("num_gpus", 1) > 1
     if k["quant"] in ("nf4", "fp4"):
         storage = f", bnb_4bit_quant_storage=torch.{load}" if fsdp else ""
         bnb = (f"BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={k['quant']!r}, "

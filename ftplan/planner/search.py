@@ -129,6 +129,8 @@ def enumerate_configs(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any
             _formats(fixed, cfg0), _strategies(fixed, cfg0), mbs, ckpts, opts, attns, losses, ranks, targets):
         if method == "full" and (rank != ranks[0] or tg != targets[0]):
             continue  # rank and targets mean nothing without LoRA
+        if loss == "chunked" and sharding in ("fsdp", "fsdp_grad_op") and "loss_impl" not in fixed:
+            continue  # ftplan train runs the chunked loss without FSDP only; the others through Liger: not searched
         accum = cfg0.grad_accum if per_gpu_eff is None else per_gpu_eff // mb
         yield _with(base_fields, method=method, quant=quant, double_quant=dq, sharding=sharding, offload=offload,
                     micro_batch=mb, grad_accum=accum,

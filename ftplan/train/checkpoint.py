@@ -34,12 +34,19 @@ def trainable_state(model) -> dict[str, Any]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save(root: Path, step: int, model, optimizer, scheduler, state: dict[str, Any], keep: int = 2) -> Path:
+def save(root: Path, step: int, model, optimizer, scheduler, state: dict[str, Any], keep: int = 2,
+         full: tuple[dict, dict] | None = None) -> Path:
+    """``full``: (trainable parameters, optimizer state) already gathered whole from an FSDP2 run
+    (``dist.full_state``); the optimizer state is then keyed by parameter name (``state.json`` says
+    ``"optimizer_format": "full"``)."""
     import torch
 
+    if full is not None:
+        state = {**state, "optimizer_format": "full"}
+
     def write(tmp: Path) -> None:
-        torch.save(trainable_state(model), tmp / "trainable.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(full[0] if full is not None else trainable_state(model), tmp / "trainable.pt")
+        torch.save(full[1] if full is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -58,7 +65,9 @@ def save(root: Path, step: int, model, optimizer, scheduler, state: dict[str, An
     return final
 
 
-def load(path: Path, model, optimizer, scheduler, fingerprint: str) -> dict[str, Any]:
+def load(path: Path, model, optimizer, scheduler, fingerprint: str, load_full=None) -> dict[str, Any]:
+    """Resume from ``path``. ``load_full(params, optimizer_state)`` puts a whole checkpoint into a sharded model
+    (FSDP2: ``dist.load_full_state``); a checkpoint of a sharded run needs one, and the reverse."""
     import torch
 
     state = json.loads((path / "state.json").read_text())
@@ -70,10 +79,17 @@ def load(path: Path, model, optimizer, scheduler, fingerprint: str) -> dict[str,
     missing = [n for n in params if n not in named]
     if missing:
         raise FtplanError(f"checkpoint {path} does not match the model (unknown parameter {missing[0]})")
-    with torch.no_grad():
-        for n, t in params.items():
-            named[n].copy_(t.to(named[n].device))
-    optimizer.load_state_dict(_load(path / "optimizer.pt"))
+    full = state.get("optimizer_format") == "full"
+    if full != (load_full is not None):
+        raise FtplanError(f"checkpoint {path} was written by a {'sharded (FSDP)' if full else 'DDP or one-process'} "
+                          f"run; resume it with the same --gpus and sharding")
+    if load_full is not None:
+        load_full(params, _load(path / "optimizer.pt"))
+    else:
+        with torch.no_grad():
+            for n, t in params.items():
+                named[n].copy_(t.to(named[n].device))
+        optimizer.load_state_dict(_load(path / "optimizer.pt"))
     scheduler.load_state_dict(_load(path / "scheduler.pt"))
     rng = _load(path / "rng.pt")
     torch.set_rng_state(rng["torch"])

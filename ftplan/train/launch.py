@@ -1,8 +1,9 @@
 """Several GPUs: the ``accelerate launch`` command and its config for a configuration.
 
-The planner models DDP (every GPU holds the whole model) and FSDP (parameters, gradients and optimizer
+The planner models DDP (every GPU holds the whole model) and FSDP2 (parameters, gradients and optimizer
 state sharded over the GPUs; with QLoRA the 4-bit weights are stored in a float dtype so FSDP can shard
-them). ``launch_plan`` writes the accelerate config file beside the run and returns the command.
+them; ``docs/multi_gpu.md``). ``launch_plan`` writes the accelerate config file beside the run and returns the
+command.
 """
 
 from __future__ import annotations
@@ -12,20 +13,7 @@ from pathlib import Path
 from ..atomic import atomic_write_text
 from ..errors import FtplanError
 from ..integrations.exports import to_yaml
-
-
-def accelerate_config(gpus: int, sharding: str, mixed: str = "bf16") -> dict:
-    cfg: dict = {"compute_environment": "LOCAL_MACHINE", "num_machines": 1, "num_processes": gpus,
-                 "machine_rank": 0, "mixed_precision": mixed, "use_cpu": False}
-    if sharding == "fsdp":
-        cfg["distributed_type"] = "FSDP"
-        cfg["fsdp_config"] = {"fsdp_version": 1, "fsdp_sharding_strategy": "FULL_SHARD",
-                              "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "fsdp_use_orig_params": False,
-                              "fsdp_cpu_ram_efficient_loading": True, "fsdp_offload_params": False,
-                              "fsdp_state_dict_type": "SHARDED_STATE_DICT", "fsdp_sync_module_states": True}
-    else:
-        cfg["distributed_type"] = "MULTI_GPU"
-    return cfg
+from ..integrations.launchers import FSDP_SHARDINGS, accelerate_config
 
 
 def launch_plan(config: str, gpus: int, output: str | None) -> str:
@@ -40,15 +28,22 @@ def launch_plan(config: str, gpus: int, output: str | None) -> str:
     mixed = knobs.get("compute_dtype") or ("fp16" if knobs.get("quant") == "fp16" else "bf16")
     folder = Path(output) if output else Path(config).resolve().parent
     path = folder / f"accelerate-{sharding}-{gpus}gpu.yaml"
-    atomic_write_text(path, to_yaml(accelerate_config(gpus, sharding, mixed)))
-    if sharding == "fsdp":
+    atomic_write_text(path, to_yaml(accelerate_config(gpus, sharding, mixed, knobs.get("offload") or "none")))
+    quantized = knobs.get("quant") in ("nf4", "fp4", "int8")
+    if sharding in FSDP_SHARDINGS and not quantized:
+        return (f"# FSDP2 over {gpus} GPUs, run by ftplan train itself (accelerate's units and mixed precision; the\n"
+                f"# accelerate config for other trainers: {path})\n"
+                f"torchrun --nproc_per_node {gpus} -m ftplan train --config {config} --data <train.jsonl>"
+                + (f" --output {output}" if output else ""))
+    if sharding in FSDP_SHARDINGS:
         from ..integrations.exports import trl
 
         script = folder / "trl_sft.py"
         if not script.exists():  # autotune writes it beside best.json; a hand-written best.json gets it here
             atomic_write_text(script, trl(doc))
         return (f"# FSDP over {gpus} GPUs; accelerate config written to {path}\n"
-                "# ftplan train runs data parallelism (DDP) itself; FSDP runs the TRL script written for this plan\n"
+                "# ftplan train shards 16-bit models itself; a 4-bit base under FSDP runs the TRL script written for\n"
+                "# this plan\n"
                 f"# ({script}: 4-bit weights stored in the load dtype, as FSDP needs) under this config:\n"
                 f"accelerate launch --config_file {path} {script} --data <train.jsonl>")
     return (f"# DDP over {gpus} GPUs (one process per GPU, the whole model on each); accelerate config: {path}\n"

@@ -202,6 +202,16 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
                           "or choose another --output")
 
     model = build_model(model_name, spec, cfg, dev, synthetic=synthetic, seed=opts.seed)
+    fsdp = D.sharded(cfg, d)
+    if fsdp and cfg.is_quantized:
+        D.teardown(d)
+        raise FtplanError("ftplan train shards 16-bit models with FSDP; a 4-bit or 8-bit base under FSDP runs the TRL "
+                          "script ftplan writes for the plan (ftplan train --gpus N --config best.json prints the command)")
+    if fsdp and cfg.loss_impl == "chunked":
+        D.teardown(d)
+        raise FtplanError("ftplan train runs the chunked loss on one process or under DDP; an FSDP plan uses the "
+                          "standard loss (set \"loss_impl\": \"standard\" in the knobs, or re-plan)")
+    model = D.shard(model, cfg, d)  # FSDP2: before the optimizer, whose parameters are then the shards
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(cfg.optimizer, params, dev)
     for g in opt.param_groups:
@@ -217,7 +227,8 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     scaler = grad_scaler(cfg, dev)
     start = 0
     if opts.resume and last is not None:
-        state = C.load(last, model, opt, sched, fp)
+        state = C.load(last, model, opt, sched, fp,
+                       load_full=(lambda m, o: D.load_full_state(model, opt, m, o)) if fsdp else None)
         start = int(state["step"])
         if d.main:
             _trim_log(out / "log.jsonl", start)  # the steps after the checkpoint are run again
@@ -225,7 +236,7 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
             scaler.load_state_dict(state["grad_scaler"])
     # loss_impl="chunked": the decoder, then lm_head fused with the chunked loss (ftplan.stack.loss); DDP wraps
     # that module, whose parameters are the model's
-    net = D.wrap(for_loss(model, cfg.loss_impl), d, dev)  # after loading: every process starts from the same weights
+    net = D.wrap(for_loss(model, cfg.loss_impl), d, dev, cfg)  # after loading: every process starts from the same weights
     out.mkdir(parents=True, exist_ok=True)
     pad = tok.pad_id if tok.pad_id is not None else 0
     losses: list[float] = []
@@ -247,7 +258,7 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
             step_loss, tokens = 0.0, 0
             for j in range(cfg.grad_accum):
                 b = _tensor_batch(micro_batch((step * cfg.grad_accum + j) * d.world + d.rank), dev)
-                with D.no_sync(net, d, j == cfg.grad_accum - 1):
+                with D.no_sync(net, d, j == cfg.grad_accum - 1, model if fsdp else None):
                     with autocast(cfg, dev):
                         loss = net(**b).loss
                     scaler.scale(loss / cfg.grad_accum).backward()
@@ -271,19 +282,23 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
             if on_log is not None and d.main and ((step + 1) % opts.log_every == 0 or step + 1 == total):
                 on_log(rec)
             if (step + 1) % opts.save_every == 0 and step + 1 < total:
+                full = D.full_state(model, opt) if fsdp else None  # a collective: every rank gathers
                 if d.main:
                     C.save(ckroot, step + 1, model, opt, sched, {"fingerprint": fp, "loss": step_loss, **scaler_state(scaler)},
-                           opts.keep)
+                           opts.keep, full=full)
                 D.barrier(d)
     finally:
         log.close()
+    full = D.full_state(model, opt) if fsdp else None  # every rank takes part; rank 0 gets the whole state
+    eval_loss = evaluate(model, eval_rows, cfg, dev, pad) if (eval_rows and fsdp) else None  # collective forwards
     if not d.main:
         D.barrier(d)
         D.teardown(d)
         return TrainResult(out, total, start, losses, None, {}, model)
     files = _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, start, model_name, spec, dev, synthetic,
-                    scaler)
-    eval_loss = evaluate(model, eval_rows, cfg, dev, pad) if eval_rows else None
+                    scaler, full)
+    if eval_rows and not fsdp:
+        eval_loss = evaluate(model, eval_rows, cfg, dev, pad)
     if eval_loss is not None:
         atomic_write_text(out / "eval.json", json.dumps({"eval_loss": eval_loss}) + "\n")
     D.barrier(d)
@@ -308,14 +323,17 @@ def _trim_log(path: Path, step: int) -> None:
 
 
 def _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, start, model_name, spec, dev, synthetic,
-            scaler):
+            scaler, full=None):
     C.save(ckroot, total, model, opt, sched,
-           {"fingerprint": fp, "loss": losses[-1] if losses else None, **scaler_state(scaler)}, opts.keep)
+           {"fingerprint": fp, "loss": losses[-1] if losses else None, **scaler_state(scaler)}, opts.keep, full=full)
     files: dict[str, str] = {}
     name = "adapter" if cfg.is_lora else "model"
 
     def write(folder: Path) -> None:
-        model.save_pretrained(folder)
+        if full is not None:  # FSDP2: the gathered trainable weights (peft keeps the adapter's among them)
+            model.save_pretrained(folder, state_dict=full[0])
+        else:
+            model.save_pretrained(folder)
         tok.save(folder)
 
     files[name] = str(C.save_folder_atomic(out / name, write))
