@@ -53,3 +53,13 @@ def test_the_fake_process_group_trace_equals_the_real_ranks(wide):
 def test_trace_refuses_what_it_does_not_model(wide):
     with pytest.raises(FtplanError, match="traces FSDP"):
         trace(wide, num_gpus=2, sharding="ddp", **KNOBS)
+
+
+def test_two_zero_ranks_match_the_model(wide):
+    """DeepSpeed ZeRO-2 and ZeRO-3 on 2 CPU ranks (its CPU accelerator over gloo), built as HF Trainer builds it."""
+    pytest.importorskip("deepspeed")
+    for sharding in ("zero2", "zero3"):
+        res = measure(wide, world=2, sharding=sharding, **KNOBS)
+        est = ftplan.estimate(wide, "cpu", calibrate=False, num_gpus=2, sharding=sharding, **KNOBS)
+        measured = _peak(res["ranks"][0]["phases"])
+        assert abs(est.peak_allocated_bytes - measured) <= 0.05 * measured, (sharding, est.peak_allocated_bytes, measured)
