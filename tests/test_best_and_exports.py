@@ -76,3 +76,26 @@ def test_hand_written_document_with_some_knobs():
 def test_to_yaml_quotes_what_needs_quoting():
     d = {"a": "yes", "b": "1.0", "c": "x: y", "d": None, "e": [1, "two"], "f": {"g": True}}
     assert yaml.safe_load(to_yaml(d)) == d
+
+
+def test_a_zero_plan_carries_its_deepspeed_config_into_every_export(tmp_path):
+    import ftplan
+    from ftplan.errors import FtplanError
+    from ftplan.integrations import exports
+
+    plan = ftplan.plan("8b", "h100", top=1, num_gpus=4, sharding="zero3", offload="params", method="lora",
+                       quant="bf16", handoff="axolotl", calibrate=False)[0]
+    doc = {"model": "8b", "knobs": plan.config.knobs()}
+    out = exports.write_all(tmp_path, doc)
+    ds = json.loads((tmp_path / "deepspeed.json").read_text())
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_param"]["device"] == "cpu" and zero["offload_optimizer"]["device"] == "cpu"
+    assert zero["reduce_bucket_size"] == "auto" and zero["stage3_prefetch_bucket_size"] == "auto"  # HF's hidden^2 sizes
+    assert ds["bf16"]["enabled"] == "auto" and "optimizer" not in ds  # the plan's optimizer, built by HF Trainer
+    for name in ("axolotl", "llamafactory"):
+        text = (tmp_path / f"{name}.yaml").read_text()
+        assert "deepspeed: deepspeed.json" in text and "bf16: true" in text, name
+    assert "deepspeed={" in (tmp_path / "trl_sft.py").read_text()
+    assert out["deepspeed"].endswith("deepspeed.json")
+    with pytest.raises(FtplanError, match="ftplan train runs DDP and FSDP, not DeepSpeed"):
+        ftplan.plan("8b", "h100", num_gpus=4, sharding="zero2", method="lora", quant="bf16", handoff="ftplan")

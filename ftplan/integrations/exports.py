@@ -60,10 +60,15 @@ def _targets(knobs: dict) -> Any:
     return "all-linear" if list(t) == ["all-linear"] else list(t)
 
 
+DS_FILE = "deepspeed.json"  # the DeepSpeed config of a ZeRO plan, beside the exports
+
+
 def amp_flags(knobs: Mapping[str, Any]) -> dict[str, bool]:
     """HF ``TrainingArguments``' (and Axolotl's, LLaMA-Factory's, TRL's) mixed-precision flags:
     ``bf16=True``, or ``fp16=True`` (autocast + ``torch.amp.GradScaler``); neither without autocast."""
-    on = bool(knobs["autocast"])
+    from .launchers import is_zero
+
+    on = bool(knobs["autocast"]) or is_zero(knobs)  # DeepSpeed's bf16/fp16 mode: HF passes the flag to its "auto"
     return {"bf16": on and knobs["compute_dtype"] == "bf16", "fp16": on and knobs["compute_dtype"] == "fp16"}
 
 
@@ -143,6 +148,10 @@ def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
                                                 "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                                                 "reshard_after_forward": k.get("sharding") != "fsdp_grad_op",
                                                 "state_dict_type": "FULL_STATE_DICT"})
+    from .launchers import is_zero
+
+    if is_zero(k):  # Axolotl reads a DeepSpeed JSON path; ftplan writes it beside this file (write_all)
+        out["deepspeed"] = DS_FILE
     out.update(learning_rate=DEFAULT_LR, num_epochs=1, output_dir="./out")
     text = to_yaml({**out, "datasets": [{"path": data_path, "type": "completion"}]})
     note = assumed(k, "axolotl")
@@ -180,7 +189,13 @@ def llamafactory(doc: dict[str, Any], dataset: str = "my_dataset") -> str:
             "an entry of dataset_info.json in dataset_dir\n# (template, learning_rate, epochs: set them for your data; "
             "not planned: memory does not depend on them)\n")
     gpus = k.get("num_gpus", 1)
-    if gpus > 1 and k.get("sharding") in ("fsdp", "fsdp_grad_op"):
+    from .launchers import is_zero
+
+    if is_zero(k):
+        out["deepspeed"] = DS_FILE
+        head += (f"# DeepSpeed {k['sharding'].upper()} over {gpus} GPUs, as planned ({DS_FILE} beside this file): "
+                 "FORCE_TORCHRUN=1 llamafactory-cli train llamafactory.yaml\n")
+    elif gpus > 1 and k.get("sharding") in ("fsdp", "fsdp_grad_op"):
         from .launchers import accelerate_config
 
         mixed = "fp16" if amp_flags(k)["fp16"] else "bf16"
@@ -229,6 +244,13 @@ def trl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
     ckpt_kw = '{"use_reentrant": False}' if ckpt else "None"
     fp16 = "not a.cpu" if prec["fp16"] else "False"  # GradScaler's fp16 loss scaling needs CUDA
     note = assumed(k, "trl")
+    from .launchers import deepspeed_config, is_zero
+
+    ds = (f",\n                 deepspeed={deepspeed_config(k['sharding'], k.get('offload') or 'none')!r}"
+          if is_zero(k) else "")
+    if ds:
+        note += (f"# DeepSpeed {k['sharding'].upper()} over {k['num_gpus']} GPUs, as planned: torchrun --nproc_per_node "
+                 f"{k['num_gpus']} trl_sft.py --data ...\n")
     return f"""# TRL SFTTrainer script from {_origin(doc)}
 {note}# python trl_sft.py --data {data_path}   (pip install trl datasets{' liger-kernel' if k['loss_impl'] == 'chunked' else ''})
 # Each line of the data: {{"text": ...}}, {{"prompt": ..., "completion": ...}} or {{"messages": [...]}}.
@@ -254,7 +276,7 @@ args = SFTConfig(output_dir=a.output, max_steps=a.max_steps, per_device_train_ba
                  gradient_accumulation_steps={k['grad_accum']}, gradient_checkpointing={ckpt},
                  gradient_checkpointing_kwargs={ckpt_kw},
                  optim={HF_OPTIM[k['optimizer']]!r}, bf16={prec['bf16']}, fp16={fp16},
-                 max_length={k['seq_len']}, {loss}, use_cpu=a.cpu, report_to=[])
+                 max_length={k['seq_len']}, {loss}, use_cpu=a.cpu, report_to=[]{ds})
 bnb = {bnb}
 model = AutoModelForCausalLM.from_pretrained(a.model, quantization_config=bnb, dtype=torch.{load},
                                              attn_implementation={k['attention']!r})
@@ -272,12 +294,22 @@ def to_yaml(d: dict[str, Any]) -> str:
 
 
 def write_all(folder: Path, doc: dict[str, Any], data_path: str = "train.jsonl") -> dict[str, str]:
-    """``best.json`` and the three trainers' configurations in ``folder``; their paths by name. A trainer
-    that cannot build the plan gets no file; ``<name>_not_written`` says why instead."""
+    """``best.json`` and the three trainers' configurations in ``folder`` (and the DeepSpeed config of a ZeRO
+    plan); their paths by name. A trainer that cannot build the plan gets no file; ``<name>_not_written`` says
+    why instead."""
+    import json
+
+    from .launchers import deepspeed_config, is_zero
+
     files = {"best": folder / "best.json", "axolotl": folder / "axolotl.yaml",
              "llamafactory": folder / "llamafactory.yaml", "trl": folder / "trl_sft.py"}
     write_best(files["best"], doc)
     out = {"best": str(files["best"])}
+    k = _knobs(doc)
+    if is_zero(k):
+        atomic_write_text(folder / DS_FILE, json.dumps(deepspeed_config(k["sharding"], k.get("offload") or "none"),
+                                                       indent=2) + "\n")
+        out["deepspeed"] = str(folder / DS_FILE)
     makers = {"axolotl": lambda: axolotl(doc, data_path), "llamafactory": lambda: llamafactory(doc),
               "trl": lambda: trl(doc, data_path)}
     for name, make in makers.items():

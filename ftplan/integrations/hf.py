@@ -121,6 +121,10 @@ def training_arguments(obj: Any, output_dir: str, **overrides: Any):
                               gradient_accumulation_steps=cfg.grad_accum, optim=HF_OPTIM[cfg.optimizer],
                               **amp_flags(cfg.knobs()), report_to=[])
     kw[ckpt] = cfg.gradient_checkpointing
+    from .launchers import deepspeed_config, is_zero
+
+    if is_zero(cfg.knobs()):  # a ZeRO plan: the DeepSpeed config HF Trainer fills ("auto") and runs under torchrun
+        kw["deepspeed"] = deepspeed_config(cfg.sharding, cfg.offload)
     if cfg.gradient_checkpointing:
         kw[f"{ckpt}_kwargs"] = {"use_reentrant": False}
     if cfg.loss_impl == "chunked":

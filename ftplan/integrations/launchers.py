@@ -24,3 +24,31 @@ def accelerate_config(gpus: int, sharding: str, mixed: str = "bf16", offload: st
     else:
         cfg["distributed_type"] = "MULTI_GPU"
     return cfg
+
+
+ZERO_SHARDINGS = ("zero1", "zero2", "zero3")
+
+
+def deepspeed_config(sharding: str, offload: str = "none") -> dict:
+    """The DeepSpeed config of a ZeRO plan as the planner models it (``planner.memory.sharding.zero_terms``):
+    HF Trainer fills every ``"auto"`` from its arguments and the model (batch, accumulation, bf16/fp16 from
+    the plan's precision flags, ``reduce_bucket_size = hidden^2``, stage 3's prefetch bucket and persistence
+    threshold); the plan's optimizer is the one HF Trainer builds (no ``"optimizer"`` block), kept with offload
+    (``zero_force_ds_cpu_optimizer: false``)."""
+    stage = int(sharding[-1])
+    zero: dict = {"stage": stage, "reduce_bucket_size": "auto", "contiguous_gradients": True}
+    if stage == 3:
+        zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto",
+                    stage3_gather_16bit_weights_on_model_save=True)
+    if offload in ("optimizer", "params"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if offload == "params":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {"bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "zero_optimization": zero,
+            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto", "zero_allow_untested_optimizer": True,
+            "zero_force_ds_cpu_optimizer": False}
+
+
+def is_zero(knobs) -> bool:
+    return knobs.get("num_gpus", 1) > 1 and knobs.get("sharding") in ZERO_SHARDINGS

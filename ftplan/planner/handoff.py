@@ -100,10 +100,10 @@ def handoff_knobs(spec: ModelSpec, handoff: Any, knobs: dict[str, Any]) -> tuple
                           f"drop it, or plan for another hand-off target (valid: {', '.join(HANDOFFS)})")
     out["prepare_kbit"] = h.prepare_kbit
     sharding = str(out.get("sharding") or "").lower().replace("-", "_").replace(" ", "_")
-    if sharding.startswith("zero") or "deepspeed" in sharding:
-        raise FtplanError(f"--sharding {out['sharding']}: {h.name} is not handed a DeepSpeed ZeRO plan yet (no "
-                          "DeepSpeed config is exported); ftplan.estimate(..., sharding='zero1|zero2|zero3') models its "
-                          "memory; plan several GPUs with --sharding ddp, fsdp or fsdp_grad_op")
+    if h.key == "ftplan" and (sharding.startswith("zero") or "deepspeed" in sharding):
+        raise FtplanError(f"--sharding {out['sharding']}: ftplan train runs DDP and FSDP, not DeepSpeed; plan a ZeRO "
+                          "run --for hf, trl, axolotl or llamafactory (their exports carry the DeepSpeed config), or "
+                          "use --sharding fsdp")
     loss = str(out.get("loss_impl", "")).lower()
     if h.key == "ftplan" and sharding.startswith("fsdp") and loss in ("chunked", "fused", "liger", "chunked_ce"):
         raise FtplanError(f"loss_impl={out['loss_impl']!r} with --sharding {out['sharding']}: ftplan train runs the "

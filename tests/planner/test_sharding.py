@@ -157,11 +157,13 @@ def test_impossible_offload_is_refused(sharding, offload):
         ftplan.estimate("8b", "h100", offload=offload, **kn)
 
 
-def test_a_zero_plan_is_not_handed_off_until_a_deepspeed_config_is_exported():
+def test_a_zero_plan_goes_to_the_trainers_that_run_deepspeed():
     from ftplan.planner.handoff import handoff_knobs
 
-    with pytest.raises(FtplanError, match="not handed a DeepSpeed ZeRO plan"):
-        handoff_knobs(get_model("8b"), "hf", {"sharding": "zero2", "num_gpus": 2})
+    with pytest.raises(FtplanError, match="ftplan train runs DDP and FSDP, not DeepSpeed"):
+        handoff_knobs(get_model("8b"), "ftplan", {"sharding": "zero2", "num_gpus": 2})
+    for target in ("hf", "trl", "axolotl", "llamafactory"):
+        assert handoff_knobs(get_model("8b"), target, {"sharding": "zero2", "num_gpus": 2})[0]["sharding"] == "zero2"
 
 
 def test_sharding_spellings():
