@@ -71,6 +71,12 @@ def grid(folder: Path) -> list[tuple[str, str, dict]]:
                                                    seq_len=256, grad_accum=1, gradient_checkpointing=False)))
         rows.append(("llama", p["llama"], dict(q, num_gpus=world, sharding="ddp", micro_batch=2, seq_len=128,
                                                grad_accum=2, gradient_checkpointing=True)))
+    # QLoRA under FSDP2: the packed 4-bit weights stored in the compute dtype (bnb_4bit_quant_storage), as FSDP needs
+    for world, sh, gc in ((2, "fsdp", True), (2, "fsdp", False), (2, "fsdp_grad_op", True), (4, "fsdp", True)):
+        rows.append(("wide", wide, dict(q, num_gpus=world, sharding=sh, micro_batch=1, seq_len=128, grad_accum=1,
+                                        gradient_checkpointing=gc)))
+    rows.append(("llama", p["llama"], dict(q, num_gpus=2, sharding="fsdp", micro_batch=2, seq_len=128, grad_accum=2,
+                                           gradient_checkpointing=True)))
     # DeepSpeed ZeRO as HF Trainer runs it (bf16 module, the plan's optimizer wrapped by ZeRO, "auto" buckets)
     for world, sh, kn in ((2, "zero1", dict(full, gradient_checkpointing=False)),
                           (2, "zero2", dict(full, gradient_checkpointing=False)),
@@ -105,6 +111,9 @@ def traces() -> list[tuple[str, str, dict]]:
         ("70b", "70b", dict(lora, num_gpus=4, **fs)),
         ("70b", "70b", dict(lora, num_gpus=8, **fs)),
         ("70b", "70b", dict(full, num_gpus=8, **fs)),
+        # QLoRA under FSDP: packed 4-bit weights stored in bf16 (bnb_4bit_quant_storage)
+        ("8b", "8b", dict(lora, method="qlora", quant="nf4", num_gpus=2, **fs)),
+        ("70b", "70b", dict(lora, method="qlora", quant="nf4", num_gpus=2, micro_batch=2, **fs)),
     ]
 
 

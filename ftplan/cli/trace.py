@@ -21,6 +21,8 @@ def trace_command(
     grad_accum: Optional[int] = K.GRAD_ACCUM, grad_ckpt: Optional[bool] = K.GRAD_CKPT,
     optimizer: Optional[str] = K.OPTIMIZER, attention: Optional[str] = K.ATTENTION,
     loss: Optional[str] = K.LOSS,
+    gpus: int = typer.Option(1, "--gpus", help="ranks: > 1 traces rank 0 of an FSDP job over a fake process group (with --sharding fsdp or fsdp_grad_op)"),
+    sharding: Optional[str] = typer.Option(None, "--sharding", help="fsdp | fsdp_grad_op (with --gpus > 1)"),
     gpu: str = typer.Option("cpu", "--gpu", "-g", help="GPU whose analytical estimate is shown beside the trace (cpu = tensors only)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
@@ -29,6 +31,8 @@ def trace_command(
     with user_errors():
         kn = K.knobs(method, quant, double_quant, rank, alpha, targets, lora_dropout, micro_batch, seq_len,
                      grad_accum, grad_ckpt, optimizer, attention, loss)
+        if gpus != 1 or sharding is not None:
+            kn.update(num_gpus=gpus, sharding=sharding or ("fsdp" if gpus > 1 else None))
         import ftplan
 
         est = ftplan.estimate(model, gpu, **kn).to_dict()  # validates the knobs first

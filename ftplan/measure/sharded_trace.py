@@ -33,14 +33,31 @@ def _fix_meta_buffers(model) -> None:
             mod.original_inv_freq = torch.empty(inv.shape, dtype=inv.dtype, device="cpu")
 
 
+def _fake_quant_states(model) -> None:
+    """The 4-bit stand-ins' quantization constants (module attributes FSDP does not see): fake CPU tensors."""
+    import torch
+
+    def fake(t):
+        return torch.empty(t.shape, dtype=t.dtype, device="cpu")
+
+    for mod in model.modules():
+        qs = getattr(mod, "traced_state", None)
+        if qs is None:
+            continue
+        for attr in ("absmax", "code", "offset"):
+            if getattr(qs, attr, None) is not None:
+                setattr(qs, attr, fake(getattr(qs, attr)))
+        if qs.state2 is not None:
+            qs.state2.absmax, qs.state2.code = fake(qs.state2.absmax), fake(qs.state2.code)
+
+
 def trace_sharded(model: str, spec, cfg, steps: int, argv: list[str] | None) -> dict[str, Any]:
     """Rank 0 of ``cfg.num_gpus`` FSDP2 ranks; returns the ``profile``-shaped dict (see module docstring)."""
     if cfg.sharding not in ("fsdp", "fsdp_grad_op"):
         raise FtplanError(f"trace --gpus {cfg.num_gpus} traces FSDP (--sharding fsdp or fsdp_grad_op), not "
                           f"{cfg.sharding}: DDP keeps the whole model on each GPU, trace it with --gpus 1")
-    if cfg.is_quantized:
-        raise FtplanError("trace --gpus N does not model 4-bit or 8-bit bases under FSDP yet; trace --method "
-                          "lora or full, or --gpus 1")
+    if cfg.quant == "int8":
+        raise FtplanError("trace does not model 8-bit (LLM.int8) bases; use nf4/fp4 or a 16-bit base")
     import torch
     import torch.distributed as dist
     import transformers
@@ -69,14 +86,32 @@ def trace_sharded(model: str, spec, cfg, steps: int, argv: list[str] | None) -> 
             # device moves cannot swap fake parameters)
             m = transformers.AutoModelForCausalLM.from_config(
                 hf_cfg, dtype=torch_dtype(base_dtype(cfg)), attn_implementation=hf_cfg._attn_implementation)
+        if cfg.quant in ("nf4", "fp4"):
+            from .fake import _quantize_meta
+
+            _quantize_meta(m, cfg)
         m = prepare_for_training(m, spec, cfg)
         m = shard_fsdp2(m, cfg, reshard_after_forward=cfg.sharding == "fsdp", mesh=mesh)
         with fake_mode:
             m.to_empty(device="cpu")
             _fix_meta_buffers(m)
-            opt = make_optimizer(cfg.optimizer, [p for p in m.parameters() if p.requires_grad], "cpu")
+            _fake_quant_states(m)
+        # built outside the fake mode, as ``trace`` builds it (bitsandbytes reads values at construction)
+        opt = make_optimizer(cfg.optimizer, [p for p in m.parameters() if p.requires_grad], "cpu")
         tracker = LiveStorageTracker()
+        from .distributed import _is_packed
+
+        consts = []
+        for mod in m.modules():
+            qs = getattr(mod, "traced_state", None)
+            if qs is not None:
+                consts += [t for t in (qs.absmax, qs.code, qs.offset) if t is not None]
+                if qs.state2 is not None:
+                    consts += [qs.state2.absmax, qs.state2.code]
+        tracker.track(consts, "quant_constants")
         for tag, ts in classify_params(m).items():
+            if tag == "weights_unquantized":
+                tracker.track([t for t in ts if _is_packed(m, t)], "weights_quantized", weight=True)
             tracker.track(ts, tag, weight=tag != "buffers")
         vocab = hf_cfg.vocab_size
 

@@ -21,70 +21,10 @@ import time
 from typing import Any
 
 from ..errors import FtplanError
-from ..planner.memory.weights import FOUR_BIT_CODE_ENTRIES, NESTED_CODE_ENTRIES
 from ..planner.options import make_config
 from ..planner.types import ModelSpec
 from ..profiles.models import get_model
-from .fake import unpacked_positions
-
-
-def _stand_in_class():
-    import bitsandbytes as bnb
-    import torch
-
-    class TracedLinear4bit(bnb.nn.Linear4bit):
-        """A ``Linear4bit`` whose weight is a plain packed ``uint8`` tensor (fake tensors cannot be
-        wrapped in ``Params4bit``), with a hand-built ``QuantState`` of the real sizes."""
-
-        def forward(self, x):
-            inp_dtype = x.dtype
-            x = x.to(self.compute_dtype)
-            bias = None if self.bias is None else self.bias.to(self.compute_dtype)
-            return bnb.matmul_4bit(x, self.weight, bias=bias, quant_state=self.traced_state).to(inp_dtype)
-
-    return TracedLinear4bit, bnb, torch
-
-
-def quant_state(out_f: int, in_f: int, quant: str, double_quant: bool, device: str, blocksize: int = 64):
-    """A ``QuantState`` with tensors of the sizes ``bitsandbytes.functional.quantize_4bit`` makes."""
-    import bitsandbytes as bnb
-    import torch
-
-    n = out_f * in_f
-    blocks = -(-n // blocksize)
-    code = torch.empty(FOUR_BIT_CODE_ENTRIES, dtype=torch.float32, device=device)
-    if not double_quant:
-        return bnb.functional.QuantState(absmax=torch.empty(blocks, dtype=torch.float32, device=device),
-                                         shape=torch.Size([out_f, in_f]), code=code, blocksize=blocksize,
-                                         quant_type=quant, dtype=torch.bfloat16)
-    state2 = bnb.functional.QuantState(absmax=torch.empty(-(-blocks // 256), dtype=torch.float32, device=device),
-                                       code=torch.empty(NESTED_CODE_ENTRIES, dtype=torch.float32, device=device),
-                                       blocksize=256, dtype=torch.float32)
-    return bnb.functional.QuantState(absmax=torch.empty(blocks, dtype=torch.uint8, device=device),
-                                     shape=torch.Size([out_f, in_f]), code=code, blocksize=blocksize,
-                                     quant_type=quant, dtype=torch.bfloat16,
-                                     offset=torch.empty((), dtype=torch.float32, device=device), state2=state2)
-
-
-def _quantize_meta(model, cfg) -> None:
-    """Swap the decoder layers' ``nn.Linear`` for 4-bit stand-ins (on meta)."""
-    Traced, bnb, torch = _stand_in_class()
-    from ..stack.build import decoder_linears, replace_module
-
-    for name, lin in decoder_linears(model):
-        new = Traced(lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=torch.bfloat16,
-                     compress_statistics=cfg.double_quant, quant_type=cfg.quant, quant_storage=torch.uint8,
-                     device="meta")
-        n = lin.in_features * lin.out_features
-        w = bnb.nn.Params4bit(torch.empty(((n + 1) // 2, 1), dtype=torch.uint8, device="meta"), requires_grad=False,
-                              compress_statistics=cfg.double_quant, quant_type=cfg.quant, quant_storage=torch.uint8)
-        w.bnb_quantized = True
-        new.weight = w
-        new.traced_state = quant_state(lin.out_features, lin.in_features, cfg.quant, cfg.double_quant, "meta")
-        if lin.bias is not None:
-            new.bias = torch.nn.Parameter(torch.empty_like(lin.bias), requires_grad=False)
-        replace_module(model, name, new)
-    model.is_loaded_in_4bit = True
+from .fake import _quantize_meta, quant_state, unpacked_positions  # noqa: F401 - quant_state: public here too
 
 
 def _fakeify(model, fake_mode) -> None:

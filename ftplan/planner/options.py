@@ -23,6 +23,7 @@ SHARDINGS = ("ddp", "fsdp", "fsdp_grad_op", "zero1", "zero2", "zero3")
 OFFLOADS = ("none", "optimizer", "params")
 LOSS_IMPLS = ("standard", "chunked")
 COMPUTE_DTYPES = ("bf16", "fp16")
+BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
 _ALIASES = {
     "method": {"full-finetune": "full", "full_finetune": "full", "ft": "full", "q-lora": "qlora"},
@@ -242,6 +243,13 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
         warnings.append(f"seq_len={seq} is beyond {model.name}'s max_position_embeddings={model.max_positions}")
     accum = _grad_accum(k, mb, n_gpus, warnings)
     optimizer = choice("optimizer", k.get("optimizer", DEFAULTS["optimizer"]))
+    if sharding in ("fsdp", "fsdp_grad_op") and optimizer in BNB_OPTIMIZERS:
+        if "optimizer" in k:
+            raise FtplanError(f"--optimizer {optimizer} with --sharding {sharding}: bitsandbytes optimizers do not run "
+                              "on FSDP2's sharded (DTensor) parameters; valid: adamw, adamw_torch, sgd, adafactor")
+        optimizer = "adamw"  # the default 8-bit optimizer cannot step FSDP2's shards
+        warnings.append("optimizer adamw: the default paged_adamw_8bit (bitsandbytes) cannot step FSDP2's sharded "
+                        "parameters")
     attention = choice("attention", k.get("attention", DEFAULTS["attention"]))
     if gpu is not None and attention == "flash_attention_2" and not gpu.flash_attention_2:
         warnings.append(f"flash_attention_2 does not support {gpu.name}; HF would fail to load it (use sdpa)")

@@ -28,7 +28,7 @@ from typing import Any
 
 from .estimate import build_estimate, host_breakdown, optimizer_traffic_bytes
 from .memory.phases import cached_terms, device_bytes_fast
-from .options import DEFAULTS, choice, flag, make_config, parse_targets, positive_int
+from .options import BNB_OPTIMIZERS, DEFAULTS, choice, flag, make_config, parse_targets, positive_int
 from .timing import tokens_per_s
 from .types import Estimate, GiB, GPUSpec, ModelSpec, Plan, TrainConfig
 
@@ -129,6 +129,8 @@ def enumerate_configs(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any
             _formats(fixed, cfg0), _strategies(fixed, cfg0), mbs, ckpts, opts, attns, losses, ranks, targets):
         if method == "full" and (rank != ranks[0] or tg != targets[0]):
             continue  # rank and targets mean nothing without LoRA
+        if sharding in ("fsdp", "fsdp_grad_op") and opt in BNB_OPTIMIZERS:
+            continue  # bitsandbytes optimizers cannot step FSDP2's sharded (DTensor) parameters
         if loss == "chunked" and sharding in ("fsdp", "fsdp_grad_op") and "loss_impl" not in fixed:
             continue  # ftplan train runs the chunked loss without FSDP only; the others through Liger: not searched
         accum = cfg0.grad_accum if per_gpu_eff is None else per_gpu_eff // mb

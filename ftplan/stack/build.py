@@ -126,15 +126,19 @@ def quantize_linears(model, cfg: TrainConfig) -> int:
     import torch
 
     count = 0
+    # FSDP shards every parameter of a unit in one float dtype: the packed 4-bit weights are stored as such
+    # (transformers' bnb_4bit_quant_storage; the same bytes)
+    fsdp = cfg.num_gpus > 1 and cfg.sharding in ("fsdp", "fsdp_grad_op")
+    storage = torch_dtype(cfg.compute_dtype) if fsdp else torch.uint8
     for name, lin in decoder_linears(model):
         dev = lin.weight.device
         if cfg.quant in ("nf4", "fp4"):
             new = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
                                     compute_dtype=torch_dtype(cfg.compute_dtype), compress_statistics=cfg.double_quant,
-                                    quant_type=cfg.quant, quant_storage=torch.uint8, device="meta")
+                                    quant_type=cfg.quant, quant_storage=storage, device="meta")
             new.weight = bnb.nn.Params4bit(lin.weight.data.to("cpu"), requires_grad=False,
                                            compress_statistics=cfg.double_quant, quant_type=cfg.quant,
-                                           quant_storage=torch.uint8, module=new)
+                                           quant_storage=storage, module=new)
         else:
             new = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=lin.bias is not None,
                                       has_fp16_weights=False, threshold=6.0, device="meta")

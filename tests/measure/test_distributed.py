@@ -42,12 +42,18 @@ def test_two_fsdp_ranks_match_the_model(wide):
         assert step["weights_dense"] == est.phases["optimizer_step"]["weights_dense"]
 
 
-def test_the_fake_process_group_trace_equals_the_real_ranks(wide):
-    """Rank 0 traced in one process under FakeTensorMode is the rank measured with real tensors over gloo."""
-    real = measure(wide, world=2, sharding="fsdp", **KNOBS)["ranks"][0]["phases"]
-    fake = trace(wide, num_gpus=2, sharding="fsdp", **KNOBS)
+@pytest.mark.parametrize("knobs", [KNOBS, dict(KNOBS, method="qlora", quant="nf4", gradient_checkpointing=True)],
+                         ids=["full", "qlora"])
+def test_the_fake_process_group_trace_equals_the_real_ranks(wide, knobs):
+    """Rank 0 traced in one process under FakeTensorMode is the rank measured with real tensors over gloo (QLoRA:
+    the packed 4-bit weights stored in bf16 as FSDP needs, in both)."""
+    real = measure(wide, world=2, sharding="fsdp", **knobs)["ranks"][0]["phases"]
+    fake = trace(wide, num_gpus=2, sharding="fsdp", **knobs)
+    # byte for byte on a quiet machine; gloo's worker thread drops its references to a collective's tensors
+    # asynchronously, so on a busy one a buffer can outlive its collective by a moment: 1% allowed
     for ph in ("forward_end", "backward", "optimizer_step"):
-        assert fake["phase_peaks"][ph]["peak_allocated_bytes"] == real[ph]["peak_allocated_bytes"]
+        f, r = fake["phase_peaks"][ph]["peak_allocated_bytes"], real[ph]["peak_allocated_bytes"]
+        assert abs(f - r) <= 0.01 * r, (ph, f, r)
 
 
 def test_trace_refuses_what_it_does_not_model(wide):

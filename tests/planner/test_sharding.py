@@ -172,3 +172,14 @@ def test_sharding_spellings():
     assert ftplan.estimate("8b", "h100", num_gpus=2, sharding="ZeRO-3", method="lora").config.sharding == "zero3"
     with pytest.raises(FtplanError, match="unknown sharding 'zero9'; did you mean: zero3, zero2, zero1"):
         ftplan.estimate("8b", "h100", num_gpus=2, sharding="zero9")
+
+
+def test_bitsandbytes_optimizers_are_not_planned_under_fsdp():
+    """bitsandbytes' 8-bit step gets FSDP2's DTensor shards beside plain state tensors and refuses them."""
+    with pytest.raises(FtplanError, match="bitsandbytes optimizers do not run on FSDP2"):
+        ftplan.estimate("8b", "h100", num_gpus=2, sharding="fsdp", optimizer="paged_adamw_8bit")
+    e = ftplan.estimate("8b", "h100", num_gpus=2, sharding="fsdp")
+    assert e.config.optimizer == "adamw" and any("paged_adamw_8bit" in w for w in e.warnings)
+    plans = ftplan.plan("70b", "rtx4090", num_gpus=4, calibrate=False)
+    assert plans and all(p.config.optimizer not in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+                         for p in plans if p.config.sharding in ("fsdp", "fsdp_grad_op"))
