@@ -171,12 +171,16 @@ class _Check:
 
     def fits(self, spec: ModelSpec, gpu: GPUSpec, knobs: dict[str, Any]) -> bool:
         """True when ``plan_search`` returns at least one plan (knobs that do not validate: False)."""
+        return self.best(spec, gpu, knobs) is not None
+
+    def best(self, spec: ModelSpec, gpu: GPUSpec, knobs: dict[str, Any]) -> Plan | None:
+        """The search's first plan for the changed knobs, or None (nothing fits, or the knobs do not validate)."""
         try:
             res = plan_search(spec, gpu, objective=self.objective, margin=self.margin, top=1,
                               gpu_file=self.gpu_file, calibrate=self.calibrate, **knobs)
         except FtplanError:
-            return False
-        return bool(res.plans)
+            return None
+        return res.plans[0] if res.plans else None
 
 
 def _leanest(spec: ModelSpec, gpu: GPUSpec, fixed: dict[str, Any], objective: str) -> tuple[TrainConfig, int]:
@@ -242,16 +246,22 @@ def _smallest_gpu(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any], c
 
 def _count_way_out(spec: ModelSpec, gpu: GPUSpec, fixed: dict[str, Any], check: _Check, max_gpus: int | None,
                    single_fits: bool) -> dict[str, Any]:
-    """The least count of ``gpu`` with FSDP that fits, only when no single GPU does (see ``suggest``)."""
+    """The least count of ``gpu`` that fits, with the strategy the search picks for it (DDP, FSDP, FSDP with
+    parameters on the host; the one given with ``sharding``), only when no single GPU does (see ``suggest``)."""
     asked = int(fixed.get("num_gpus") or 1)
     cap = max_gpus if max_gpus is not None else (NODE_GPUS if asked <= NODE_GPUS else GPU_COUNTS[-1])
-    out: dict[str, Any] = {"gpu_count": None, "max_gpus": cap, "sharding": "fsdp", "gpu_count_note": ""}
+    out: dict[str, Any] = {"gpu_count": None, "max_gpus": cap, "sharding": None, "offload": "none",
+                           "host_bytes": 0, "gpu_count_note": ""}
     if single_fits:
         out["gpu_count_note"] = "not suggested: a single GPU fits (see the other ways out)"
         return out
     for n in GPU_COUNTS:
-        if asked < n <= cap and check.fits(spec, gpu, {**fixed, "num_gpus": n, "sharding": "fsdp"}):
-            out["gpu_count"] = n
+        if not asked < n <= cap:
+            continue
+        plan = check.best(spec, gpu, {**fixed, "num_gpus": n})
+        if plan is not None:
+            out.update(gpu_count=n, sharding=plan.config.sharding, offload=plan.config.offload,
+                       host_bytes=plan.estimate.host_bytes)
             return out
     out["gpu_count_note"] = f"no count up to {cap} x {gpu.key} fits"
     return out

@@ -100,8 +100,9 @@ def test_a_gpu_count_only_when_no_single_gpu_fits_and_at_most_one_node():
         assert not ftplan.plan("405b", g, seq_len=512, top=1)
     n = s["gpu_count"]
     assert n is not None and 1 < n <= 8
-    assert run_fit("405b", "h100", num_gpus=n, sharding="fsdp").fits
-    assert f"--gpus {n} --sharding fsdp" in fit_text(r)
+    assert run_fit("405b", "h100", num_gpus=n, sharding=s["sharding"], offload=s["offload"]).fits
+    assert f"--gpus {n} --sharding {s['sharding']}" in fit_text(r)
+    assert not run_fit("405b", "h100", num_gpus=n // 2).fits if n > 2 else True  # the least count that fits
 
 
 def test_the_gpu_count_cap_is_one_node_unless_the_user_asked_for_more():
@@ -171,7 +172,7 @@ def _contradictions(model, gpu, knobs):
             bad.append(f"{s['gpu_count']} GPUs suggested while a single GPU fits")
         if s["gpu_count"] > 8:
             bad.append(f"{s['gpu_count']} GPUs: more than one node")
-        checks.append((gpu, {"num_gpus": s["gpu_count"], "sharding": "fsdp"}))
+        checks.append((gpu, {"num_gpus": s["gpu_count"], "sharding": s["sharding"], "offload": s["offload"]}))
     for g, change in checks:
         if not run_fit(model, g, top=1, **{**knobs, **change}).fits:
             bad.append(f"suggested {g} {change} does not fit")

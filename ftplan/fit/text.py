@@ -249,8 +249,11 @@ def _count_text(r: FitResult) -> str:
     if not n:
         return s.get("gpu_count_note") or "none"
     link = "NVLink" if g.nvlink else f"PCIe (no NVLink on {g.name})"
-    return (f"{n} x {g.key} with FSDP (--gpus {n} --sharding fsdp): no single GPU fits; gradient sync "
-            f"over {link}")
+    sh, off = s.get("sharding") or "fsdp", s.get("offload") or "none"
+    flags = f"--gpus {n} --sharding {sh}" + (f" --offload {off}" if off != "none" else "")
+    host = (f"; {gib(s['host_bytes'])} GiB host memory per node ({off} offloaded)" if off != "none" and s.get("host_bytes")
+            else "")
+    return f"{n} x {g.key} with {sh} ({flags}): no single GPU fits; collectives over {link}{host}"
 
 
 def fit_json(r: FitResult) -> dict[str, Any]:

@@ -153,8 +153,8 @@ def _option(spec, key: str, count: int, tokens: float, epochs: float, prices: di
     src = (p.source if p else gpu.price_provider) or ""
     date = (p.date if p else gpu.price_date) or ""
     fixed = dict(knobs)
-    if count > 1:
-        fixed.update(num_gpus=count, sharding=fixed.get("sharding") or "fsdp")
+    if count > 1:  # the strategy searched (DDP, FSDP, FSDP grad-op, FSDP with offload) unless --sharding is given
+        fixed.update(num_gpus=count)
     res = plan_search(spec, gpu, tokens=tokens, epochs=epochs, price=price, top=1, **fixed)
     plan = res.plans[0] if res.plans else None
     spot = (p.spot_per_hour if p and p.spot_per_hour is not None else (price * (1 - spot_discount) if price is not None else None))
@@ -205,7 +205,7 @@ def build(model: str, gpus: str | list[str], tokens: str | float, *, epochs: flo
             if n:
                 options.append(_option(spec, key, n, tok, epochs, price_map, spot_discount, hours_per_week, knobs,
                                        note=f"no single GPU in the catalog fits: the smallest count of {o.gpu_name} "
-                                            "that does (FSDP, one node at most)"))
+                                            "that does (one node at most)"))
     priced = [o for o in options if o.cost is not None]
     timed = [o for o in options if o.hours is not None]
     cheapest = min(priced, key=lambda o: o.cost) if priced else None

@@ -49,6 +49,9 @@ def config_words(o: Option) -> str:
     parts.append(c.optimizer.replace("_", " "))
     if o.count > 1:
         parts.append(f"{c.sharding or 'ddp'} over {o.count} GPUs")
+        if c.offload != "none":
+            host = o.plan.estimate.host_bytes / 2**30 if o.plan is not None else 0
+            parts.append(f"{c.offload} kept in host memory ({host:,.0f} GiB per server)")
     return "; ".join(parts)
 
 

@@ -21,7 +21,8 @@ def test_a_count_row_when_no_single_gpu_fits_is_one_node_and_fits():
     extra = [o for o in r.options if o.count > 1]
     assert len(extra) == 1 and extra[0].gpu == "h100-sxm" and 1 < extra[0].count <= 8, rows
     assert extra[0].fits and "no single GPU" in extra[0].note
-    assert ftplan.plan("405b", "h100", num_gpus=extra[0].count, sharding="fsdp", top=1)
+    c = extra[0].plan.config
+    assert ftplan.plan("405b", "h100", num_gpus=extra[0].count, sharding=c.sharding, offload=c.offload, top=1)
     assert ("rtx4090", 1) in rows and not any(o.gpu == "rtx4090" and o.count > 1 for o in r.options)
 
 
