@@ -249,7 +249,8 @@ def _count_way_out(spec: ModelSpec, gpu: GPUSpec, fixed: dict[str, Any], check: 
     """The least count of ``gpu`` that fits, with the strategy the search picks for it (DDP, FSDP, FSDP with
     parameters on the host; the one given with ``sharding``), only when no single GPU does (see ``suggest``)."""
     asked = int(fixed.get("num_gpus") or 1)
-    cap = max_gpus if max_gpus is not None else (NODE_GPUS if asked <= NODE_GPUS else GPU_COUNTS[-1])
+    nodes = int(fixed.get("nodes") or 1)
+    cap = max_gpus if max_gpus is not None else (NODE_GPUS * nodes if asked <= NODE_GPUS * nodes else GPU_COUNTS[-1])
     out: dict[str, Any] = {"gpu_count": None, "max_gpus": cap, "sharding": None, "offload": "none",
                            "host_bytes": 0, "gpu_count_note": ""}
     if single_fits:
@@ -258,10 +259,12 @@ def _count_way_out(spec: ModelSpec, gpu: GPUSpec, fixed: dict[str, Any], check: 
     for n in GPU_COUNTS:
         if not asked < n <= cap:
             continue
+        if n % nodes:
+            continue
         plan = check.best(spec, gpu, {**fixed, "num_gpus": n})
         if plan is not None:
             out.update(gpu_count=n, sharding=plan.config.sharding, offload=plan.config.offload,
-                       host_bytes=plan.estimate.host_bytes)
+                       host_bytes=plan.estimate.host_bytes, nodes=plan.config.nodes)
             return out
     out["gpu_count_note"] = f"no count up to {cap} x {gpu.key} fits"
     return out

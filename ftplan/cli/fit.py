@@ -43,6 +43,7 @@ def fit_callback(
     handoff: str = typer.Option("ftplan", "--for", help="the trainer the plan is built for: ftplan (ftplan train) | hf (HF Trainer + ftplan.integrations.hf) | trl | axolotl | llamafactory; sets what it decides (k-bit preparation, loss)"),
     gpus: int = typer.Option(1, "--gpus", help="number of GPUs"),
     sharding: Optional[str] = typer.Option(None, help="ddp | fsdp | fsdp_grad_op (with --gpus > 1) [default: ddp]"),
+    nodes: Optional[int] = typer.Option(None, "--nodes", help="servers the GPUs are spread over: host memory is per server, collectives cross the network; more GPUs are suggested up to 8 per server [default: 1]"),
     offload: Optional[str] = typer.Option(None, "--offload", help="none | params (FSDP: parameters, gradients and optimizer step on the host) [default: none]"),
     host_ram: Optional[str] = typer.Option(None, "--host-ram", help="host memory of one node, e.g. 256GiB: a plan needing more does not fit [default: unknown; the need is stated]"),
     tokens: Optional[str] = typer.Option(None, help="training tokens per epoch, e.g. 50M [default: 10M]"),
@@ -86,7 +87,7 @@ def fit_callback(
                          lora_dropout=lora_dropout, micro_batch=micro_batch, seq_len=seq_len,
                          effective_batch=effective_batch, grad_accum=grad_accum, gradient_checkpointing=grad_ckpt,
                          optimizer=optimizer, attention=attention, loss_impl=loss, num_gpus=gpus, sharding=sharding,
-                         offload=offload)
+                         offload=offload, nodes=nodes)
     traced = None
     if trace and result.plans:
         with user_errors():

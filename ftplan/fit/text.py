@@ -250,8 +250,9 @@ def _count_text(r: FitResult) -> str:
         return s.get("gpu_count_note") or "none"
     link = "NVLink" if g.nvlink else f"PCIe (no NVLink on {g.name})"
     sh, off = s.get("sharding") or "fsdp", s.get("offload") or "none"
-    flags = f"--gpus {n} --sharding {sh}" + (f" --offload {off}" if off != "none" else "")
-    host = (f"; {gib(s['host_bytes'])} GiB host memory per node ({off} offloaded)" if off != "none" and s.get("host_bytes")
+    flags = (f"--gpus {n}" + (f" --nodes {s['nodes']}" if (s.get("nodes") or 1) > 1 else "") + f" --sharding {sh}"
+             + (f" --offload {off}" if off != "none" else ""))
+    host = (f"; {gib(s['host_bytes'])} GiB host memory per server ({off} offloaded)" if off != "none" and s.get("host_bytes")
             else "")
     return f"{n} x {g.key} with {sh} ({flags}): no single GPU fits; collectives over {link}{host}"
 

@@ -199,7 +199,7 @@ def llamafactory(doc: dict[str, Any], dataset: str = "my_dataset") -> str:
         from .launchers import accelerate_config
 
         mixed = "fp16" if amp_flags(k)["fp16"] else "bf16"
-        acc = to_yaml(accelerate_config(gpus, k["sharding"], mixed, k.get("offload") or "none"))
+        acc = to_yaml(accelerate_config(gpus, k["sharding"], mixed, k.get("offload") or "none", int(k.get("nodes") or 1)))
         head += (f"# FSDP over {gpus} GPUs, as planned: save the accelerate config below as fsdp.yaml and run\n"
                  "#   accelerate launch --config_file fsdp.yaml src/train.py llamafactory.yaml\n"
                  + "".join(f"#   {line}\n" for line in acc.splitlines()))

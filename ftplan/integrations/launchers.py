@@ -15,8 +15,9 @@ def fsdp2_config(sharding: str, offload: str = "none") -> dict:
             "fsdp_cpu_ram_efficient_loading": True, "fsdp_state_dict_type": "SHARDED_STATE_DICT"}
 
 
-def accelerate_config(gpus: int, sharding: str, mixed: str = "bf16", offload: str = "none") -> dict:
-    cfg: dict = {"compute_environment": "LOCAL_MACHINE", "num_machines": 1, "num_processes": gpus,
+def accelerate_config(gpus: int, sharding: str, mixed: str = "bf16", offload: str = "none", nodes: int = 1) -> dict:
+    """accelerate's config for ``gpus`` processes in all over ``nodes`` servers (each sets its ``machine_rank``)."""
+    cfg: dict = {"compute_environment": "LOCAL_MACHINE", "num_machines": nodes, "num_processes": gpus,
                  "machine_rank": 0, "mixed_precision": mixed, "use_cpu": False}
     if sharding in FSDP_SHARDINGS:
         cfg["distributed_type"] = "FSDP"

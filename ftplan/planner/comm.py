@@ -31,6 +31,9 @@ from .types import TrainConfig
 # links (GB/s per direction, effective): NVLink-class within a node, PCIe 4.0 x16 (32 GB/s theoretical)
 NVLINK_GBS = 300.0
 PCIE_GBS = 25.0
+# between servers (GB/s per GPU, effective): one 400 Gb/s InfiniBand NDR / RoCE adapter per GPU, as DGX/HGX
+# H100 nodes are built (8 x ConnectX-7), about 50 GB/s of which ~80% is reached; a prior for other networks
+NETWORK_GBS = 40.0
 # the backward's share of a micro-batch's compute (2 of its 3 matmul passes): what a per-step all-reduce can hide under
 BACKWARD_SHARE = 2 / 3
 # host memory traffic of an optimizer step on the host (GB/s per rank, prior): DeepSpeed's CPU Adam and torch's
@@ -86,9 +89,12 @@ def traffic(cfg: TrainConfig, gathered_bytes: float, grad_bytes: float, trainabl
     return Traffic(a * micro, step, host, host_opt)
 
 
-def comm_seconds(t: Traffic, micro_compute_s: float, grad_accum: int, nvlink: bool) -> float:
-    """Seconds a step spends beyond its compute on communication and host transfers (module docstring)."""
+def comm_seconds(t: Traffic, micro_compute_s: float, grad_accum: int, nvlink: bool, nodes: int = 1) -> float:
+    """Seconds a step spends beyond its compute on communication and host transfers (module docstring). Over
+    several servers a ring runs at its slowest link: the network (``NETWORK_GBS``) unless that is faster."""
     link = (NVLINK_GBS if nvlink else PCIE_GBS) * 1e9
+    if nodes > 1:
+        link = min(link, NETWORK_GBS * 1e9)
     per_micro = t.per_micro / max(grad_accum, 1) / link
     exposed = grad_accum * max(0.0, per_micro - micro_compute_s)
     exposed += max(0.0, t.per_step / link - BACKWARD_SHARE * micro_compute_s)

@@ -44,14 +44,14 @@ def host_breakdown(spec: ModelSpec, cfg: TrainConfig, host_per_rank: dict[str, i
     """Host memory per node by term (``memory.sharding.host_memory``): the weights' stored bytes are what
     loading the model holds."""
     weights = sum(memory_model_weights(spec, cfg).values())
-    return host_memory(host_per_rank or {}, spec, cfg, weights)
+    return host_memory(host_per_rank or {}, spec, cfg, weights, cfg.num_gpus // max(cfg.nodes, 1))
 
 
 def memory_model_weights(spec: ModelSpec, cfg: TrainConfig) -> dict[str, int]:
     """The model's weights as stored (one rank, nothing sharded), by term, bytes."""
     from dataclasses import replace
 
-    one = replace(cfg, num_gpus=1, sharding=None, offload="none")
+    one = replace(cfg, num_gpus=1, nodes=1, sharding=None, offload="none")
     mem = memory_model(spec, one, None)
     keep = ("weights_quantized", "quant_constants", "weights_dense", "weights_unquantized", "lora_weights")
     return {k: v for k, v in mem.phases["optimizer_step"].items() if k in keep}

@@ -60,7 +60,7 @@ MOE_PER_EXPERT = ("MoE: transformers 4.x layout assumed: one nn.Linear per exper
 # the knobs estimate()/plan() take; effective_batch is turned into grad_accum
 KNOBS = ("method", "quant", "double_quant", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout",
          "micro_batch", "seq_len", "grad_accum", "effective_batch", "gradient_checkpointing", "optimizer",
-         "attention", "num_gpus", "sharding", "offload", "prepare_kbit", "autocast", "loss_impl", "compute_dtype")
+         "attention", "num_gpus", "nodes", "sharding", "offload", "prepare_kbit", "autocast", "loss_impl", "compute_dtype")
 
 DEFAULTS: dict[str, Any] = {
     "method": "qlora", "quant": "nf4", "double_quant": True, "lora_rank": 16, "lora_targets": "all-linear",
@@ -84,7 +84,7 @@ def choice(kind: str, value: Any) -> str:
 # the largest value each whole-number knob takes: far beyond any real run, small enough that every loop and
 # product over them stays quick and finite (a 2^70 effective batch is a typo, not a plan)
 UPPER = {"micro_batch": 65_536, "seq_len": 16_777_216, "grad_accum": 1_048_576, "effective_batch": 16_777_216,
-         "lora_rank": 65_536, "lora_alpha": 1_048_576, "num_gpus": 65_536}
+         "lora_rank": 65_536, "lora_alpha": 1_048_576, "num_gpus": 65_536, "nodes": 8_192}
 
 
 def positive_int(name: str, value: Any) -> int:
@@ -223,6 +223,11 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
         sharding = None
     offload = choice("offload", k.get("offload", "none"))
     check_offload(sharding, offload)
+    nodes = positive_int("nodes", k.get("nodes", 1))
+    if n_gpus == 1 and nodes > 1:  # one GPU runs on one server; --nodes then only bounds the GPU counts suggested
+        nodes = 1
+    if n_gpus % nodes:
+        raise FtplanError(f"--nodes={nodes} does not divide --gpus={n_gpus}: every server runs the same number of GPUs")
     if sharding in ("zero1", "zero2", "zero3"):
         if quant in ("nf4", "fp4", "int8"):
             raise FtplanError(f"--sharding {sharding} with a {quant} base is not modelled yet; use --sharding fsdp "
@@ -258,7 +263,7 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
                       lora_rank=rank, lora_alpha=alpha, lora_targets=targets, lora_dropout=dropout,
                       micro_batch=mb, seq_len=seq, grad_accum=accum,
                       gradient_checkpointing=flag("gradient_checkpointing", k.get("gradient_checkpointing", True)), optimizer=optimizer,
-                      attention=attention, num_gpus=n_gpus, sharding=sharding, offload=offload,
+                      attention=attention, num_gpus=n_gpus, nodes=nodes, sharding=sharding, offload=offload,
                       prepare_kbit=flag("prepare_kbit", k.get("prepare_kbit", True)), autocast=autocast,
                       loss_impl=loss_impl, compute_dtype=compute)
     if cfg.is_lora:

@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 from ..errors import FtplanError
 from .arch import layer_linears, n_layers_of, resolve_targets
-from .comm import NVLINK_GBS, PCIE_GBS, Traffic, comm_seconds, traffic
+from .comm import NETWORK_GBS, NVLINK_GBS, PCIE_GBS, Traffic, comm_seconds, traffic
 from .memory.params import numel, trainable_tensors
 from .memory.weights import four_bit_constant_bytes, four_bit_packed_bytes
 from .types import GPUSpec, ModelSpec, TimeEstimate, TrainConfig, spec_id
@@ -216,7 +216,7 @@ def _step_parts(spec: ModelSpec, cfg: TrainConfig, rate: _Rate,
     optimizer = 0.0 if host_optimizer else opt_bytes / shard / bw
     comm = 0.0
     if cfg.num_gpus > 1:
-        comm = comm_seconds(_traffic(spec, cfg, n_train, opt_bytes), micro, cfg.grad_accum, rate.nvlink)
+        comm = comm_seconds(_traffic(spec, cfg, n_train, opt_bytes), micro, cfg.grad_accum, rate.nvlink, cfg.nodes)
     step = cfg.grad_accum * micro + optimizer + comm
     tokens_step = tokens_micro * cfg.grad_accum * cfg.num_gpus
     return tokens_step, step, fpt, compute, reads, dequant, optimizer, comm
@@ -285,8 +285,11 @@ def step_time(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes:
     notes.append(f"throughput objective: {_ranking(rate)}")
     if cfg.num_gpus > 1:
         link = NVLINK_GBS if rate.nvlink else PCIE_GBS
-        notes.append(f"{cfg.sharding} collectives over {'NVLink' if rate.nvlink else 'PCIe'} at {link:.0f} GB/s "
-                     "(ring algorithms; overlap with compute assumed, see planner.comm)")
+        where = f"{'NVLink' if rate.nvlink else 'PCIe'} at {link:.0f} GB/s"
+        if cfg.nodes > 1:
+            where += f" and the network between {cfg.nodes} servers at {NETWORK_GBS:.0f} GB/s per GPU (prior)"
+        notes.append(f"{cfg.sharding} collectives over {where} (ring algorithms; overlap with compute assumed, "
+                     "see planner.comm)")
         if cfg.offload != "none":
             notes.append("offload: host transfers over PCIe and the optimizer step on the host (prior rate)")
     bound = "compute" if compute >= reads + dequant else "memory"

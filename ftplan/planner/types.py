@@ -139,6 +139,7 @@ class TrainConfig:
     num_gpus: int = 1
     sharding: str | None = None  # None | ddp | fsdp | fsdp_grad_op | zero1 | zero2 | zero3
     offload: str = "none"  # none | optimizer | params (what the strategy keeps in host memory)
+    nodes: int = 1  # servers the GPUs are spread over (num_gpus / nodes per server)
     prepare_kbit: bool = True  # peft.prepare_model_for_kbit_training (fp32 upcast of unquantized params)
     autocast: bool = True  # HF Trainer bf16=True / fp16=True
     loss_impl: str = "standard"  # standard (HF ForCausalLMLoss) | chunked (fused/chunked cross-entropy)

@@ -28,12 +28,18 @@ def launch_plan(config: str, gpus: int, output: str | None) -> str:
     mixed = knobs.get("compute_dtype") or ("fp16" if knobs.get("quant") == "fp16" else "bf16")
     folder = Path(output) if output else Path(config).resolve().parent
     path = folder / f"accelerate-{sharding}-{gpus}gpu.yaml"
-    atomic_write_text(path, to_yaml(accelerate_config(gpus, sharding, mixed, knobs.get("offload") or "none")))
+    nodes = int(knobs.get("nodes") or 1)
+    if gpus % nodes:
+        raise FtplanError(f"--gpus={gpus} is not a multiple of the plan's {nodes} servers (nodes)")
+    atomic_write_text(path, to_yaml(accelerate_config(gpus, sharding, mixed, knobs.get("offload") or "none", nodes)))
+    per_node = gpus // nodes
+    launcher = (f"torchrun --nproc_per_node {gpus}" if nodes == 1 else
+                f"torchrun --nnodes {nodes} --nproc_per_node {per_node} --rdzv_backend c10d --rdzv_endpoint <first-server>:29500")
     quantized = knobs.get("quant") in ("nf4", "fp4", "int8")
     if sharding in FSDP_SHARDINGS and not quantized:
         return (f"# FSDP2 over {gpus} GPUs, run by ftplan train itself (accelerate's units and mixed precision; the\n"
                 f"# accelerate config for other trainers: {path})\n"
-                f"torchrun --nproc_per_node {gpus} -m ftplan train --config {config} --data <train.jsonl>"
+                f"{launcher} -m ftplan train --config {config} --data <train.jsonl>"
                 + (f" --output {output}" if output else ""))
     if sharding in FSDP_SHARDINGS:
         from ..integrations.exports import trl

@@ -183,3 +183,24 @@ def test_bitsandbytes_optimizers_are_not_planned_under_fsdp():
     plans = ftplan.plan("70b", "rtx4090", num_gpus=4, calibrate=False)
     assert plans and all(p.config.optimizer not in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
                          for p in plans if p.config.sharding in ("fsdp", "fsdp_grad_op"))
+
+
+def test_nodes_divide_the_host_memory_and_slow_the_collectives():
+    kn = dict(method="qlora", num_gpus=8, sharding="fsdp", offload="params", micro_batch=1, grad_accum=1,
+              calibrate=False)
+    one = ftplan.estimate("70b", "h100", **kn)
+    two = ftplan.estimate("70b", "h100", nodes=2, **kn)
+    # the offloaded state of 4 ranks per server instead of 8; the model loaded once per server either way
+    off1 = sum(v for k, v in one.host_breakdown.items() if k.startswith("offloaded_"))
+    off2 = sum(v for k, v in two.host_breakdown.items() if k.startswith("offloaded_"))
+    assert off2 * 2 == off1 and two.host_breakdown["model_load"] == one.host_breakdown["model_load"]
+    assert two.device_bytes == one.device_bytes  # per GPU, nothing changes
+    assert two.time.step_time_s >= one.time.step_time_s  # the network is slower than NVLink
+    assert any("network between 2 servers" in n for n in two.time.notes)
+    with pytest.raises(FtplanError, match="--nodes=3 does not divide --gpus=8"):
+        ftplan.estimate("70b", "h100", num_gpus=8, nodes=3)
+
+
+def test_the_gpu_count_cap_is_eight_per_server():
+    s = ftplan.suggest("405b", "rtx4090", nodes=4, calibrate=False)
+    assert s["max_gpus"] == 32
