@@ -100,6 +100,11 @@ def handoff_knobs(spec: ModelSpec, handoff: Any, knobs: dict[str, Any]) -> tuple
                           f"drop it, or plan for another hand-off target (valid: {', '.join(HANDOFFS)})")
     out["prepare_kbit"] = h.prepare_kbit
     sharding = str(out.get("sharding") or "").lower().replace("-", "_").replace(" ", "_")
+    offload = str(out.get("offload") or "").lower().replace("-", "_")
+    if h.key == "ftplan" and offload in ("optimizer", "optimizer_state", "optim") and not sharding:
+        raise FtplanError("--offload optimizer is DeepSpeed ZeRO's (only it moves the optimizer alone); ftplan train "
+                          "runs DDP and FSDP: use --offload params (FSDP), or plan --for hf, trl, axolotl or "
+                          "llamafactory")
     if h.key == "ftplan" and (sharding.startswith("zero") or "deepspeed" in sharding):
         raise FtplanError(f"--sharding {out['sharding']}: ftplan train runs DDP and FSDP, not DeepSpeed; plan a ZeRO "
                           "run --for hf, trl, axolotl or llamafactory (their exports carry the DeepSpeed config), or "

@@ -222,6 +222,10 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
     if n_gpus == 1:
         sharding = None
     offload = choice("offload", k.get("offload", "none"))
+    if n_gpus > 1 and k.get("sharding") is None and offload != "none":
+        # the strategy that offloads what was asked: FSDP moves parameters (with gradients and the step),
+        # only ZeRO moves the optimizer alone
+        sharding = "fsdp" if offload == "params" else "zero2"
     check_offload(sharding, offload)
     nodes = positive_int("nodes", k.get("nodes", 1))
     if n_gpus == 1 and nodes > 1:  # one GPU runs on one server; --nodes then only bounds the GPU counts suggested
@@ -229,6 +233,10 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
     if n_gpus % nodes:
         raise FtplanError(f"--nodes={nodes} does not divide --gpus={n_gpus}: every server runs the same number of GPUs")
     if sharding in ("zero1", "zero2", "zero3"):
+        if quant in ("nf4", "fp4", "int8") and k.get("method") is None and k.get("quant") is None:
+            method, quant = "lora", "bf16"  # the QLoRA default is not modelled under ZeRO: LoRA on a 16-bit base
+            warnings.append(f"--sharding {sharding}: LoRA on a 16-bit base (QLoRA under DeepSpeed ZeRO is not "
+                            "modelled yet)")
         if quant in ("nf4", "fp4", "int8"):
             raise FtplanError(f"--sharding {sharding} with a {quant} base is not modelled yet; use --sharding fsdp "
                               "for QLoRA on several GPUs, or --method lora/full with DeepSpeed")

@@ -91,6 +91,8 @@ def _formats(fixed: dict[str, Any], cfg0: TrainConfig) -> list[tuple[str, str, b
     if "double_quant" in fixed:
         combos = [(m, q, flag("double_quant", fixed["double_quant"]) if q in ("nf4", "fp4") else dq) for m, q, dq in combos]
         combos = list(dict.fromkeys(combos))
+    if cfg0.sharding in ("zero1", "zero2", "zero3") and cfg0.num_gpus > 1:
+        combos = [c for c in combos if c[1] not in ("nf4", "fp4", "int8")]  # ZeRO with a quantized base: not modelled
     return combos
 
 
@@ -152,7 +154,7 @@ def _strategies(fixed: dict[str, Any], cfg0: TrainConfig) -> list[tuple[str | No
         return [(cfg0.sharding, cfg0.offload)]
     pairs: list[tuple[str | None, str]] = list(SEARCH_STRATEGIES)
     if "offload" in fixed:
-        pairs = [p for p in pairs if p[1] == cfg0.offload]
+        pairs = [p for p in pairs if p[1] == cfg0.offload] or [(cfg0.sharding, cfg0.offload)]
     return pairs
 
 

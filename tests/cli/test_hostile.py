@@ -30,6 +30,17 @@ def _ftplan(*args, env=None):
     (("--epochs", "1e300"), "epochs=1e+300 must be > 0 and <= 1e+06"),
     (("--spot-discount", "nan"), "spot_discount=nan"),
     (("--lora-dropout", "inf"), "lora_dropout=inf"),
+    # several GPUs (issue 13)
+    (("--host-ram", "nan"), "host_ram='nan' is not valid"),
+    (("--host-ram", "-5GiB"), "host_ram='-5GiB' is not valid"),
+    (("--nodes", "0"), "nodes=0 must be greater than 0"),
+    (("--gpus", "4", "--nodes", "3"), "--nodes=3 does not divide --gpus=4"),
+    (("--offload", "sideways"), "unknown offload 'sideways'; valid: none, optimizer, params"),
+    (("--gpus", "2", "--sharding", "ddp", "--offload", "params"), "--offload=params is not possible with --sharding ddp"),
+    (("--gpus", "2", "--offload", "optimizer"), "--offload optimizer is DeepSpeed ZeRO's"),
+    (("--gpus", "2", "--sharding", "zero3"), "ftplan train runs DDP and FSDP, not DeepSpeed"),
+    (("--gpus", "2", "--sharding", "fsdp", "--optimizer", "paged_adamw_8bit"), "bitsandbytes optimizers do not run"),
+    (("--gpus", "2", "--sharding", "fsdp", "--loss", "chunked"), "ftplan train runs the chunked loss on one process"),
 ])
 def test_numbers_out_of_range_are_refused_at_once(args, needle):
     # was: a hang (_divisors counted to the effective batch), and NaN/inf prices answered with exit 0
