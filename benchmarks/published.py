@@ -253,11 +253,17 @@ def main() -> None:
            "as_device_memory": _stats(dev_errors),
            "summary": f"{len(compared)} rows compared: {_line(errors, len(failed), total)}",
            "results": compared, "failed": failed, "excluded": excluded}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(doc, indent=1))
-    out = args.out.resolve()
+    save_results(args.out, doc, bool(compared))
+
+
+def save_results(path: Path, doc: dict, any_compared: bool) -> None:
+    """Write the results document atomically, say where (relative to the repository), and fail the run when
+    no row could be compared."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=1))
+    out = path.resolve()
     print(f"saved {out.relative_to(ROOT.resolve()) if out.is_relative_to(ROOT.resolve()) else out.name}")
-    if not compared:
+    if not any_compared:
         sys.exit("no comparable rows")
 
 

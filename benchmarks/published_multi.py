@@ -71,7 +71,6 @@ import argparse
 import csv
 import datetime as dt
 import hashlib
-import json
 import os
 import platform
 import re
@@ -98,10 +97,10 @@ from published import (  # noqa: E402
     _stats,
     _targets,
     row_knobs,
+    save_results,
 )
 
 import ftplan  # noqa: E402
-from ftplan.atomic import atomic_write_text  # noqa: E402
 from ftplan.errors import FtplanError  # noqa: E402
 from ftplan.planner.memory.phases import clear_caches  # noqa: E402
 from ftplan.planner.options import SHARDINGS  # noqa: E402
@@ -640,12 +639,7 @@ def main() -> None:
            "over_threshold": [{"row_id": c["row_id"], "error": c["error"], "note": NOTES.get(c["row_id"], "not investigated")}
                               for c in over],
            "results": compared, "failed": failed, "excluded": excluded}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(doc, indent=1))
-    out = args.out.resolve()
-    print(f"saved {out.relative_to(ROOT.resolve()) if out.is_relative_to(ROOT.resolve()) else out.name}")
-    if not compared:
-        sys.exit("no comparable rows")
+    save_results(args.out, doc, bool(compared))
 
 
 if __name__ == "__main__":
