@@ -26,6 +26,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from ..errors import FtplanError
+
 STRATEGIES = ("ddp", "fsdp", "fsdp_grad_op", "zero1", "zero2", "zero3")
 
 
@@ -44,13 +46,14 @@ def _tail_modules(model) -> list:
 
 
 def decoder_layers(model) -> list:
-    from ..stack.build import decoder_linears  # noqa: F401  (same discovery of the decoder as the builder)
-
+    """The decoder layers (each an FSDP unit, as accelerate's ``TRANSFORMER_BASED_WRAP`` makes them): the
+    ``layers`` list of the module that also holds the input embedding (HF's ``*Model`` under ``*ForCausalLM``)."""
     for mod in model.modules():
         layers = getattr(mod, "layers", None)
         if layers is not None and hasattr(layers, "__len__") and len(layers) and hasattr(mod, "embed_tokens"):
             return list(layers)
-    raise RuntimeError("no decoder layers found")
+    raise FtplanError(f"{type(model).__name__}: no decoder layers found to shard (a module with layers and "
+                      "embed_tokens)")
 
 
 def shard_fsdp2(model, cfg, reshard_after_forward: bool = True, offload: bool = False, mesh=None):
@@ -199,6 +202,8 @@ def measure(model: str, world: int = 2, sharding: str = "fsdp", steps: int = 2, 
     import subprocess
     import sys
 
+    if sharding not in STRATEGIES:
+        raise FtplanError(f"sharding={sharding!r}: measured strategies are {', '.join(STRATEGIES)}")
     with tempfile.TemporaryDirectory() as tmp:
         init = os.path.join(tmp, "init")
         args = {"world": world, "init_file": init, "model": model, "knobs": knobs, "sharding": sharding,
