@@ -13,8 +13,11 @@ How each strategy is wrapped (read in the library sources, so the measurement is
   layer is a unit (``TRANSFORMER_BASED_WRAP``), the input embedding one more when untied, the final norm and
   lm_head a tail unit that is not resharded after forward, the root the rest. ``fsdp_grad_op`` keeps every
   unit gathered from forward to backward (``reshard_after_forward=False``, FSDP1's ``SHARD_GRAD_OP``).
-  ``offload`` = "params" adds ``CPUOffloadPolicy``: on a CPU run there is no device to leave, so it is
-  measured only where it changes the live set (it does not on the CPU; see ``docs/multi_gpu.md``).
+  A 4-bit base stores its packed weights in the compute dtype (``stack.build.quantize_linears``), as FSDP
+  needs. ``offload="params"`` adds ``CPUOffloadPolicy``: on a CPU run there is no device to leave, so offload is
+  accounted, not measured (``docs/multi_gpu.md``).
+- ``zero1``/``zero2``/``zero3``: DeepSpeed's engine as HF Trainer builds it (``measure.zero``).
+Micro-batches before the last of an accumulation skip the gradient reduction (HF Trainer's ``no_sync``).
 """
 
 from __future__ import annotations
