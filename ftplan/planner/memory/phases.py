@@ -359,11 +359,13 @@ def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> d
     gk = "zero_buffers" if cfg.sharding in ZERO and cfg.num_gpus > 1 else "fsdp_gathered"
     # the forward's largest moment: the loss (tail unit gathered), a layer's transient (two layers' worth
     # gathered under FSDP) or FSDP's copy-out of the next layer (three)
+    # (the last copy-out comes before the last layer's forward: its saved activations are not there yet)
+    last_layer_saved = d.act_layers // max(layers, 1)
     moments = {"loss": head_fwd + d.loss_forward + g.loss, "layer": d.forward_transient + g.forward_layer,
-               "copy_out": g.forward_copy_out}
+               "copy_out": g.forward_copy_out - last_layer_saved if g.forward_copy_out else 0}
     at = max(moments, key=lambda k: moments[k])
     forward_end = phase(
-        gradients=grads_live, activations=d.act_layers + d.act_model,
+        gradients=grads_live, activations=d.act_layers + d.act_model - (last_layer_saved if at == "copy_out" else 0),
         autocast_weight_copies=head_kept + s.other_copies + (head_fwd if at == "loss" else 0),
         **{gk: {"loss": g.loss, "layer": g.forward_layer, "copy_out": g.forward_copy_out}[at]},
         logits_loss=d.loss_forward if at == "loss" else 0,
@@ -421,8 +423,10 @@ def device_bytes_fast(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) ->
     chunked = cfg.loss_impl == "chunked"
     head_fwd, head_kept = (s.head_copy, 0) if chunked else (0, s.head_copy)
     g = s.gathered
+    last_layer_saved = d.act_layers // max(layers, 1)
+    copy_out = g.forward_copy_out - last_layer_saved if g.forward_copy_out else 0
     fwd = (grads_live + saved + head_kept + s.other_copies
-           + max(head_fwd + d.loss_forward + g.loss, d.forward_transient + g.forward_layer, g.forward_copy_out))
+           + max(head_fwd + d.loss_forward + g.loss, d.forward_transient + g.forward_layer, copy_out))
     start = grads_live + saved + head_kept + copies_start + g.backward_start + d.loss_backward
     top = ((max(grads, s.grads_accum) if accum else grads // max(layers, 1)) + d.act_layers + d.act_rest + d.recompute
            + d.backward_transient + s.dequant + copies_top + g.backward_layer - (g.layer_grads if accum else 0)
