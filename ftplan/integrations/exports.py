@@ -20,6 +20,7 @@ from ..best import DEFAULT_LR, best_config, write_best
 from ..errors import FtplanError
 from ..planner.types import TrainConfig
 from ..stack.build import TORCH_DTYPES
+from .launchers import accelerate_config, deepspeed_config, is_fsdp, is_zero
 
 HF_OPTIM = {"adamw": "adamw_torch_fused", "adamw_torch": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit",
             "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit", "sgd": "sgd",
@@ -66,8 +67,6 @@ DS_FILE = "deepspeed.json"  # the DeepSpeed config of a ZeRO plan, beside the ex
 def amp_flags(knobs: Mapping[str, Any]) -> dict[str, bool]:
     """HF ``TrainingArguments``' (and Axolotl's, LLaMA-Factory's, TRL's) mixed-precision flags:
     ``bf16=True``, or ``fp16=True`` (autocast + ``torch.amp.GradScaler``); neither without autocast."""
-    from .launchers import is_zero
-
     on = bool(knobs["autocast"]) or is_zero(knobs)  # DeepSpeed's bf16/fp16 mode: HF passes the flag to its "auto"
     return {"bf16": on and knobs["compute_dtype"] == "bf16", "fp16": on and knobs["compute_dtype"] == "fp16"}
 
@@ -142,14 +141,12 @@ def axolotl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
         out["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if k["loss_impl"] == "chunked":  # Axolotl's Liger plugin, fused linear cross-entropy only
         out.update(plugins=[AXOLOTL_LIGER_PLUGIN], liger_fused_linear_cross_entropy=True)
-    if k.get("sharding") in ("fsdp", "fsdp_grad_op") and k.get("num_gpus", 1) > 1:
+    if is_fsdp(k):
         out.update(fsdp_version=2, fsdp_config={"offload_params": k.get("offload") == "params",
                                                 "cpu_ram_efficient_loading": True,
                                                 "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                                                 "reshard_after_forward": k.get("sharding") != "fsdp_grad_op",
                                                 "state_dict_type": "FULL_STATE_DICT"})
-    from .launchers import is_zero
-
     if is_zero(k):  # Axolotl reads a DeepSpeed JSON path; ftplan writes it beside this file (write_all)
         out["deepspeed"] = DS_FILE
     out.update(learning_rate=DEFAULT_LR, num_epochs=1, output_dir="./out")
@@ -189,15 +186,11 @@ def llamafactory(doc: dict[str, Any], dataset: str = "my_dataset") -> str:
             "an entry of dataset_info.json in dataset_dir\n# (template, learning_rate, epochs: set them for your data; "
             "not planned: memory does not depend on them)\n")
     gpus = k.get("num_gpus", 1)
-    from .launchers import is_zero
-
     if is_zero(k):
         out["deepspeed"] = DS_FILE
         head += (f"# DeepSpeed {k['sharding'].upper()} over {gpus} GPUs, as planned ({DS_FILE} beside this file): "
                  "FORCE_TORCHRUN=1 llamafactory-cli train llamafactory.yaml\n")
-    elif gpus > 1 and k.get("sharding") in ("fsdp", "fsdp_grad_op"):
-        from .launchers import accelerate_config
-
+    elif is_fsdp(k):
         mixed = "fp16" if amp_flags(k)["fp16"] else "bf16"
         acc = to_yaml(accelerate_config(gpus, k["sharding"], mixed, k.get("offload") or "none", int(k.get("nodes") or 1)))
         head += (f"# FSDP over {gpus} GPUs, as planned: save the accelerate config below as fsdp.yaml and run\n"
@@ -225,7 +218,7 @@ def trl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
     compute = TORCH_DTYPES[k["compute_dtype"]]
     load = TORCH_DTYPES[load_dtype(k)]
     prec = amp_flags(k)
-    fsdp = k.get("sharding") in ("fsdp", "fsdp_grad_op") and k.get("num_gpus", 1) > 1
+    fsdp = is_fsdp(k)
     if k["quant"] in ("nf4", "fp4"):
         storage = f", bnb_4bit_quant_storage=torch.{load}" if fsdp else ""
         bnb = (f"BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={k['quant']!r}, "
@@ -244,8 +237,6 @@ def trl(doc: dict[str, Any], data_path: str = "train.jsonl") -> str:
     ckpt_kw = '{"use_reentrant": False}' if ckpt else "None"
     fp16 = "not a.cpu" if prec["fp16"] else "False"  # GradScaler's fp16 loss scaling needs CUDA
     note = assumed(k, "trl")
-    from .launchers import deepspeed_config, is_zero
-
     ds = (f",\n                 deepspeed={deepspeed_config(k['sharding'], k.get('offload') or 'none')!r}"
           if is_zero(k) else "")
     if ds:
@@ -298,8 +289,6 @@ def write_all(folder: Path, doc: dict[str, Any], data_path: str = "train.jsonl")
     plan); their paths by name. A trainer that cannot build the plan gets no file; ``<name>_not_written`` says
     why instead."""
     import json
-
-    from .launchers import deepspeed_config, is_zero
 
     files = {"best": folder / "best.json", "axolotl": folder / "axolotl.yaml",
              "llamafactory": folder / "llamafactory.yaml", "trl": folder / "trl_sft.py"}

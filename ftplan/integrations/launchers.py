@@ -3,7 +3,7 @@ planner models it (``docs/multi_gpu.md``)."""
 
 from __future__ import annotations
 
-FSDP_SHARDINGS = ("fsdp", "fsdp_grad_op")
+from ..planner.types import FSDP_SHARDINGS, ZERO_SHARDINGS
 
 
 def fsdp2_config(sharding: str, offload: str = "none") -> dict:
@@ -25,9 +25,6 @@ def accelerate_config(gpus: int, sharding: str, mixed: str = "bf16", offload: st
     else:
         cfg["distributed_type"] = "MULTI_GPU"
     return cfg
-
-
-ZERO_SHARDINGS = ("zero1", "zero2", "zero3")
 
 
 def deepspeed_config(sharding: str, offload: str = "none") -> dict:
@@ -52,4 +49,10 @@ def deepspeed_config(sharding: str, offload: str = "none") -> dict:
 
 
 def is_zero(knobs) -> bool:
+    """A plan's knobs (a best.json ``knobs`` mapping) describe DeepSpeed ZeRO on several GPUs."""
     return knobs.get("num_gpus", 1) > 1 and knobs.get("sharding") in ZERO_SHARDINGS
+
+
+def is_fsdp(knobs) -> bool:
+    """A plan's knobs describe FSDP2 on several GPUs."""
+    return knobs.get("num_gpus", 1) > 1 and knobs.get("sharding") in FSDP_SHARDINGS

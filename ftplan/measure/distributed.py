@@ -31,8 +31,6 @@ from typing import Any
 
 from ..errors import FtplanError
 
-STRATEGIES = ("ddp", "fsdp", "fsdp_grad_op", "zero1", "zero2", "zero3")
-
 
 def _tail_modules(model) -> list:
     """The final norm and lm_head (and the embedding when tied): one unit kept gathered after forward."""
@@ -205,8 +203,10 @@ def measure(model: str, world: int = 2, sharding: str = "fsdp", steps: int = 2, 
     import subprocess
     import sys
 
-    if sharding not in STRATEGIES:
-        raise FtplanError(f"sharding={sharding!r}: measured strategies are {', '.join(STRATEGIES)}")
+    from ..planner.options import SHARDINGS
+
+    if sharding not in SHARDINGS:
+        raise FtplanError(f"sharding={sharding!r}: measured strategies are {', '.join(SHARDINGS)}")
     with tempfile.TemporaryDirectory() as tmp:
         init = os.path.join(tmp, "init")
         args = {"world": world, "init_file": init, "model": model, "knobs": knobs, "sharding": sharding,

@@ -72,7 +72,7 @@ def _quantize_meta(model, cfg) -> None:
     from ..stack.build import decoder_linears, replace_module
 
     # under FSDP the packed bytes are stored in the compute dtype (bnb_4bit_quant_storage): the same bytes
-    fsdp = cfg.num_gpus > 1 and cfg.sharding in ("fsdp", "fsdp_grad_op")
+    fsdp = cfg.is_fsdp
     storage = torch.bfloat16 if fsdp else torch.uint8
     for name, lin in decoder_linears(model):
         new = Traced(lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=torch.bfloat16,

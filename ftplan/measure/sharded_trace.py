@@ -53,7 +53,7 @@ def _fake_quant_states(model) -> None:
 
 def trace_sharded(model: str, spec, cfg, steps: int, argv: list[str] | None) -> dict[str, Any]:
     """Rank 0 of ``cfg.num_gpus`` FSDP2 ranks; returns the ``profile``-shaped dict (see module docstring)."""
-    if cfg.sharding not in ("fsdp", "fsdp_grad_op"):
+    if not cfg.is_fsdp:
         raise FtplanError(f"trace --gpus {cfg.num_gpus} traces FSDP (--sharding fsdp or fsdp_grad_op), not "
                           f"{cfg.sharding}: DDP keeps the whole model on each GPU, trace it with --gpus 1")
     if cfg.quant == "int8":

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .types import TrainConfig
+from .types import FSDP_SHARDINGS, TrainConfig
 
 # links (GB/s per direction, effective): NVLink-class within a node, PCIe 4.0 x16 (32 GB/s theoretical)
 NVLINK_GBS = 300.0
@@ -69,7 +69,7 @@ def traffic(cfg: TrainConfig, gathered_bytes: float, grad_bytes: float, trainabl
     host = host_opt = 0.0
     if sh == "ddp":
         micro, step = 0.0, 2 * r * grad_bytes
-    elif sh in ("fsdp", "fsdp_grad_op"):
+    elif sh in FSDP_SHARDINGS:
         micro = (2 if sh == "fsdp" else 1) * r * gathered_bytes
         step = r * grad_bytes
         if cfg.offload == "params":

@@ -13,7 +13,7 @@ from ..errors import FtplanError, UnknownNameError
 from ..units import real
 from .arch import fused_experts, resolve_targets
 from .memory.optimizer import OPTIMIZERS
-from .types import GPUSpec, ModelSpec, TrainConfig
+from .types import FSDP_SHARDINGS, ZERO_SHARDINGS, GPUSpec, ModelSpec, TrainConfig
 
 METHODS = ("full", "lora", "qlora")
 QUANTS = ("nf4", "fp4", "int8", "bf16", "fp16", "fp32")
@@ -232,7 +232,7 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
         nodes = 1
     if n_gpus % nodes:
         raise FtplanError(f"--nodes={nodes} does not divide --gpus={n_gpus}: every server runs the same number of GPUs")
-    if sharding in ("zero1", "zero2", "zero3"):
+    if sharding in ZERO_SHARDINGS:
         if quant in ("nf4", "fp4", "int8") and k.get("method") is None and k.get("quant") is None:
             method, quant = "lora", "bf16"  # the QLoRA default is not modelled under ZeRO: LoRA on a 16-bit base
             warnings.append(f"--sharding {sharding}: LoRA on a 16-bit base (QLoRA under DeepSpeed ZeRO is not "
@@ -256,7 +256,7 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
         warnings.append(f"seq_len={seq} is beyond {model.name}'s max_position_embeddings={model.max_positions}")
     accum = _grad_accum(k, mb, n_gpus, warnings)
     optimizer = choice("optimizer", k.get("optimizer", DEFAULTS["optimizer"]))
-    if sharding in ("fsdp", "fsdp_grad_op") and optimizer in BNB_OPTIMIZERS:
+    if sharding in FSDP_SHARDINGS and optimizer in BNB_OPTIMIZERS:
         if "optimizer" in k:
             raise FtplanError(f"--optimizer {optimizer} with --sharding {sharding}: bitsandbytes optimizers do not run "
                               "on FSDP2's sharded (DTensor) parameters; valid: adamw, adamw_torch, sgd, adafactor")
@@ -297,7 +297,7 @@ def check_offload(sharding: str | None, offload: str) -> None:
         what = f"--sharding {sharding}" if sharding else "one GPU (offload needs --gpus 2 or more and a sharding)"
         raise FtplanError(f"--offload={offload} is not possible with {what}; valid: {', '.join(ok)}"
                           + (" (FSDP moves parameters, gradients and the optimizer step together: --offload params)"
-                             if sharding in ("fsdp", "fsdp_grad_op") else ""))
+                             if sharding in FSDP_SHARDINGS else ""))
 
 
 def _grad_accum(k: dict[str, Any], mb: int, n_gpus: int, warnings: list[str]) -> int:

@@ -30,7 +30,7 @@ from .estimate import build_estimate, host_breakdown, optimizer_traffic_bytes
 from .memory.phases import cached_terms, device_bytes_fast
 from .options import BNB_OPTIMIZERS, DEFAULTS, choice, flag, make_config, parse_targets, positive_int
 from .timing import tokens_per_s
-from .types import Estimate, GiB, GPUSpec, ModelSpec, Plan, TrainConfig
+from .types import FSDP_SHARDINGS, Estimate, GiB, GPUSpec, ModelSpec, Plan, TrainConfig
 
 SEARCH_OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 QUALITY_RANKS = (8, 16, 32, 64, 128)
@@ -91,7 +91,7 @@ def _formats(fixed: dict[str, Any], cfg0: TrainConfig) -> list[tuple[str, str, b
     if "double_quant" in fixed:
         combos = [(m, q, flag("double_quant", fixed["double_quant"]) if q in ("nf4", "fp4") else dq) for m, q, dq in combos]
         combos = list(dict.fromkeys(combos))
-    if cfg0.sharding in ("zero1", "zero2", "zero3") and cfg0.num_gpus > 1:
+    if cfg0.is_zero:
         combos = [c for c in combos if c[1] not in ("nf4", "fp4", "int8")]  # ZeRO with a quantized base: not modelled
     return combos
 
@@ -131,9 +131,9 @@ def enumerate_configs(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any
             _formats(fixed, cfg0), _strategies(fixed, cfg0), mbs, ckpts, opts, attns, losses, ranks, targets):
         if method == "full" and (rank != ranks[0] or tg != targets[0]):
             continue  # rank and targets mean nothing without LoRA
-        if sharding in ("fsdp", "fsdp_grad_op") and opt in BNB_OPTIMIZERS:
+        if sharding in FSDP_SHARDINGS and opt in BNB_OPTIMIZERS:
             continue  # bitsandbytes optimizers cannot step FSDP2's sharded (DTensor) parameters
-        if loss == "chunked" and sharding in ("fsdp", "fsdp_grad_op") and "loss_impl" not in fixed:
+        if loss == "chunked" and sharding in FSDP_SHARDINGS and "loss_impl" not in fixed:
             continue  # ftplan train runs the chunked loss without FSDP only; the others through Liger: not searched
         accum = cfg0.grad_accum if per_gpu_eff is None else per_gpu_eff // mb
         yield _with(base_fields, method=method, quant=quant, double_quant=dq, sharding=sharding, offload=offload,

@@ -40,6 +40,7 @@ from ..errors import FtplanError
 from .arch import layer_linears, n_layers_of, resolve_targets
 from .comm import NETWORK_GBS, NVLINK_GBS, PCIE_GBS, Traffic, comm_seconds, traffic
 from .memory.params import numel, trainable_tensors
+from .memory.sharding import ranks
 from .memory.weights import four_bit_constant_bytes, four_bit_packed_bytes
 from .types import GPUSpec, ModelSpec, TimeEstimate, TrainConfig, spec_id
 
@@ -206,7 +207,7 @@ def _step_parts(spec: ModelSpec, cfg: TrainConfig, rate: _Rate,
     bw = rate.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY
     tokens_micro = cfg.micro_batch * cfg.seq_len
     fpt, read_bytes, dequant_bytes, n_train = work_per_token(spec, cfg)
-    shard = cfg.num_gpus if (cfg.sharding not in (None, "ddp") and cfg.num_gpus > 1) else 1
+    shard = ranks(cfg)
     n_pass = passes(cfg)
     compute = 0.0 if rate.tflops is None else fpt * tokens_micro / (rate.tflops * 1e12)
     reads = read_bytes * n_pass / bw

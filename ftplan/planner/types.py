@@ -9,6 +9,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+FSDP_SHARDINGS = ("fsdp", "fsdp_grad_op")  # FSDP2, resharded after forward or not
+ZERO_SHARDINGS = ("zero1", "zero2", "zero3")  # DeepSpeed ZeRO stages
+
 GiB = 1024**3
 MiB = 1024**2
 
@@ -156,6 +159,16 @@ class TrainConfig:
     @property
     def is_quantized(self) -> bool:
         return self.quant in ("nf4", "fp4", "int8")
+
+    @property
+    def is_fsdp(self) -> bool:
+        """Several GPUs sharded by FSDP2 (``FSDP_SHARDINGS``)."""
+        return self.num_gpus > 1 and self.sharding in FSDP_SHARDINGS
+
+    @property
+    def is_zero(self) -> bool:
+        """Several GPUs under DeepSpeed ZeRO (``ZERO_SHARDINGS``)."""
+        return self.num_gpus > 1 and self.sharding in ZERO_SHARDINGS
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -128,8 +128,7 @@ def quantize_linears(model, cfg: TrainConfig) -> int:
     count = 0
     # FSDP shards every parameter of a unit in one float dtype: the packed 4-bit weights are stored as such
     # (transformers' bnb_4bit_quant_storage; the same bytes)
-    fsdp = cfg.num_gpus > 1 and cfg.sharding in ("fsdp", "fsdp_grad_op")
-    storage = torch_dtype(cfg.compute_dtype) if fsdp else torch.uint8
+    storage = torch_dtype(cfg.compute_dtype) if cfg.is_fsdp else torch.uint8
     for name, lin in decoder_linears(model):
         dev = lin.weight.device
         if cfg.quant in ("nf4", "fp4"):

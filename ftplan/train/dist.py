@@ -38,12 +38,11 @@ def setup(device: str) -> Dist:
     return Dist(world, rank, local)
 
 
-FSDP = ("fsdp", "fsdp_grad_op")
-
-
 def sharded(cfg, d: Dist) -> bool:
     """Whether this run shards the model with FSDP2 (several processes and an FSDP plan)."""
-    return d.world > 1 and cfg.sharding in FSDP
+    from ..planner.types import FSDP_SHARDINGS
+
+    return d.world > 1 and cfg.sharding in FSDP_SHARDINGS
 
 
 def shard(model, cfg, d: Dist):

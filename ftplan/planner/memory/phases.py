@@ -32,7 +32,6 @@ from .overhead import allocator_overhead_bytes, cublas_workspace_bytes, cuda_con
 from .params import base_linear_terms, bias_params, lora_tensors, numel, trainable_tensors, unquantized_bytes
 from .precision import Precision, loss_scaling, precision
 from .sharding import (
-    ZERO,
     Gathered,
     fsdp_embedding_gathered_bytes,
     fsdp_gathered,
@@ -41,8 +40,8 @@ from .sharding import (
     fsdp_tail_gathered_bytes,
     gather_bytes,
     held_reduce_at_layer,
-    is_fsdp,
     ranks,
+    shard,
     zero_terms,
 )
 
@@ -125,10 +124,6 @@ def tied_embedding_grad_bytes(spec: ModelSpec, cfg: TrainConfig, prec: Precision
     return 2 * spec.vocab * spec.hidden * prec.trainable
 
 
-def _sharded(x: int, n: int) -> int:
-    return -(-x // n)
-
-
 class StaticKey(NamedTuple):
     """The knobs the batch-independent terms depend on (``TrainConfig`` field names)."""
 
@@ -207,8 +202,7 @@ def static_key(cfg: TrainConfig) -> StaticKey:
 def dynamic_key(cfg: TrainConfig) -> DynamicKey:
     return DynamicKey(cfg.method, cfg.quant, cfg.prepare_kbit, cfg.autocast, cfg.lora_rank, cfg.lora_targets,
                       cfg.lora_dropout, cfg.micro_batch, cfg.seq_len, cfg.gradient_checkpointing, cfg.attention,
-                      cfg.loss_impl, cfg.num_gpus if cfg.sharding in ("fsdp", "fsdp_grad_op") else 1,
-                      cfg.sharding if cfg.sharding in ("fsdp", "fsdp_grad_op") else None)
+                      cfg.loss_impl, cfg.num_gpus if cfg.is_fsdp else 1, cfg.sharding if cfg.is_fsdp else None)
 
 
 def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | None) -> StaticTerms:
@@ -217,7 +211,7 @@ def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | Non
     prec = precision(cfg)
     tensors = trainable_tensors(spec, cfg)
     n_train = numel(tensors)
-    fsdp = is_fsdp(cfg)
+    fsdp = cfg.is_fsdp
     ddp = cfg.sharding in (None, "ddp") and cfg.num_gpus > 1
     N = ranks(cfg)
     # FSDP2 stores trainable shards (their gradients and optimizer state) in fp32 under mixed precision
@@ -228,20 +222,20 @@ def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | Non
     full = cfg.method == "full"
     for k, v in base.items():
         kept = k in ("quant_constants",)  # a 4-bit weight's quant_state is an attribute FSDP does not shard
-        resident[k] = v if kept else _sharded(int(v * up) if full else v, N)
-    resident["weights_unquantized"] = _sharded(int(unquantized_bytes(spec, prec) * (up if full else 1)), N)
+        resident[k] = v if kept else shard(int(v * up) if full else v, N)
+    resident["weights_unquantized"] = shard(int(unquantized_bytes(spec, prec) * (up if full else 1)), N)
     if cfg.is_lora:
-        resident["lora_weights"] = _sharded(n_train * master, N)
+        resident["lora_weights"] = shard(n_train * master, N)
     opt = optimizer_memory(cfg.optimizer, tensors, master)
     if device == "cpu":  # bitsandbytes falls back to plain tensors on the CPU
         opt = OptimizerMemory(opt.state + opt.state_paged, 0, opt.temp)
-    resident["optimizer_state"] = _sharded(opt.state, N)
+    resident["optimizer_state"] = shard(opt.state, N)
     resident["cuda_workspace"] = cublas_workspace_bytes(gpu_like)
     scaler_step = 0
     if loss_scaling(cfg):  # fp16: torch.amp.GradScaler's state, and its tensors during the step
         resident["grad_scaler"] = grad_scaler_state_bytes(device)
         scaler_step = grad_scaler_step_bytes(device)
-    grads = _sharded(gradient_bytes(tensors, master), N)
+    grads = shard(gradient_bytes(tensors, master), N)
     if ddp:
         resident["ddp_buckets"] = grads  # DDP reducer buckets (gradient_as_bucket_view=False)
     gathered = Gathered(0, 0, 0, 0, 0, 0, 0)
@@ -253,7 +247,7 @@ def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | Non
         g = gather_bytes(cfg, prec, master)
         R = G = (L if full else lora_layer * g)  # one layer's gradients in the reduce/param dtype
         gathered = fsdp_gathered(L, T, E, R, G, cfg.sharding == "fsdp_grad_op", spec.layers)
-    if cfg.sharding in ZERO and cfg.num_gpus > 1:
+    if cfg.is_zero:
         small = (norm_params(spec) + bias_params(spec)) * prec.unquantized
         params16 = {k: v for k, v in base.items()}
         params16["weights_unquantized"] = unquantized_bytes(spec, prec)
@@ -271,14 +265,14 @@ def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | Non
     head_copy, other_copies = autocast_copy_bytes(spec, cfg, prec)
     if fsdp and cfg.autocast:  # gathered in the compute dtype: autocast has nothing to copy
         head_copy = other_copies = 0
-    tied = _sharded(tied_embedding_grad_bytes(spec, cfg, prec), N)
+    tied = shard(tied_embedding_grad_bytes(spec, cfg, prec), N)
     host: dict[str, int] = {}
     if fsdp and cfg.offload == "params":  # CPUOffloadPolicy: shards, gradients and the optimizer step on the host
         for k in [k for k in resident if k not in ("quant_constants", "cuda_workspace", "grad_scaler")]:
             if resident[k]:
                 host[k] = resident.pop(k)
-        host["gradients"], host["optimizer_temp"] = grads, _sharded(opt.temp, N)
-        shard_copy = _sharded(gathered.forward_layer // 2, N)  # a unit's shard copied to the device to gather
+        host["gradients"], host["optimizer_temp"] = grads, shard(opt.temp, N)
+        shard_copy = shard(gathered.forward_layer // 2, N)  # a unit's shard copied to the device to gather
         g0 = gathered
         gathered = replace(g0, **{k: getattr(g0, k) + shard_copy for k in (
             "forward_copy_out", "forward_layer", "loss", "backward_start", "backward_layer", "backward_end")
@@ -288,8 +282,8 @@ def static_terms(spec: ModelSpec, cfg: TrainConfig, device: str, cc: float | Non
     # (``set_requires_gradient_sync(False)``) every unit keeps its unsharded gradients in the param dtype
     # until then (measured: full fine-tuning, 2 ranks, +n_train x 2 B per rank)
     accum_held = n_train * gather_bytes(cfg, prec, master) if fsdp else grads
-    opt_temp = (0 if host else _sharded(opt.temp, N)) + scaler_step
-    return StaticTerms(resident, grads, opt_temp, _sharded(opt.state_paged, N), gathered, accum_held, host,
+    opt_temp = (0 if host else shard(opt.temp, N)) + scaler_step
+    return StaticTerms(resident, grads, opt_temp, shard(opt.state_paged, N), gathered, accum_held, host,
                        head_copy, other_copies,
                        dequant_transient_bytes(spec, prec), n_train, sum(resident.values()), tied)
 
@@ -356,7 +350,7 @@ def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> d
     head_kept = 0 if chunked else s.head_copy
     copies_start, copies_top = backward_copies(s.other_copies, cfg, layers)
     g = s.gathered
-    gk = "zero_buffers" if cfg.sharding in ZERO and cfg.num_gpus > 1 else "fsdp_gathered"
+    gk = "zero_buffers" if cfg.is_zero else "fsdp_gathered"
     # the forward's largest moment: the loss (tail unit gathered), a layer's transient (two layers' worth
     # gathered under FSDP) or FSDP's copy-out of the next layer (three)
     # (the last copy-out comes before the last layer's forward: its saved activations are not there yet)

@@ -98,11 +98,11 @@ def deepspeed_cast(cfg: TrainConfig) -> bool:
     """DeepSpeed ZeRO with bf16/fp16 enabled (what HF Trainer's ``"auto"`` config turns on) casts the module to
     that dtype in ``DeepSpeedEngine._configure_distributed_model`` (``module.bfloat16()``/``half()``): every
     parameter, LoRA adapters included, is 16-bit; the fp32 master copy lives in the optimizer's partition."""
-    return cfg.num_gpus > 1 and cfg.sharding in ("zero1", "zero2", "zero3")
+    return cfg.is_zero
 
 
 def gathered_in_compute_dtype(cfg: TrainConfig) -> bool:
     """FSDP with mixed precision gathers every parameter in the compute dtype
     (``MixedPrecisionPolicy(param_dtype=bf16)``): the adapters the forward sees are 16-bit, so peft's cast of
     a layer's input to the adapter dtype makes no copy (measured: LoRA + checkpointing on 2 CPU ranks)."""
-    return cfg.autocast and cfg.num_gpus > 1 and cfg.sharding in ("fsdp", "fsdp_grad_op")
+    return cfg.autocast and cfg.is_fsdp

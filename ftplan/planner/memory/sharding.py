@@ -26,20 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..arch import embedding_params, layer_linears, lm_head_params, n_layers_of, norm_params
-from ..types import ModelSpec, TrainConfig
+from ..types import ZERO_SHARDINGS, ModelSpec, TrainConfig
 from .precision import FORMAT_BYTES, Precision
-
-FSDP = ("fsdp", "fsdp_grad_op")
-ZERO = ("zero1", "zero2", "zero3")
 
 
 def ranks(cfg: TrainConfig) -> int:
     """Ranks the model state is split over: ``num_gpus`` when the strategy shards anything, else 1."""
     return cfg.num_gpus if (cfg.num_gpus > 1 and cfg.sharding not in (None, "ddp")) else 1
-
-
-def is_fsdp(cfg: TrainConfig) -> bool:
-    return cfg.num_gpus > 1 and cfg.sharding in FSDP
 
 
 def shard(x: int, n: int) -> int:
@@ -149,7 +142,7 @@ def model_load_host_bytes(spec: ModelSpec, cfg: TrainConfig, weights_bytes: int)
     build on ``meta``: the weights once (``weights_bytes``, their stored format). DDP and one GPU load each
     tensor from the memory-mapped checkpoint straight to the device (transformers >= 4.47 with
     ``low_cpu_mem_usage``; page cache, not process memory): 0 counted."""
-    return weights_bytes if is_fsdp(cfg) else 0
+    return weights_bytes if cfg.is_fsdp else 0
 
 
 def host_memory(per_rank: dict[str, int], spec: ModelSpec, cfg: TrainConfig, weights_bytes: int,
@@ -224,7 +217,7 @@ def zero_terms(spec: ModelSpec, cfg: TrainConfig, params16: dict[str, int], smal
       parameters (stage 3): the 16-bit partitions on the host.
     """
     n = cfg.num_gpus
-    stage = int(cfg.sharding[-1]) if cfg.sharding in ZERO else 0
+    stage = int(cfg.sharding[-1]) if cfg.sharding in ZERO_SHARDINGS else 0
     off_opt = cfg.offload in ("optimizer", "params")
     resident: dict[str, int] = {}
     host: dict[str, int] = {}
