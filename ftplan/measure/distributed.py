@@ -124,11 +124,7 @@ def _rank_main(rank: int, world: int, init_file: str, model: str, knobs: dict, s
             net = inner = shard_fsdp2(m, cfg, reshard_after_forward=sharding == "fsdp")
         tracker = LiveStorageTracker()
         for tag, ts in classify_params(inner).items():
-            if tag == "weights_unquantized":  # FSDP turned Params4bit into DTensors: the packed ones by dtype
-                packed = [t for t in ts if _is_packed(inner, t)]
-                tracker.track([_local(t) for t in packed], "weights_quantized", weight=True)
             tracker.track([_local(t) for t in ts], tag, weight=tag != "buffers")
-        tracker.track(_module_quant_constants(inner), "quant_constants")
         vocab = inner.get_input_embeddings().weight.shape[0]
         follow = tracker.follow_fsdp2() if sharding != "ddp" else nullcontext()
         with tracker, follow:
@@ -152,30 +148,6 @@ def _no_sync(net, sharding: str):
         yield
     finally:
         net.set_requires_gradient_sync(True)
-
-
-def _is_packed(model, t) -> bool:
-    """Whether ``t`` is the (sharded) packed weight of a bitsandbytes 4-bit module."""
-    for mod in model.modules():
-        if type(mod).__name__ == "Linear4bit" and mod.weight is t:
-            return True
-    return False
-
-
-def _module_quant_constants(model) -> list:
-    """The 4-bit quantization constants bitsandbytes keeps on the module (``Linear4bit.quant_state``), where
-    they survive FSDP's replacement of the parameter."""
-    out = []
-    for mod in model.modules():
-        qs = getattr(mod, "quant_state", None) or getattr(getattr(mod, "weight", None), "quant_state", None)
-        if qs is None:
-            continue
-        out += [t for t in (getattr(qs, "absmax", None), getattr(qs, "code", None), getattr(qs, "offset", None))
-                if t is not None]
-        s2 = getattr(qs, "state2", None)
-        if s2 is not None:
-            out += [s2.absmax, s2.code]
-    return out
 
 
 def _local(t):

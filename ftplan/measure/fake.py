@@ -89,3 +89,26 @@ def _quantize_meta(model, cfg) -> None:
             new.bias = torch.nn.Parameter(torch.empty_like(lin.bias), requires_grad=False)
         replace_module(model, name, new)
     model.is_loaded_in_4bit = True
+
+
+def fake_quant_state(qs, fake) -> None:
+    """Swap the tensors of a stand-in's ``QuantState`` (``qs``; None: nothing) for ``fake(t)``."""
+    if qs is None:
+        return
+    for attr in ("absmax", "code", "offset"):
+        if getattr(qs, attr, None) is not None:
+            setattr(qs, attr, fake(getattr(qs, attr)))
+    if qs.state2 is not None:
+        qs.state2.absmax, qs.state2.code = fake(qs.state2.absmax), fake(qs.state2.code)
+
+
+def traced_params(model) -> dict[str, list]:
+    """``step.classify_params`` plus the 4-bit stand-ins' quantization constants (their ``traced_state``)."""
+    from .step import classify_params, quant_state_tensors
+
+    groups = classify_params(model)
+    for mod in model.modules():
+        qs = getattr(mod, "traced_state", None)
+        if qs is not None:
+            groups["quant_constants"] += [t for t in quant_state_tensors(qs) if t is not None]
+    return groups

@@ -37,18 +37,11 @@ def _fake_quant_states(model) -> None:
     """The 4-bit stand-ins' quantization constants (module attributes FSDP does not see): fake CPU tensors."""
     import torch
 
-    def fake(t):
-        return torch.empty(t.shape, dtype=t.dtype, device="cpu")
+    from .fake import fake_quant_state
 
     for mod in model.modules():
-        qs = getattr(mod, "traced_state", None)
-        if qs is None:
-            continue
-        for attr in ("absmax", "code", "offset"):
-            if getattr(qs, attr, None) is not None:
-                setattr(qs, attr, fake(getattr(qs, attr)))
-        if qs.state2 is not None:
-            qs.state2.absmax, qs.state2.code = fake(qs.state2.absmax), fake(qs.state2.code)
+        fake_quant_state(getattr(mod, "traced_state", None),
+                         lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu"))
 
 
 def trace_sharded(model: str, spec, cfg, steps: int, argv: list[str] | None) -> dict[str, Any]:
@@ -69,9 +62,9 @@ def trace_sharded(model: str, spec, cfg, steps: int, argv: list[str] | None) -> 
     from ..stack.env import provenance
     from ..stack.optim import make_optimizer
     from .distributed import shard_fsdp2
-    from .fake import unpacked_positions
+    from .fake import traced_params, unpacked_positions
     from .profile import summarize
-    from .step import classify_params, run_steps
+    from .step import run_steps
     from .tracker import LiveStorageTracker
 
     t0 = time.perf_counter()
@@ -99,19 +92,7 @@ def trace_sharded(model: str, spec, cfg, steps: int, argv: list[str] | None) -> 
         # built outside the fake mode, as ``trace`` builds it (bitsandbytes reads values at construction)
         opt = make_optimizer(cfg.optimizer, [p for p in m.parameters() if p.requires_grad], "cpu")
         tracker = LiveStorageTracker()
-        from .distributed import _is_packed
-
-        consts = []
-        for mod in m.modules():
-            qs = getattr(mod, "traced_state", None)
-            if qs is not None:
-                consts += [t for t in (qs.absmax, qs.code, qs.offset) if t is not None]
-                if qs.state2 is not None:
-                    consts += [qs.state2.absmax, qs.state2.code]
-        tracker.track(consts, "quant_constants")
-        for tag, ts in classify_params(m).items():
-            if tag == "weights_unquantized":
-                tracker.track([t for t in ts if _is_packed(m, t)], "weights_quantized", weight=True)
+        for tag, ts in traced_params(m).items():
             tracker.track(ts, tag, weight=tag != "buffers")
         vocab = hf_cfg.vocab_size
 

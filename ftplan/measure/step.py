@@ -28,8 +28,19 @@ from .tracker import LiveStorageTracker
 PHASES = ("forward_end", "backward", "optimizer_step")
 
 
+def quant_state_tensors(qs) -> list:
+    """The tensors of a bitsandbytes 4-bit ``QuantState``: absmax, offset, code, and the nested state's."""
+    out = [qs.absmax, getattr(qs, "offset", None), qs.code]
+    if getattr(qs, "state2", None) is not None:
+        out += [qs.state2.absmax, qs.state2.code]
+    return out
+
+
 def classify_params(model) -> dict[str, list]:
-    """Parameters and buffers by memory term, as the analytical model names them."""
+    """Parameters and buffers by memory term, as the analytical model names them. A 4-bit module's weight is
+    quantized whatever wraps it (FSDP2 replaces ``Params4bit`` by DTensor shards; a trace by a fake tensor);
+    its constants are read from the weight's ``quant_state``, or the module's, where bitsandbytes keeps them
+    for FSDP."""
     import torch
 
     out: dict[str, list] = {"weights_quantized": [], "quant_constants": [], "weights_dense": [],
@@ -37,15 +48,15 @@ def classify_params(model) -> dict[str, list]:
     from ..stack.build import decoder_linears
 
     linear_weights = {id(mod.weight) for _, mod in decoder_linears(model)}
+    four_bit = {id(mod.weight): mod for mod in model.modules()
+                if any(c.__name__ == "Linear4bit" for c in type(mod).__mro__)}
     for name, p in model.named_parameters():
         cls = type(p).__name__
-        if cls in ("Params4bit", "Int8Params"):
+        if cls in ("Params4bit", "Int8Params") or id(p) in four_bit:
             out["weights_quantized"].append(p)
-            qs = getattr(p, "quant_state", None)
+            qs = getattr(p, "quant_state", None) or getattr(four_bit.get(id(p)), "quant_state", None)
             if qs is not None:
-                out["quant_constants"] += [qs.absmax, getattr(qs, "offset", None), qs.code]
-                if getattr(qs, "state2", None) is not None:
-                    out["quant_constants"] += [qs.state2.absmax, qs.state2.code]
+                out["quant_constants"] += quant_state_tensors(qs)
             scb = getattr(p, "SCB", None)
             if scb is not None:
                 out["quant_constants"].append(scb)

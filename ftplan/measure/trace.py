@@ -24,7 +24,7 @@ from ..errors import FtplanError
 from ..planner.options import make_config
 from ..planner.types import ModelSpec
 from ..profiles.models import get_model
-from .fake import _quantize_meta, quant_state, unpacked_positions  # noqa: F401 - quant_state: public here too
+from .fake import _quantize_meta, fake_quant_state, quant_state, traced_params, unpacked_positions  # noqa: F401 - quant_state: public here too
 
 
 def _fakeify(model, fake_mode) -> None:
@@ -53,35 +53,7 @@ def _fakeify(model, fake_mode) -> None:
         for name, b in list(mod._buffers.items()):
             if b is not None:
                 mod._buffers[name] = fake(b)
-        qs = getattr(mod, "traced_state", None)
-        if qs is not None:
-            for attr in ("absmax", "code", "offset"):
-                if getattr(qs, attr, None) is not None:
-                    setattr(qs, attr, fake(getattr(qs, attr)))
-            if qs.state2 is not None:
-                qs.state2.absmax, qs.state2.code = fake(qs.state2.absmax), fake(qs.state2.code)
-
-
-def _traced_params(model) -> dict[str, list]:
-    """``step.classify_params`` plus the stand-ins' packed weights and quantization constants."""
-    from .step import classify_params
-
-    groups = classify_params(model)
-    packed, consts = [], []
-    for mod in model.modules():
-        qs = getattr(mod, "traced_state", None)
-        if qs is None:
-            continue
-        packed.append(mod.weight)
-        consts += [t for t in (qs.absmax, qs.code, qs.offset) if t is not None]
-        if qs.state2 is not None:
-            consts += [qs.state2.absmax, qs.state2.code]
-    ids = {id(t) for t in packed}
-    for k in groups:
-        groups[k] = [t for t in groups[k] if id(t) not in ids]
-    groups["weights_quantized"] = packed
-    groups["quant_constants"] = consts
-    return groups
+        fake_quant_state(getattr(mod, "traced_state", None), fake)
 
 
 def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = None, **knobs: Any) -> dict[str, Any]:
@@ -123,7 +95,7 @@ def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = No
     _fakeify(m, fake_mode)
     vocab = hf_cfg.vocab_size
     tracker = LiveStorageTracker()
-    for tag, ts in _traced_params(m).items():
+    for tag, ts in traced_params(m).items():
         tracker.track(ts, tag, weight=tag != "buffers")
     params = [p for p in m.parameters() if p.requires_grad]
     opt = make_optimizer(cfg.optimizer, params, "cpu")  # built outside the fake mode (bitsandbytes needs it)

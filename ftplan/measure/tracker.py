@@ -165,6 +165,27 @@ class LiveStorageTracker(TorchDispatchMode):
                 new.ref = weakref.ref(st, lambda _r, rec=new: self._freed(rec))
 
     @contextmanager
+    def tag_calls(self, targets: Iterable[tuple[Any, str]], tag: str) -> Iterator[None]:
+        """While the context lasts, run each ``getattr(obj, name)`` of ``targets`` (a module's function or a
+        class's method; absent ones are skipped) under ``scope(tag)``: what a library allocates inside it is
+        named as the model names it."""
+        saved = [(obj, name, getattr(obj, name)) for obj, name in targets if hasattr(obj, name)]
+
+        def scoped(fn):
+            def run(*a, **kw):
+                with self.scope(tag):
+                    return fn(*a, **kw)
+            return run
+
+        for obj, name, fn in saved:
+            setattr(obj, name, scoped(fn))
+        try:
+            yield
+        finally:
+            for obj, name, fn in saved:
+                setattr(obj, name, fn)
+
+    @contextmanager
     def follow_fsdp2(self, tag: str = "fsdp_gathered") -> Iterator[None]:
         """Follow FSDP2's in-place storage resizes: it frees a unit's unsharded parameters by resizing their
         storage to 0 and re-allocates them the same way before the next all-gather
@@ -182,25 +203,16 @@ class LiveStorageTracker(TorchDispatchMode):
             orig_free(tensor)
             self.resized(tensor, tag)
 
-        def scoped(fn, name):
-            def run(*a, **kw):
-                with self.scope(name):
-                    return fn(*a, **kw)
-            return run
-
         patched = [(m, n) for m in (_fsdp_param, _fsdp_param_group) for n in ("alloc_storage", "free_storage")
                    if hasattr(m, n)]
-        # what FSDP2's collectives allocate: the all-gather buffers, the reduce-scatter input and output
-        collectives = [(n, t) for n, t in (("foreach_all_gather", tag), ("foreach_all_gather_copy_out", tag),
-                                           ("foreach_reduce", "fsdp_reduce")) if hasattr(_fsdp_param_group, n)]
         saved = {(m, n): getattr(m, n) for m, n in patched}
-        saved.update({(_fsdp_param_group, n): getattr(_fsdp_param_group, n) for n, _ in collectives})
         for m, n in patched:
             setattr(m, n, alloc if n == "alloc_storage" else free)
-        for n, t in collectives:
-            setattr(_fsdp_param_group, n, scoped(getattr(_fsdp_param_group, n), t))
+        # what FSDP2's collectives allocate: the all-gather buffers, the reduce-scatter input and output
+        gathers = [(_fsdp_param_group, "foreach_all_gather"), (_fsdp_param_group, "foreach_all_gather_copy_out")]
         try:
-            yield
+            with self.tag_calls(gathers, tag), self.tag_calls([(_fsdp_param_group, "foreach_reduce")], "fsdp_reduce"):
+                yield
         finally:
             for (m, n), f in saved.items():
                 setattr(m, n, f)

@@ -16,7 +16,6 @@ memory, so offloaded state is counted separately (``host_bytes``) by where DeepS
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Any
 
 
@@ -63,29 +62,6 @@ def _walk(obj, out: list, depth: int, seen: set) -> None:
                 _walk(v, out, depth + 1, seen)
 
 
-@contextmanager
-def _tagged(tracker, targets: list[tuple[Any, str]], tag: str):
-    """Run the named methods of DeepSpeed's classes under ``tracker.scope(tag)``: what they allocate (gathered
-    parameters, reduce buckets) is named as the model names it."""
-    saved = []
-    for cls, name in targets:
-        fn = getattr(cls, name, None)
-        if fn is None:
-            continue
-
-        def wrapped(*a, _fn=fn, **kw):
-            with tracker.scope(tag):
-                return _fn(*a, **kw)
-
-        saved.append((cls, name, fn))
-        setattr(cls, name, wrapped)
-    try:
-        yield
-    finally:
-        for cls, name, fn in saved:
-            setattr(cls, name, fn)
-
-
 def run_zero_rank(m, spec, cfg, world: int, steps: int) -> dict[str, dict]:
     """Wrap ``m`` in a ZeRO engine, run ``steps`` measured steps, return the last step's phases."""
     import deepspeed
@@ -120,7 +96,7 @@ def run_zero_rank(m, spec, cfg, world: int, steps: int) -> dict[str, dict]:
     ds_buffers = [(ppc.PartitionedParameterCoordinator, "fetch_sub_module"),
                   (stage_1_and_2.DeepSpeedZeroOptimizer, "reduce_independent_p_g_buckets_and_remove_grads"),
                   (stage3.DeepSpeedZeroOptimizer_Stage3, "reduce_independent_p_g_buckets_and_remove_grads")]
-    with tracker, _tagged(tracker, ds_buffers, "zero_buffers"):
+    with tracker, tracker.tag_calls(ds_buffers, "zero_buffers"):
         for _ in range(steps):
             phases: dict[str, dict] = {}
             for j in range(micro):

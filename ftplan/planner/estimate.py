@@ -42,8 +42,8 @@ def _optimizer_traffic(spec: ModelSpec, cfg: TrainConfig) -> float:
 
 def host_breakdown(spec: ModelSpec, cfg: TrainConfig, host_per_rank: dict[str, int] | None) -> dict[str, int]:
     """Host memory per node by term (``memory.sharding.host_memory``): the weights' stored bytes are what
-    loading the model holds."""
-    weights = sum(memory_model_weights(spec, cfg).values())
+    loading the model holds (needed only where loading goes through the host: FSDP)."""
+    weights = sum(memory_model_weights(spec, cfg).values()) if cfg.is_fsdp else 0
     return host_memory(host_per_rank or {}, spec, cfg, weights, cfg.num_gpus // max(cfg.nodes, 1))
 
 

@@ -189,7 +189,6 @@ class ZeroTerms:
     resident: dict[str, int]
     grads: int  # gradients on the device at the end of backward
     grads_accum: int  # gradients kept between micro-batches of an accumulation
-    reduce_buffers: int  # the reduce buckets alive during backward (not resident)
     opt_temp: int  # the step's transients on the device
     gathered: Gathered
     host: dict[str, int]
@@ -269,4 +268,4 @@ def zero_terms(spec: ModelSpec, cfg: TrainConfig, params16: dict[str, int], smal
         gathered = Gathered(live, live, window, window, window, live)
     gathered = replace(gathered, backward_layer=gathered.backward_layer + reduce_buffers,
                        backward_end=gathered.backward_end + reduce_buffers)
-    return ZeroTerms(resident, grads, accum, reduce_buffers, opt_temp, gathered, host)
+    return ZeroTerms(resident, grads, accum, opt_temp, gathered, host)
