@@ -185,6 +185,15 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     rows = prepare_rows(opts.data, tok, cfg.seq_len, opts.packing)  # every line checked before training
     eval_rows = prepare_rows(opts.eval_data, tok, cfg.seq_len, opts.packing) if opts.eval_data else None
     d = D.setup(dev)
+    fsdp = D.sharded(cfg, d)  # refused before the model is built: what ftplan train cannot shard
+    if fsdp and cfg.is_quantized:
+        D.teardown(d)
+        raise FtplanError("ftplan train shards 16-bit models with FSDP; a 4-bit or 8-bit base under FSDP runs the TRL "
+                          "script ftplan writes for the plan (ftplan train --gpus N --config best.json prints the command)")
+    if fsdp and cfg.loss_impl == "chunked":
+        D.teardown(d)
+        raise FtplanError("ftplan train runs the chunked loss on one process or under DDP; an FSDP plan uses the "
+                          "standard loss (set \"loss_impl\": \"standard\" in the knobs, or re-plan)")
     per_epoch = len(rows) // cfg.micro_batch
     per_step = cfg.grad_accum * d.world  # micro-batches per optimizer step, all processes together
     if per_epoch < per_step:
@@ -202,15 +211,6 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
                           "or choose another --output")
 
     model = build_model(model_name, spec, cfg, dev, synthetic=synthetic, seed=opts.seed)
-    fsdp = D.sharded(cfg, d)
-    if fsdp and cfg.is_quantized:
-        D.teardown(d)
-        raise FtplanError("ftplan train shards 16-bit models with FSDP; a 4-bit or 8-bit base under FSDP runs the TRL "
-                          "script ftplan writes for the plan (ftplan train --gpus N --config best.json prints the command)")
-    if fsdp and cfg.loss_impl == "chunked":
-        D.teardown(d)
-        raise FtplanError("ftplan train runs the chunked loss on one process or under DDP; an FSDP plan uses the "
-                          "standard loss (set \"loss_impl\": \"standard\" in the knobs, or re-plan)")
     model = D.shard(model, cfg, d)  # FSDP2: before the optimizer, whose parameters are then the shards
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(cfg.optimizer, params, dev)
