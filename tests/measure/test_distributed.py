@@ -51,10 +51,20 @@ def test_the_fake_process_group_trace_equals_the_real_ranks(wide, knobs):
     real = measure(wide, world=2, sharding="fsdp", **knobs)["ranks"][0]["phases"]
     fake = trace(wide, num_gpus=2, sharding="fsdp", **knobs)
     # byte for byte on a quiet machine; gloo's worker thread drops its references to a collective's tensors
-    # asynchronously, so on a busy one a buffer can outlive its collective by a moment: 1% allowed
+    # asynchronously, so on a busy one a collective's buffer can outlive it by a moment: the real rank holds at
+    # least what the trace holds and at most one more buffer, whose largest is a layer's (measured in CI: +1.07 MB
+    # in backward, 4.3%, once in several runs)
+    from ftplan.planner.memory.precision import precision
+    from ftplan.planner.memory.sharding import fsdp_layer_gathered_bytes
+    from ftplan.planner.options import make_config
+    from ftplan.profiles.models import get_model
+
+    spec = get_model(wide)
+    cfg = make_config(spec, None, num_gpus=2, sharding="fsdp", **knobs).config
+    one_buffer = fsdp_layer_gathered_bytes(spec, cfg, precision(cfg), 0) * 2  # a layer, in at most fp32
     for ph in ("forward_end", "backward", "optimizer_step"):
         f, r = fake["phase_peaks"][ph]["peak_allocated_bytes"], real[ph]["peak_allocated_bytes"]
-        assert abs(f - r) <= 0.01 * r, (ph, f, r)
+        assert f <= r <= f + one_buffer, (ph, f, r, one_buffer)
 
 
 def test_trace_refuses_what_it_does_not_model(wide):
