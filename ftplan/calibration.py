@@ -35,11 +35,12 @@ import math
 import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from .atomic import atomic_write_text
+from .planner import bands
 from .planner.types import Calibration, Estimate, GPUSpec
 
 STACK = ("torch", "transformers", "peft", "bitsandbytes")
@@ -71,6 +72,7 @@ class Entry:
     size_class: str
     factors: Mapping[str, float]
     source: str = ""
+    spread: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # (min, max) ratio / median
 
 
 @dataclass(frozen=True)
@@ -193,8 +195,10 @@ def record(gpu: str, memory: Sequence[float], tokens_per_s: Sequence[float], sou
         return None
     versions = versions or stack_versions()
     cls = size_class(total_params)
+    spread = {k: [min(v) / factors[k], max(v) / factors[k]] for k, v in lists.items() if v}
     entry = {"gpu": gpu, "versions": versions, "device": device, "size_class": cls, "total_params": total_params,
-             "factors": factors, "source": source, "samples": {k: len(v) for k, v in lists.items() if v}}
+             "factors": factors, "spread": spread, "source": source,
+             "samples": {k: len(v) for k, v in lists.items() if v}}
     p = path or store_path()
     data = load(p)
     data["entries"][_key(gpu, versions, device, cls)] = entry
@@ -258,8 +262,13 @@ def _entry(e: Mapping[str, Any], gpu: str) -> Entry:
     """A stored entry; an older one (no device kind or size class) reads as device from the GPU key and
     size class unknown."""
     factors = e.get("factors")
+    spread: dict[str, tuple[float, float]] = {}
+    for k, v in (e.get("spread") or {}).items() if isinstance(e.get("spread"), dict) else ():
+        if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and 0 < x < 10 for x in v):
+            spread[k] = (float(min(v)), float(max(v)))
     return Entry(device=str(e.get("device") or device_kind(gpu)), size_class=str(e.get("size_class") or UNKNOWN_SIZE),
-                 factors=dict(factors) if isinstance(factors, dict) else {}, source=str(e.get("source", "")))
+                 factors=dict(factors) if isinstance(factors, dict) else {}, source=str(e.get("source", "")),
+                 spread=spread)
 
 
 def lookup(gpu: str, path: Path | None = None) -> Stored | None:
@@ -310,6 +319,7 @@ def choose(stored: Stored, device: str, cls: str) -> Calibration | None:
     if not mine:
         return None
     factors: dict[str, float] = {}
+    spread: dict[str, tuple[float, float]] = {}
     applies: dict[str, str] = {}
     skipped: dict[str, str] = {}
     sources: list[str] = []
@@ -318,6 +328,8 @@ def choose(stored: Stored, device: str, cls: str) -> Calibration | None:
             why = _why_not(name, f, e, device, cls)
             if why is None and name not in factors:
                 factors[name] = float(f)
+                if name in e.spread:
+                    spread[name] = e.spread[name]
                 applies[name] = FACTORS[name].applies_to
                 if e.size_class != cls:
                     applies[name] += f", measured on size class {e.size_class} (size-independent)"
@@ -329,20 +341,22 @@ def choose(stored: Stored, device: str, cls: str) -> Calibration | None:
         sources = list(dict.fromkeys(e.source for e in mine if e.source))
     note = _note(factors)
     return Calibration(gpu=stored.gpu, versions=stored.versions, factors=factors, source="; ".join(sources),
-                       device=device, size_class=cls, applies_to=applies, skipped=skipped, note=note)
+                       device=device, size_class=cls, applies_to=applies, skipped=skipped, note=note, spread=spread)
 
 
 def _note(factors: Mapping[str, float]) -> str:
     return f"{len(factors)} measured factor(s) applied" if factors else "no stored factor applies to this model"
 
 
-def adjusted(est: Estimate, factors: Mapping[str, float], margin: float = 0.0) -> Estimate:
+def adjusted(est: Estimate, factors: Mapping[str, float], margin: float = 0.0,
+             spread: tuple[float, float] | None = None) -> Estimate:
     """``est`` with the factors applied term by term (unknown names are ignored):
 
     allocated' = allocated x ``allocated`` (the difference is the breakdown's ``calibration`` term, so
     the breakdown still sums to allocated; the phases stay the model's); reserved' = allocated' +
     (reserved - allocated) x ``allocator_overhead``; device' = reserved' + context x ``cuda_context`` +
-    the paged optimizer state; tokens/s x ``tokens_per_s`` (step time, hours and dollars follow).
+    the paged optimizer state; tokens/s x ``tokens_per_s`` (step time, hours and dollars follow, and their
+    range narrows to the calibrated one, ``planner.bands.calibrated(spread)``).
     Every added term is non-negative, so device' >= reserved' >= allocated' for any positive factors."""
     f = {k: float(v) for k, v in factors.items() if k in FACTORS and plausible(v)}
     alloc = est.peak_allocated_bytes
@@ -370,6 +384,7 @@ def adjusted(est: Estimate, factors: Mapping[str, float], margin: float = 0.0) -
         if cost is not None:
             dollars = cost.dollars / speed if cost.dollars is not None else None
             cost = replace(cost, hours=cost.hours / speed, gpu_hours=cost.gpu_hours / speed, dollars=dollars)
+        time, cost = bands.with_ranges(time, cost, bands.calibrated(spread))
     return replace(est, peak_allocated_bytes=alloc2, peak_reserved_bytes=reserved2, device_bytes=device2,
                    breakdown=breakdown, overheads=overheads, fits=fits, time=time, cost=cost)
 
@@ -398,5 +413,5 @@ def apply(est: Estimate, cal: Stored | Calibration, margin: float = 0.0) -> Esti
     if est.time is None:
         why["tokens_per_s"] = "this estimate has no speed (no speed model for this device)"
     chosen = _without(chosen, why)
-    out = adjusted(est, chosen.factors, margin) if chosen.factors else est
+    out = adjusted(est, chosen.factors, margin, chosen.spread.get("tokens_per_s")) if chosen.factors else est
     return replace(out, calibration=chosen)

@@ -13,12 +13,24 @@ from ._common import echo_json, user_errors
 
 
 def gpus_command(json_out: bool = typer.Option(False, "--json", help="one JSON document"),
-                 gpu_file: Optional[str] = typer.Option(None, "--gpu-file", help="CSV/JSON adding or overriding GPUs and prices")) -> None:
+                 gpu_file: Optional[str] = typer.Option(None, "--gpu-file", help="CSV/JSON adding or overriding GPUs and prices"),
+                 rates: bool = typer.Option(False, "--rates", help="the achievable matmul and memory rates the speed "
+                                            "model uses, and what each rests on (measured or datasheet x ratio)")) -> None:
     """List the GPUs ftplan knows: usable memory, bandwidth, dense bf16 rate, price (unknown = '?')."""
     with user_errors():
         gpus = list_gpus(gpu_file)
     if json_out:
         echo_json(json.dumps([{**asdict(g), "aliases": list(g.aliases)} for g in gpus], indent=2))
+        return
+    if rates:
+        typer.echo(f"{'key':<16}{'datasheet TF':>13}{'achievable TF':>14}{'GB/s':>7}{'achievable':>11}  what they rest on")
+        for g in gpus:
+            peak = (g.bf16_tflops if g.bf16 else None) or g.fp16_tflops
+            ach = f"{peak * g.matmul_ratio:.0f}" if peak and g.matmul_ratio else "?"
+            bw = f"{g.bandwidth_gbs * g.bandwidth_ratio:.0f}" if g.bandwidth_gbs and g.bandwidth_ratio else "?"
+            typer.echo(f"{g.key:<16}{(f'{peak:g}' if peak else '?'):>13}{ach:>14}"
+                       f"{(f'{g.bandwidth_gbs:g}' if g.bandwidth_gbs else '?'):>7}{bw:>11}  {g.rates_note}")
+        typer.echo("Measured figures and their sources: ftplan/profiles/data/gpu_rates.csv and gpu_rates.md.")
         return
     typer.echo(f"{'key':<16}{'name':<44}{'usable GiB':>11}{'GB/s':>7}{'bf16 TF':>9}{'$/h':>8}  aliases")
     for g in gpus:

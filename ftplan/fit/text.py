@@ -9,7 +9,7 @@ from .. import __version__
 from ..planner.arch import resolve_targets, total_params
 from ..planner.handoff import HANDOFFS
 from ..planner.memory.overhead import FRAGMENTATION_PRIOR
-from ..planner.timing import MFU_PRIOR, ranking_basis
+from ..planner.timing import ranking_basis
 from ..planner.types import Estimate, GiB, GPUSpec, Plan, TrainConfig
 from . import FitResult
 
@@ -116,14 +116,24 @@ def speed_lines(est: Estimate, gpu: GPUSpec | None = None) -> list[str]:
         if gpu is None or gpu.key == "cpu":
             return ["  Speed: not estimated (no GPU, or the CPU)"]
         return [f"  Speed: unknown; the throughput objective ranked by {ranking_basis(gpu, est.config)}"]
-    out = [f"  tokens/s     {t.tokens_per_s:,.0f}  ({t.bound}-bound; step {t.step_time_s:.2f} s; "
+    lo, hi = t.tokens_per_s_range
+    out = [f"  tokens/s     {t.tokens_per_s:,.0f} ({lo:,.0f}-{hi:,.0f})  ({t.bound}-bound; step {t.step_time_s:.2f} s; "
            f"{t.flops_per_token / 1e9:.1f} GFLOP/token; {t.notes[0]})"]
+    if t.pieces:
+        total = sum(sec for _, sec, _ in t.pieces) or 1.0
+        top = sorted(t.pieces, key=lambda p: -p[1])[:6]
+        out.append("  step time    " + ", ".join(f"{name} {sec / total:.0%} ({bound})" for name, sec, bound in top)
+                   + f"; MFU {t.efficiency:.0%}")
     if c is not None:
         money = f"${c.dollars:,.2f}" if c.dollars is not None else "$ unknown"
         price = (f"at ${c.price_per_gpu_hour:.4g}/GPU-hour ({c.price_provider}, {c.price_date})"
                  if c.price_per_gpu_hour is not None else "; ".join(c.notes))
-        out.append(f"  job          {_fmt_tokens(c.tokens)} tokens: {c.hours:,.2f} h, {c.gpu_hours:,.2f} GPU-hours, "
-                   f"{money} {price}")
+        if c.dollars is not None and c.dollars_range is not None:
+            money += f" (${c.dollars_range[0]:,.2f}-${c.dollars_range[1]:,.2f})"
+        out.append(f"  job          {_fmt_tokens(c.tokens)} tokens: {c.hours:,.2f} h ({c.hours_range[0]:,.2f}-"
+                   f"{c.hours_range[1]:,.2f} h), {c.gpu_hours:,.2f} GPU-hours, {money} {price}")
+    if t.range_basis:
+        out.append(f"  ranges       {t.range_basis}")
     return out
 
 
@@ -174,8 +184,9 @@ def fit_text(r: FitResult) -> str:
         lines.append(f"Calibration: {cal.summary}.")
         lines.append("--no-calibration (calibrate=False in the library) for the raw model. --json for every figure.")
     if cal is None or not cal.applied:
-        lines.append(f"Uncalibrated priors: compute at {MFU_PRIOR} of the datasheet rate, allocator fragmentation "
-                     f"{FRAGMENTATION_PRIOR:.0%} of transient memory. --json for every figure.")
+        lines.append("Uncalibrated: time by operation at achievable rates (measured where published, else the datasheet "
+                     f"x the measured ratio), allocator fragmentation {FRAGMENTATION_PRIOR:.0%} of transient memory. "
+                     "--json for every figure.")
     return "\n".join(lines)
 
 

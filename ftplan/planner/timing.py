@@ -1,17 +1,20 @@
-"""Time model: FLOPs per token, achievable rates, step time, tokens/s.
+"""Time model: achievable rates, step time by operation, tokens/s.
 
-FLOPs per token (``N`` linear weight elements a token touches, incl. lm_head; MoE counts the
-``top-k`` experts):
+FLOPs per token (``flops_per_token``; ``N`` linear weight elements a token touches, incl. lm_head; MoE
+counts the ``top-k`` experts) is the model's work, MFU's numerator:
 - forward: ``2N`` + causal attention ``2*s*a*d`` per layer (QK^T and AV at ``2*s*a*d`` each, halved
   by causality) + LoRA ``2*r*(in+out)`` per targeted module;
 - backward: full fine-tuning ``4N`` (input and weight gradients); LoRA/QLoRA ``2N`` (frozen weights:
   input gradients only) + LoRA ``4*r*(in+out)``; attention backward twice its forward;
 - gradient checkpointing recomputes the decoder layers' forward.
-QLoRA dequantizes every 4-bit weight before each matmul, in forward, backward and recompute: the
-kernel reads the packed weight and constants and writes bf16 (``~2.5 B/param``), then the matmul reads
-the bf16 weight (``2 B/param``). That traffic is memory-bound and serialised with the matmuls.
 
-Step time = ``max(compute, weight reads) + dequantization + optimizer + communication``.
+The time is not FLOPs over one efficiency: each operation of a micro-batch (GEMMs by shape, attention by
+implementation, QLoRA dequantization, LoRA's small GEMMs, norms and other elementwise work, recompute,
+logits and loss) takes its own compute-, memory- or launch-bound time (``planner.ops``). A step is
+``grad_accum`` micro-batches + the gradient additions between them + the optimizer step (memory-bound)
++ the communication that does not overlap (``planner.comm``). Rates are achievable ones
+(``profiles.rates``): measured where a public benchmark measured the card, else the datasheet times the
+median measured/datasheet ratio, flagged.
 
 Which rate the compute term uses (``compute_rate``; the estimate's first note says which, and
 ``ranking_basis`` what the throughput objective then ranks by):
@@ -28,8 +31,6 @@ Which rate the compute term uses (``compute_rate``; the estimate's first note sa
    figure ignores compute (a 3B model on an RTX 4070 Ti read 193,000 tokens/s, tens of times too fast)
    and the fp32 CUDA-core rate understates tensor cores several times: neither is shown as a speed;
 6. no bandwidth (or the CPU): no estimate (the search then ranks by device memory).
-Achievable rates are the datasheet figure times ``MFU_PRIOR`` and ``BANDWIDTH_EFFICIENCY`` of the
-datasheet bandwidth: priors until a calibration from measured runs replaces them.
 """
 
 from __future__ import annotations
@@ -40,15 +41,11 @@ from ..errors import FtplanError
 from .arch import layer_linears, n_layers_of, resolve_targets
 from .comm import NETWORK_GBS, NVLINK_GBS, PCIE_GBS, Traffic, comm_seconds, traffic
 from .memory.params import numel, trainable_tensors
+from .memory.precision import precision
 from .memory.sharding import ranks
 from .memory.weights import four_bit_constant_bytes, four_bit_packed_bytes
+from .ops import MicroBatch, Rates, micro_batch_pieces
 from .types import GPUSpec, ModelSpec, TimeEstimate, TrainConfig, spec_id
-
-# LLM training on A100 reached about 150 of 312 dense bf16 TFLOPS before FlashAttention (stas00,
-# ml-engineering, compute/accelerator README): 0.48 of the datasheet rate.
-MFU_PRIOR = 0.48
-# Achievable fraction of datasheet memory bandwidth for large streaming kernels (prior).
-BANDWIDTH_EFFICIENCY = 0.80
 
 
 def linear_flop_params(spec: ModelSpec) -> int:
@@ -111,6 +108,13 @@ def weight_read_bytes_per_pass(spec: ModelSpec, cfg: TrainConfig) -> float:
     return float(b) * base_linear_weights(spec)
 
 
+# Achievable / datasheet where a GPU carries no ratio of its own (a GPU built outside the catalog): a large
+# 16-bit GEMM reaches about three quarters of the datasheet rate and a copy kernel about 85% of the memory
+# bandwidth on the cards public benchmarks measured (profiles/data/gpu_rates.md); catalog cards carry the
+# ratio measured on them, or the median of the measured cards (``GPUSpec.matmul_ratio``).
+DEFAULT_MATMUL_RATIO = 0.75
+DEFAULT_BANDWIDTH_RATIO = 0.85
+
 # What a step time rests on (``compute_rate``'s third value; the estimate's first note says it in words).
 BASIS_TENSOR = "tensor"  # the datasheet dense tensor rate of the compute dtype
 BASIS_CUDA_CORE = "cuda-core"  # the fp32 CUDA-core rate (fp32 compute, or a GPU without tensor cores)
@@ -164,13 +168,6 @@ def compute_rate(gpu: GPUSpec, dtype: str) -> tuple[float | None, str, str]:
     return None, f"no {dtype} tensor rate in the catalog", BASIS_BANDWIDTH
 
 
-def achievable_tflops(gpu: GPUSpec, dtype: str = "bf16") -> tuple[float | None, str]:
-    """(dense TFLOPS a training step can use for ``dtype`` matmuls, which datasheet figure it starts from);
-    None where the catalog has no rate for that dtype (never another dtype's CUDA-core rate in silence)."""
-    peak, src, _ = compute_rate(gpu, dtype)
-    return (None if peak is None else peak * MFU_PRIOR), src
-
-
 # key: (spec_id, method, quant, double_quant, lora_rank, lora_targets, seq_len, gradient_checkpointing)
 _WORK_CACHE: dict[tuple[int, str, str, bool, int, tuple[str, ...], int, bool], tuple[float, float, float, float]] = {}
 
@@ -190,37 +187,47 @@ def work_per_token(spec: ModelSpec, cfg: TrainConfig) -> tuple[float, float, flo
 
 
 class _Rate(NamedTuple):
-    """What a step time needs from a GPU: its achievable compute rate (None: not modelled) and bandwidth."""
+    """What a step time needs from a GPU: its achievable matmul rate (None: not modelled) and bandwidth."""
 
-    tflops: float | None  # achievable dense TFLOPS for the compute dtype; None: bandwidth-bound estimate
-    source: str  # the datasheet figure they start from (or why there is none)
+    tflops: float | None  # achievable dense TFLOP/s for the compute dtype; None: no speed estimate
+    source: str  # the datasheet figure the rate belongs to (or why there is none)
     basis: str  # BASIS_TENSOR, BASIS_CUDA_CORE or BASIS_BANDWIDTH
     dtype: str  # the compute dtype
-    bandwidth_gbs: float
+    bandwidth_gbs: float  # achievable
     nvlink: bool
+    peak_tflops: float | None  # the datasheet figure (MFU's denominator)
+    rate_note: str  # what the achievable rates rest on (measured, or datasheet x ratio)
 
 
-def _step_parts(spec: ModelSpec, cfg: TrainConfig, rate: _Rate,
-                opt_bytes: float) -> tuple[int, float, float, float, float, float, float, float]:
-    """(tokens per step, step time, FLOPs per token, one micro-batch's compute, weight-read and
-    dequantization times, the step's optimizer and communication times); times in seconds."""
-    bw = rate.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY
-    tokens_micro = cfg.micro_batch * cfg.seq_len
-    fpt, read_bytes, dequant_bytes, n_train = work_per_token(spec, cfg)
+class _Step(NamedTuple):
+    tokens: int  # per optimizer step, all GPUs
+    seconds: float
+    flops_per_token: float
+    micro: MicroBatch
+    optimizer: float
+    accumulate: float
+    comm: float
+
+
+def _step_parts(spec: ModelSpec, cfg: TrainConfig, rate: _Rate, opt_bytes: float) -> _Step:
+    """One optimizer step: ``grad_accum`` micro-batches (``ops.micro_batch_pieces``), the gradient additions
+    between them, the optimizer step and the communication left after overlap; seconds."""
+    bw = rate.bandwidth_gbs * 1e9
+    assert rate.tflops is not None
+    micro = micro_batch_pieces(spec, cfg, Rates(rate.tflops * 1e12, bw))
+    fpt, _, _, n_train = work_per_token(spec, cfg)
     shard = ranks(cfg)
-    n_pass = passes(cfg)
-    compute = 0.0 if rate.tflops is None else fpt * tokens_micro / (rate.tflops * 1e12)
-    reads = read_bytes * n_pass / bw
-    dequant = dequant_bytes * n_pass / bw
-    micro = max(compute, reads) + dequant
     host_optimizer = cfg.offload != "none" and cfg.num_gpus > 1
     optimizer = 0.0 if host_optimizer else opt_bytes / shard / bw
+    # autograd adds each micro-batch's gradients into .grad after the first (read both, write one)
+    accumulate = (cfg.grad_accum - 1) * 3 * precision(cfg).trainable * n_train / shard / bw
     comm = 0.0
     if cfg.num_gpus > 1:
-        comm = comm_seconds(_traffic(spec, cfg, n_train, opt_bytes), micro, cfg.grad_accum, rate.nvlink, cfg.nodes)
-    step = cfg.grad_accum * micro + optimizer + comm
-    tokens_step = tokens_micro * cfg.grad_accum * cfg.num_gpus
-    return tokens_step, step, fpt, compute, reads, dequant, optimizer, comm
+        comm = comm_seconds(_traffic(spec, cfg, n_train, opt_bytes), micro.seconds, cfg.grad_accum, rate.nvlink,
+                            cfg.nodes)
+    step = cfg.grad_accum * micro.seconds + optimizer + accumulate + comm
+    tokens_step = cfg.micro_batch * cfg.seq_len * cfg.grad_accum * cfg.num_gpus
+    return _Step(tokens_step, step, fpt, micro, optimizer, accumulate, comm)
 
 
 def _traffic(spec: ModelSpec, cfg: TrainConfig, n_train: float, opt_bytes: float) -> Traffic:
@@ -240,7 +247,12 @@ def _rate(gpu: GPUSpec | None, cfg: TrainConfig) -> _Rate | None:
         return None
     dtype = compute_dtype(gpu, cfg)
     peak, src, basis = compute_rate(gpu, dtype)
-    return _Rate(None if peak is None else peak * MFU_PRIOR, src, basis, dtype, gpu.bandwidth_gbs, gpu.nvlink)
+    r_mm = gpu.matmul_ratio or DEFAULT_MATMUL_RATIO
+    r_bw = gpu.bandwidth_ratio or DEFAULT_BANDWIDTH_RATIO
+    note = gpu.rates_note or (f"matmul datasheet x {DEFAULT_MATMUL_RATIO}, bandwidth datasheet x "
+                              f"{DEFAULT_BANDWIDTH_RATIO} (defaults: no measured ratio for this card)")
+    return _Rate(None if peak is None else peak * r_mm, src, basis, dtype, gpu.bandwidth_gbs * r_bw, gpu.nvlink,
+                 peak, note)
 
 
 def speed_basis(gpu: GPUSpec | None, cfg: TrainConfig) -> str:
@@ -269,20 +281,21 @@ def tokens_per_s(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_byt
     rate = _rate(gpu, cfg)
     if rate is None or rate.tflops is None:
         return None
-    tokens_step, step = _step_parts(spec, cfg, rate, opt_bytes)[:2]
-    return tokens_step / step
+    st = _step_parts(spec, cfg, rate, opt_bytes)
+    return st.tokens / st.seconds
 
 
 def step_time(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes: float = 0.0) -> TimeEstimate | None:
     """One optimizer step (``grad_accum`` micro-batches on each of ``num_gpus`` GPUs). ``notes[0]`` says
-    what the estimate rests on; a note starting ``throughput objective:`` says what the search ranks by."""
+    what the estimate rests on; a note starting ``throughput objective:`` says what the search ranks by;
+    ``pieces`` holds each piece's seconds per step and its bound."""
     rate = _rate(gpu, cfg)
     if rate is None or rate.tflops is None:  # ranking_basis() says what the search ranks by instead
         return None
-    tokens_step, step, fpt, compute, reads, dequant, optimizer, comm = _step_parts(spec, cfg, rate, opt_bytes)
-    if step <= 0:
+    st = _step_parts(spec, cfg, rate, opt_bytes)
+    if st.seconds <= 0:
         raise FtplanError("step time is zero: check the model and GPU figures")
-    notes = [f"compute from the {rate.source} rate x {MFU_PRIOR} (prior)"]
+    notes = [f"by operation from the {rate.source} rate; {rate.rate_note}"]
     notes.append(f"throughput objective: {_ranking(rate)}")
     if cfg.num_gpus > 1:
         link = NVLINK_GBS if rate.nvlink else PCIE_GBS
@@ -293,8 +306,21 @@ def step_time(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes:
                      "see planner.comm)")
         if cfg.offload != "none":
             notes.append("offload: host transfers over PCIe and the optimizer step on the host (prior rate)")
-    bound = "compute" if compute >= reads + dequant else "memory"
-    return TimeEstimate(tokens_per_s=tokens_step / step, step_time_s=step, flops_per_token=fpt,
-                        compute_s=cfg.grad_accum * compute, memory_s=cfg.grad_accum * (reads + dequant),
-                        overhead_s=optimizer + comm, bound=bound, achievable_tflops=rate.tflops or 0.0,
-                        efficiency=MFU_PRIOR, notes=tuple(notes))
+    k = cfg.grad_accum
+    pieces = [(name, w.seconds * k, w.bound) for name, w in st.micro.pieces.items() if w.seconds > 0]
+    if st.optimizer:
+        pieces.append(("optimizer", st.optimizer, "memory"))
+    if st.accumulate:
+        pieces.append(("accumulation", st.accumulate, "memory"))
+    if st.comm:
+        pieces.append(("communication", st.comm, "communication"))
+    compute = k * sum(w.compute_s for w in st.micro.pieces.values())
+    memory = k * sum(w.memory_s for w in st.micro.pieces.values()) + st.optimizer + st.accumulate
+    launch = k * sum(w.launch_s for w in st.micro.pieces.values())
+    bounds = {"compute": compute, "memory": memory, "launch": launch, "communication": st.comm}
+    bound = max(bounds, key=lambda b: bounds[b])
+    tps = st.tokens / st.seconds
+    mfu = st.flops_per_token * tps / cfg.num_gpus / (rate.peak_tflops * 1e12) if rate.peak_tflops else 0.0
+    return TimeEstimate(tokens_per_s=tps, step_time_s=st.seconds, flops_per_token=st.flops_per_token,
+                        compute_s=compute, memory_s=memory, overhead_s=launch + st.optimizer + st.comm, bound=bound,
+                        achievable_tflops=rate.tflops, efficiency=mfu, notes=tuple(notes), pieces=tuple(pieces))

@@ -116,6 +116,11 @@ class GPUSpec:
     vendor: str = "NVIDIA"
     sources: str = ""
     notes: str = ""
+    # achievable / datasheet for this card (profiles.rates): measured where a benchmark measured it, else the
+    # median of the measured cards; None: planner.timing's documented defaults. ``rates_note`` says which.
+    matmul_ratio: float | None = None
+    bandwidth_ratio: float | None = None
+    rates_note: str = ""
 
     @property
     def usable_gib(self) -> float:
@@ -207,6 +212,8 @@ class Calibration:
     applies_to: Mapping[str, str] = field(default_factory=dict)
     skipped: Mapping[str, str] = field(default_factory=dict)
     note: str = ""
+    # {factor: (lowest, highest) measured/predicted ratio of the study over the median applied}
+    spread: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def applied(self) -> bool:
@@ -235,13 +242,19 @@ class TimeEstimate:
     step_time_s: float  # one optimizer step (all micro-batches, all GPUs in parallel)
     flops_per_token: float
     compute_s: float  # per optimizer step
-    memory_s: float  # per optimizer step (dequantization and weight traffic)
-    overhead_s: float
-    bound: str  # "compute" or "memory"
-    achievable_tflops: float
-    efficiency: float
+    memory_s: float  # per optimizer step: operations bound by memory bandwidth
+    overhead_s: float  # kernel launches, optimizer step, communication left after overlap
+    bound: str  # what most of the step waits on: "compute", "memory", "launch" or "communication"
+    achievable_tflops: float  # the matmul rate the operations ran at
+    efficiency: float  # model FLOPs utilisation against the datasheet rate
     calibrated: bool = False
     notes: tuple[str, ...] = ()
+    # (piece, seconds per optimizer step, bound): the operations of planner.ops, the optimizer step, the
+    # gradient additions between micro-batches and the communication left after overlap
+    pieces: tuple[tuple[str, float, str], ...] = ()
+    # where the measured tokens/s may fall (planner.bands), and what that range rests on
+    tokens_per_s_range: tuple[float, float] = (0.0, 0.0)
+    range_basis: str = ""
 
 
 @dataclass(frozen=True)
@@ -254,6 +267,10 @@ class CostEstimate:
     price_provider: str = ""
     price_date: str = ""
     notes: tuple[str, ...] = ()
+    # the same range as the speed's (planner.bands), inverted: hours and dollars are tokens over tokens/s
+    hours_range: tuple[float, float] = (0.0, 0.0)
+    gpu_hours_range: tuple[float, float] = (0.0, 0.0)
+    dollars_range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,56 @@
+"""Ranges on every time and cost (``planner.bands``): they contain the point figure, narrow once a measured
+calibration applies, and hours and dollars move opposite to tokens/s."""
+
+from __future__ import annotations
+
+import pytest
+
+import ftplan
+from ftplan.planner import bands
+
+
+def test_uncalibrated_band_contains_the_point_and_names_its_source():
+    b = bands.uncalibrated()
+    assert b.low <= 1.0 <= b.high
+    est = ftplan.estimate("8b", "rtx4090", method="qlora", tokens=1e7, calibrate=False)
+    t, c = est.time, est.cost
+    assert t is not None and c is not None
+    assert t.tokens_per_s_range[0] <= t.tokens_per_s <= t.tokens_per_s_range[1]
+    assert c.hours_range[0] <= c.hours <= c.hours_range[1]
+    assert c.dollars is not None and c.dollars_range is not None
+    assert c.dollars_range[0] <= c.dollars <= c.dollars_range[1]
+    # hours = tokens / tokens/s: the slow end of the speed is the long end of the hours
+    assert c.hours_range[1] == pytest.approx(c.hours * t.tokens_per_s / t.tokens_per_s_range[0])
+    assert t.range_basis == b.basis
+
+
+def test_calibrated_band_is_narrower_and_keeps_a_floor():
+    u = bands.uncalibrated()
+    tight = bands.calibrated((0.99, 1.01))  # a study whose trials agreed within 1%
+    assert tight.low == pytest.approx(max(1 - bands.CALIBRATED_FLOOR, u.low))
+    assert tight.high == pytest.approx(min(1 + bands.CALIBRATED_FLOOR, u.high))
+    wide = bands.calibrated((0.01, 100.0))  # never wider than the uncalibrated range
+    assert (wide.low, wide.high) == (u.low, u.high)
+    none = bands.calibrated(None)
+    assert none.low <= 1.0 <= none.high and (none.high - none.low) <= (u.high - u.low)
+
+
+def test_calibration_store_narrows_the_range(tmp_path, monkeypatch):
+    from ftplan import calibration
+
+    store = tmp_path / "cal.json"
+    monkeypatch.setenv("FTPLAN_CALIBRATION", str(store))
+    raw = ftplan.estimate("8b", "rtx4090", method="qlora", tokens=1e7, calibrate=False)
+    assert raw.time is not None
+    spec = ftplan.get_model("8b")
+    total = raw.total_params
+    pred = {"tokens_per_s": raw.time.tokens_per_s}
+    trials = [({"tokens_per_s": raw.time.tokens_per_s * r}, pred) for r in (0.9, 0.92, 0.95)]
+    calibration.record_trials("rtx4090", "cuda", total, trials, source="test study", path=store)
+    cal = ftplan.estimate("8b", "rtx4090", method="qlora", tokens=1e7)
+    assert cal.time is not None and cal.time.calibrated and spec.name
+    lo, hi = cal.time.tokens_per_s_range
+    raw_lo, raw_hi = raw.time.tokens_per_s_range
+    assert lo <= cal.time.tokens_per_s <= hi
+    assert (hi - lo) / cal.time.tokens_per_s < (raw_hi - raw_lo) / raw.time.tokens_per_s
+    assert cal.time.range_basis.startswith("calibrated")
