@@ -100,6 +100,11 @@ def row_knobs(r: dict) -> tuple[dict | None, str]:
         return None, "no throughput figure"
     if "estimat" in (r.get("measured_or_estimated") or "").lower():
         return None, "not a measurement"
+    text = " ".join((r.get("notes") or "", r.get("other_memory_settings") or "", r.get("method") or "")).lower()
+    if "dora" in text.replace("adorable", ""):
+        return None, "DoRA (a LoRA variant with its own magnitude computation) not modelled"
+    if "optimizer_in_bwd=true" in text.replace(" ", ""):
+        return None, "optimizer-in-backward not modelled"
     try:
         model = ftplan.get_model(r.get("hf_model_id") or r["model"])
     except FtplanError:
@@ -136,7 +141,8 @@ def row_knobs(r: dict) -> tuple[dict | None, str]:
         knobs["sharding"] = sharding
     if method != "full":
         knobs["lora_rank"] = _first_int(r.get("lora_r") or "") or 8
-        knobs["lora_targets"] = _targets((r.get("lora_targets") or "") + " " + fw)
+        targets = re.sub(r"\(.*?\)", "", r.get("lora_targets") or "")  # drop remarks such as "(c_attn also listed)"
+        knobs["lora_targets"] = _targets(targets + " " + fw)
     if "pure" in prec or fw.lower().startswith("torchtune"):
         knobs.update(prepare_kbit=False, autocast=False)
     scope = (r.get("tokens_per_s_scope") or "per GPU").lower()
@@ -189,7 +195,18 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 # Probable reasons for rows over 30%, written after reading each source (never used by the model).
-REASONS: dict[str, str] = {}
+REASONS: dict[str, str] = {
+    "2041": "70B QLoRA under FSDP1 on 2 cloud RTX 6000 Ada: 35 GB of packed weights gathered twice per micro-batch over "
+            "an interconnect the source does not state; ftplan assumes PCIe 4.0 and full overlap of the gathers",
+    "2042": "as 2041 (micro-batch 3)",
+    "2044": "70B QLoRA, FSDP1 on 8 x A100 40GB: as 2041, the gathers of a 70B model per micro-batch of 2K tokens "
+            "(grad-accum not stated, recorded as 1)",
+    "2045": "70B QLoRA, FSDP1 on 4 x H100: as 2044; the source's own text says the run was not compute-bound",
+    "2059": "Qwen-72B LoRA under ZeRO-3 on 4 A100s: per-GPU batch 1 and accumulation 8 are assumed (not stated); "
+            "ZeRO-3 gathers 144 GB of 16-bit weights twice per micro-batch",
+    "2087": "full fine-tuning at 768-token samples in PEFT's own loop: per-step overheads (data, logging, an "
+            "optimizer step every 4 samples) weigh on short samples; not found in the model",
+}
 
 
 def evaluate(r: dict) -> dict:
