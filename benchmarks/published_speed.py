@@ -6,7 +6,9 @@ Reads ``benchmarks/data/published_speed.csv`` (sources and how each figure was m
 calibration) using the run's settings, and compared per GPU.
 
 Row selection (``--all`` prints the reason for every excluded row): a measured figure; a dense decoder in
-the catalog; a catalog GPU with a speed model; micro-batch and sequence length stated.
+the catalog; a catalog GPU with a speed model; micro-batch and sequence length stated; fixed-length or
+packed data (as ``published.py``: with unpacked samples the sequence length is only a cap, and the real
+work per token unknown); not DoRA or optimizer-in-backward (not modelled).
 
 Groups: rows that run the plain stack the planner models (PyTorch eager, HF/PEFT/bitsandbytes or a native
 PyTorch trainer) make the headline. Rows with special kernels (Unsloth, Liger, fused or compiled ops, fp8)
@@ -117,6 +119,9 @@ def row_knobs(r: dict) -> tuple[dict | None, str]:
     gpu = gpu_key(r["gpu"])
     if gpu is None:
         return None, f"GPU not in the catalog ({r['gpu'][:40]})"
+    lengths = " ".join((r.get("padding_note") or "", r.get("seq_len_note") or "")).lower()
+    if "unpacked" in lengths or "truncation cap" in lengths:  # the rule of published.py (memory)
+        return None, "unpacked data: seq_len is only a maximum (the real lengths, and the work per token, are unknown)"
     mb, seq = _first_int(r["micro_batch"]), _first_int(r["seq_len"])
     if not mb or not seq or "not stated" in (r["micro_batch"] + r["seq_len"]).lower():
         return None, "micro-batch or sequence length not stated"
@@ -204,8 +209,6 @@ REASONS: dict[str, str] = {
     "2045": "70B QLoRA, FSDP1 on 4 x H100: as 2044; the source's own text says the run was not compute-bound",
     "2059": "Qwen-72B LoRA under ZeRO-3 on 4 A100s: per-GPU batch 1 and accumulation 8 are assumed (not stated); "
             "ZeRO-3 gathers 144 GB of 16-bit weights twice per micro-batch",
-    "2087": "full fine-tuning at 768-token samples in PEFT's own loop: per-step overheads (data, logging, an "
-            "optimizer step every 4 samples) weigh on short samples; not found in the model",
 }
 
 
@@ -284,15 +287,19 @@ def main() -> None:
     if a.all:
         for x in excluded:
             print(f"  excluded {x['row']}: {x['reason']}")
-    ratios = [x["ratio"] for x in plain]
-    band = {"p10": _pct(ratios, 0.1), "p90": _pct(ratios, 0.9), "rows": len(ratios),
-            "median_abs_error": statistics.median([abs(x["error"]) for x in plain]) if plain else None,
-            "source": "benchmarks/published_speed.py (plain-stack rows, measured/predicted tokens/s)",
-            "date": dt.date.today().isoformat()} if ratios else None
-    if band:
-        print(f"\nband (measured/predicted, 10th-90th percentile over {len(ratios)} rows): "
-              f"{band['p10']:.2f}-{band['p90']:.2f}")
-    if a.write_band and band:
+    band: dict = {"source": "benchmarks/published_speed.py (plain-stack rows, measured/predicted tokens/s)",
+                  "date": dt.date.today().isoformat()}
+    for kind, rows in (("single_gpu", [x for x in plain if x["gpus"] == 1]),
+                       ("multi_gpu", [x for x in plain if x["gpus"] > 1])):
+        ratios = [x["ratio"] for x in rows]
+        if not ratios:
+            continue
+        band[kind] = {"p10": _pct(ratios, 0.1), "p90": _pct(ratios, 0.9), "rows": len(ratios),
+                      "median_abs_error": statistics.median([abs(x["error"]) for x in rows])}
+        print(f"{'' if kind == 'multi_gpu' else chr(10)}band {kind} (measured/predicted, 10th-90th percentile over "
+              f"{len(ratios)} rows): {band[kind]['p10']:.2f}-{band[kind]['p90']:.2f}; "
+              f"median |error| {band[kind]['median_abs_error']:.1%}")
+    if a.write_band and "single_gpu" in band and "multi_gpu" in band:
         atomic_write_text(BAND, json.dumps(band, indent=1) + "\n")
         print(f"wrote {BAND.relative_to(ROOT)}")
     doc = {"rows": res, "band": band, "versions": versions(), "command": "python benchmarks/published_speed.py",

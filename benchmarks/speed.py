@@ -30,7 +30,7 @@ def cold_cli(runs: int) -> list[float]:
 
 def search_times(runs: int, **kwargs) -> tuple[list[float], int, int]:
     import ftplan
-    from ftplan.planner import estimate, timing
+    from ftplan.planner import estimate, ops, timing
     from ftplan.planner.memory import phases
 
     times = []
@@ -38,6 +38,7 @@ def search_times(runs: int, **kwargs) -> tuple[list[float], int, int]:
     for _ in range(runs):
         phases.clear_caches()  # measure a cold search, not a cache hit
         timing._WORK_CACHE.clear()
+        ops.clear_cache()
         estimate._TRAFFIC_CACHE.clear()
         t = time.perf_counter()
         res = ftplan.plan_search(**kwargs)

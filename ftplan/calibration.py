@@ -384,7 +384,7 @@ def adjusted(est: Estimate, factors: Mapping[str, float], margin: float = 0.0,
         if cost is not None:
             dollars = cost.dollars / speed if cost.dollars is not None else None
             cost = replace(cost, hours=cost.hours / speed, gpu_hours=cost.gpu_hours / speed, dollars=dollars)
-        time, cost = bands.with_ranges(time, cost, bands.calibrated(spread))
+        time, cost = bands.with_ranges(time, cost, bands.calibrated(spread, bands.kind_of(est.config.num_gpus)))
     return replace(est, peak_allocated_bytes=alloc2, peak_reserved_bytes=reserved2, device_bytes=device2,
                    breakdown=breakdown, overheads=overheads, fits=fits, time=time, cost=cost)
 

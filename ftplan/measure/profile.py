@@ -120,6 +120,9 @@ def summarize(records, grad_accum: int = 1) -> dict[str, Any]:
     step_time, tokens = full[len(full) // 2]
     micro = sorted(r.time_s - r.optimizer_time_s for r in timed)[len(timed) // 2] / max(1, last.micro_steps)
     opt_time = sorted(r.optimizer_time_s for r in timed)[len(timed) // 2]
+    per_micro = max(1, last.micro_steps)
+    fwd = sorted(r.forward_s for r in timed)[len(timed) // 2] / per_micro
+    bwd = sorted(r.backward_s for r in timed)[len(timed) // 2] / per_micro
     res: dict[str, Any] = {
         "measured_step": last.step,
         "peak_phase": peak_phase,
@@ -131,12 +134,15 @@ def summarize(records, grad_accum: int = 1) -> dict[str, Any]:
         "tokens_per_step": tokens,
         "micro_step_time_s": micro,
         "optimizer_time_s": opt_time,
+        # seconds per micro-batch (forward with the loss, backward) and per optimizer step, medians of steps >= 2;
+        # with the memory tracker on (the CPU default) every op is slower: time with breakdown off
+        "phase_times_s": {"forward": fwd, "backward": bwd, "optimizer_step": opt_time},
         "grad_accum": grad_accum,
         "breakdown": peaks[peak_phase].get("breakdown", {}),
         "phases": {ph: p.get("breakdown", {}) for ph, p in peaks.items()},
         "phase_peaks": {ph: {k: v for k, v in p.items() if k != "breakdown"} for ph, p in peaks.items()},
         "steps": [{"step": r.step, "time_s": r.time_s, "tokens": r.tokens, "micro_steps": r.micro_steps,
-                   "optimizer_time_s": r.optimizer_time_s,
+                   "optimizer_time_s": r.optimizer_time_s, "forward_s": r.forward_s, "backward_s": r.backward_s,
                    "phase_peaks": {ph: {k: v for k, v in p.items() if k != "breakdown"} for ph, p in r.phases.items()}}
                   for r in records],
     }

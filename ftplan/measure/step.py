@@ -89,6 +89,8 @@ class StepRecord:
     tokens: int = 0
     micro_steps: int = 0
     optimizer_time_s: float = 0.0  # the optimizer step and zero_grad
+    forward_s: float = 0.0  # all micro-batches' forward passes (with the loss), seconds
+    backward_s: float = 0.0  # all micro-batches' backward passes
 
     def full_step(self, grad_accum: int) -> tuple[float, float]:
         """(seconds, tokens) of a whole optimizer step of ``grad_accum`` micro-batches, from the
@@ -201,12 +203,17 @@ def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, trac
                     else:
                         ids = torch.randint(0, vocab, (b, s), generator=gen).to(device)
                     meter.start()
+                    t_f = _now(device)
                     with autocast(cfg, device):
                         loss = net(input_ids=ids, labels=ids).loss
+                    t_b = _now(device)
+                    rec.forward_s += t_b - t_f
                     rec.phases["forward_end"] = _max(rec.phases.get("forward_end"), meter.stop("forward_end", model, opt))
                     meter.start()
+                    t_b = _now(device)
                     scaler.scale(loss).backward()
                     del loss
+                    rec.backward_s += _now(device) - t_b
                     rec.phases["backward"] = _max(rec.phases.get("backward"), meter.stop("backward", model, opt))
                     if tracker is not None:
                         tracker.tag = "activations"
@@ -231,6 +238,15 @@ def run_steps(model, cfg: TrainConfig, vocab: int, device: str, steps: int, trac
         for h in hooks:
             h.remove()
     return records
+
+
+def _now(device: str) -> float:
+    """A wall-clock reading after the device finished its queued work (a phase's time)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def _scope(tracker, tag):

@@ -50,6 +50,12 @@ def profile_text(res: Mapping[str, Any]) -> str:
                f"{res.get('tokens_per_s') or 0:,.0f} tokens/s ({res.get('step_time_s', 0):.3f} s per optimizer step of "
                f"{res.get('grad_accum', 1)} micro-batches: {res.get('micro_step_time_s', 0):.3f} s each + "
                f"{res.get('optimizer_time_s', 0):.3f} s optimizer)")
+    pt = res.get("phase_times_s")
+    if pt:
+        slow = " (memory tracker on: every op slower; --no-breakdown to time)" if res.get("device") == "cpu" and \
+            res.get("memory_source", "").startswith("live") and res.get("breakdown") else ""
+        out.append(f"time per micro-batch: forward {pt['forward']:.3f} s, backward {pt['backward']:.3f} s; "
+                   f"optimizer step {pt['optimizer_step']:.3f} s{slow}")
     if est and res.get("phases", {}).get(res["peak_phase"]):
         out.append(f"by term at the peak ({res['peak_phase']}):")
         out += comparison_table(est["phases"], res["phases"], res["peak_phase"])

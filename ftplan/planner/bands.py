@@ -1,8 +1,9 @@
 """Ranges for every time and cost figure: how far the measured truth has fallen from the model's point.
 
 Uncalibrated, the range is the spread of measured/predicted tokens/s over the published training runs
-of ``benchmarks/published_speed.py`` (its 10th and 90th percentiles; ``profiles/data/speed_band.json``,
-written by ``python benchmarks/published_speed.py --write-band`` with the rows and commit it rests on).
+of ``benchmarks/published_speed.py`` of the same kind (one GPU, or several: communication and sharding err
+more), its 10th and 90th percentiles (``profiles/data/speed_band.json``, written by
+``python benchmarks/published_speed.py --write-band`` with the row count and date it rests on).
 So "7.2 h (5.9-8.8 h)" reads: eight in ten published runs of this kind fell within this range of the
 model's figure.
 
@@ -36,24 +37,32 @@ class Band(NamedTuple):
     basis: str  # in words: what the range rests on
 
 
-@lru_cache(maxsize=1)
-def uncalibrated() -> Band:
-    """The published benchmark's 10th-90th percentile of measured/predicted tokens/s."""
+KINDS = ("single_gpu", "multi_gpu")
+
+
+def kind_of(num_gpus: int) -> str:
+    """The kind of prediction a band is measured for: one GPU, or several (communication and sharding)."""
+    return "multi_gpu" if num_gpus > 1 else "single_gpu"
+
+
+@lru_cache(maxsize=4)
+def uncalibrated(kind: str = "single_gpu") -> Band:
+    """The published benchmark's 10th-90th percentile of measured/predicted tokens/s for ``kind``."""
     try:
-        d = json.loads(BAND_FILE.read_text(encoding="utf-8"))
+        d = json.loads(BAND_FILE.read_text(encoding="utf-8"))[kind]
         lo, hi, n = float(d["p10"]), float(d["p90"]), int(d["rows"])
     except (OSError, ValueError, KeyError, TypeError):
         return Band(*FALLBACK, "no benchmark band found: a wide default range")
-    if not (0 < lo <= 1.0 <= hi) or n <= 0:  # the point must lie inside its own range
-        lo, hi = min(lo, 1.0), max(hi, 1.0)
-    return Band(lo, hi, f"10th-90th percentile of measured/predicted tokens/s over {n} published runs "
+    lo, hi = min(lo, 1.0), max(hi, 1.0)  # the point lies inside its own range
+    what = "single-GPU" if kind == "single_gpu" else "multi-GPU"
+    return Band(lo, hi, f"10th-90th percentile of measured/predicted tokens/s over {n} published {what} runs "
                         "(benchmarks/published_speed.py)")
 
 
-def calibrated(spread: tuple[float, float] | None) -> Band:
+def calibrated(spread: tuple[float, float] | None, kind: str = "single_gpu") -> Band:
     """The range once a measured tokens/s factor applies: the study's own spread around its median,
     at least ``CALIBRATED_FLOOR`` either side, never wider than the uncalibrated range."""
-    u = uncalibrated()
+    u = uncalibrated(kind)
     lo, hi = spread if spread else (1.0, 1.0)
     lo = max(min(lo, 1.0 - CALIBRATED_FLOOR), u.low)
     hi = min(max(hi, 1.0 + CALIBRATED_FLOOR), u.high)

@@ -33,7 +33,22 @@ def job_cost(time: TimeEstimate | None, gpu: GPUSpec | None, num_gpus: int, toke
         notes.append(f"no dated price for {gpu.name} in the catalog: pass --price")
     if p is not None and spot_discount:
         p = p * (1.0 - spot_discount)
-        notes.append(f"spot discount {spot_discount:.0%} applied")
+        notes.append(spot_words(gpu, spot_discount) if price is None else
+                     f"spot discount {spot_discount:.0%} applied to the given price (an estimate, not a quote)")
     dollars = gpu_hours * p if p is not None else None
     return CostEstimate(tokens=total, hours=hours, gpu_hours=gpu_hours, price_per_gpu_hour=p, dollars=dollars,
                         price_provider=provider, price_date=date, notes=tuple(notes))
+
+
+def spot_words(gpu: GPUSpec, discount: float) -> str:
+    """What a spot discount on the catalog price means for this card's provider (``GPUSpec.spot``)."""
+    who = gpu.price_provider or "the provider"
+    if gpu.spot == "no":
+        return (f"spot discount {discount:.0%} applied, but {who} sells no spot instances: an estimate of what "
+                "interruptible capacity might cost elsewhere, not a quote")
+    if gpu.spot == "list price is preemptible":
+        return (f"spot discount {discount:.0%} applied, but {who}'s list price is already for preemptible capacity: "
+                "an estimate below any quote")
+    if gpu.spot == "yes":
+        return f"spot discount {discount:.0%} applied: an estimate of {who}'s spot price, which changes with demand"
+    return f"spot discount {discount:.0%} applied (an estimate; whether {who} sells spot is not known)"

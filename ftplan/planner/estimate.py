@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .bands import uncalibrated, with_ranges
+from .bands import kind_of, uncalibrated, with_ranges
 from .cost import job_cost
 from .memory.phases import memory_model
 from .memory.precision import autocast_assumption, precision
@@ -69,7 +69,7 @@ def build_estimate(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, token
         fits = False  # the node cannot hold what the plan keeps in host memory
     t = step_time(spec, cfg, gpu, optimizer_traffic_bytes(spec, cfg))
     cost = job_cost(t, gpu, cfg.num_gpus, tokens, epochs, price, spot_discount) if tokens else None
-    t, cost = with_ranges(t, cost, uncalibrated())
+    t, cost = with_ranges(t, cost, uncalibrated(kind_of(cfg.num_gpus)))
     return Estimate(model=spec.name, gpu=gpu.key if gpu else None, config=cfg,
                     peak_allocated_bytes=mem.peak_allocated, peak_reserved_bytes=mem.peak_reserved,
                     device_bytes=mem.device_bytes, breakdown=mem.breakdown, peak_phase=mem.peak_phase,

@@ -121,6 +121,10 @@ class GPUSpec:
     matmul_ratio: float | None = None
     bandwidth_ratio: float | None = None
     rates_note: str = ""
+    # whether the price's provider sells spot GPUs (profiles.providers): "yes", "no", "list price is
+    # preemptible", or "" (provider not known); and what that rests on
+    spot: str = ""
+    spot_note: str = ""
 
     @property
     def usable_gib(self) -> float:

@@ -157,9 +157,10 @@ def load_catalog(extra: str | None = None) -> dict[str, GPUSpec]:
             if "price_per_hour" in given and "price_date" not in given:
                 rows[key]["price_date"] = "user file"
                 rows[key]["price_provider"] = given.get("price_provider", "user file")
+    from .providers import with_providers
     from .rates import with_rates
 
-    return with_rates({k: _spec(r) for k, r in rows.items()})
+    return with_providers(with_rates({k: _spec(r) for k, r in rows.items()}))
 
 
 def cpu_spec() -> GPUSpec:

@@ -54,7 +54,12 @@ def frames(report: Report) -> dict[str, Any]:
                      "cost_on_demand": o.cost, "cost_spot": o.spot_cost, "cost_per_million_tokens": o.per_million,
                      "cost_per_million_tokens_spot": o.spot_per_million, "breakeven_weeks": o.breakeven_weeks,
                      "cheapest": report.cheapest is o, "fastest": report.fastest is o, "note": o.note,
-                     "nvlink": o.nvlink, "interconnect": o.interconnect})
+                     "nvlink": o.nvlink, "interconnect": o.interconnect,
+                     "hours_low": o.hours_range[0] if o.hours_range else None,
+                     "hours_high": o.hours_range[1] if o.hours_range else None,
+                     "cost_low": o.cost_range[0] if o.cost_range else None,
+                     "cost_high": o.cost_range[1] if o.cost_range else None,
+                     "range_basis": o.range_basis, "spot_label": o.spot_label})
     out = {"options": pd.DataFrame(rows)}
     if report.trials:
         out["trials"] = pd.DataFrame([{"trial": t["number"], "state": t["state"], "reason": t.get("reason", ""),

@@ -63,6 +63,11 @@ class Option:
     breakeven_weeks: float | None
     note: str = ""
     nvlink: bool = False  # the catalog's GPUSpec.nvlink
+    # where eight in ten published runs of this kind fell (planner.bands); none where there is no speed
+    hours_range: tuple[float, float] | None = None
+    cost_range: tuple[float, float] | None = None
+    range_basis: str = ""
+    spot_label: str = ""  # what the spot figure is: a quote from the price file, or an estimate and why
 
     @property
     def label(self) -> str:
@@ -158,10 +163,11 @@ def _option(spec, key: str, count: int, tokens: float, epochs: float, prices: di
     res = plan_search(spec, gpu, tokens=tokens, epochs=epochs, price=price, top=1, **fixed)
     plan = res.plans[0] if res.plans else None
     spot = (p.spot_per_hour if p and p.spot_per_hour is not None else (price * (1 - spot_discount) if price is not None else None))
+    spot_label = spot_text(gpu, p, spot_discount) if spot is not None else ""
     if plan is None or plan.estimate.time is None or plan.estimate.cost is None:
         return Option(key, gpu.name, count, plan is not None, plan, _memory(plan) if plan else {}, gpu.usable_bytes,
                       None, None, None, price, spot, p.purchase if p else None, src, date, None, None, None, None, None, note,
-                      gpu.nvlink)
+                      gpu.nvlink, spot_label=spot_label)
     c = plan.estimate.cost
     gh = c.gpu_hours
     cost = gh * price if price is not None else None
@@ -173,10 +179,28 @@ def _option(spec, key: str, count: int, tokens: float, epochs: float, prices: di
         power = (gpu_tdp_kw(gpu) or 0.0) * POWER_PRICE
         if price > power:
             be = purchase / ((price - power) * hours_per_week)  # weeks per GPU (count cancels out)
+    lo, hi = c.gpu_hours_range
+    cost_range = (lo * price, hi * price) if price is not None else None
     return Option(key, gpu.name, count, True, plan, _memory(plan), gpu.usable_bytes, plan.estimate.time.tokens_per_s,
                   c.hours, gh, price, spot, purchase, src, date, cost, spot_cost,
                   cost / mtok if cost is not None else None, spot_cost / mtok if spot_cost is not None else None, be, note,
-                  gpu.nvlink)
+                  gpu.nvlink, c.hours_range, cost_range, plan.estimate.time.range_basis, spot_label)
+
+
+def spot_text(gpu, price: Price | None, discount: float) -> str:
+    """What the report's spot figure is: the price file's spot quote, or an estimate (and whether the catalog
+    price's provider sells spot at all, ``GPUSpec.spot``)."""
+    if price is not None and price.spot_per_hour is not None:
+        return f"spot price from the price file{' (' + price.source + ')' if price.source else ''}"
+    who = price.source if price is not None and price.source else (gpu.price_provider or "the provider")
+    base = f"estimate: on-demand x (1 - {discount:.0%})"
+    if price is None and gpu.spot == "no":
+        return f"{base}; {who} sells no spot instances"
+    if price is None and gpu.spot == "list price is preemptible":
+        return f"{base}; {who}'s list price is already preemptible"
+    if price is None and gpu.spot == "yes":
+        return f"{base}; {who} sells spot at changing prices"
+    return base
 
 
 def gpu_tdp_kw(gpu) -> float | None:
@@ -211,8 +235,12 @@ def build(model: str, gpus: str | list[str], tokens: str | float, *, epochs: flo
     cheapest = min(priced, key=lambda o: o.cost) if priced else None
     fastest = min(timed, key=lambda o: o.hours) if timed else None
     assumptions = list(ASSUMPTIONS) + [
-        "Throughput is predicted from datasheet compute and memory bandwidth times an efficiency prior "
-        "(uncalibrated unless `ftplan autotune` stored measured factors for this GPU and library versions)",
+        "Throughput is predicted operation by operation from each GPU's measured (or datasheet x measured ratio) "
+        "compute and memory rates (uncalibrated unless `ftplan autotune` stored measured factors for this GPU "
+        "and library versions)",
+        "Ranges: eight in ten published training runs of the same kind finished within the range shown around "
+        "ftplan's estimate (10th to 90th percentile, benchmarks/published_speed.py); a calibration from your own "
+        "runs narrows it",
         f"Spot price = on-demand price x (1 - {spot_discount:.0%}) unless the price file gives a spot price",
         f"Owned-GPU break-even: purchase price / ((rental price - power cost) x {hours_per_week:g} hours a week); "
         f"power at {POWER_PRICE} US dollars per kWh is counted only where the board power is known",

@@ -127,11 +127,19 @@ def _table(r: Report) -> str:
         rows.append(f"<tr class='{'fit' if o.fits else 'nofit'}' data-gpu='{_e(o.gpu)}' data-count='{o.count}' "
                     f"data-nvlink='{'yes' if o.nvlink else 'no'}'>"
                     f"<td class=l>{label}</td><td>{'yes' if o.fits else 'no'}</td><td class=l>{_e(config_words(o))}</td>"
-                    f"<td>{used}</td><td>{speed}</td><td data-hours='{o.hours or ''}'>{hours(o.hours)}</td>"
+                    f"<td>{used}</td><td>{speed}</td><td data-hours='{o.hours or ''}'>{hours(o.hours)}{_range(o.hours_range, hours)}</td>"
                     f"<td>{'-' if o.gpu_hours is None else f'{o.gpu_hours:,.1f}'}</td><td>{money(o.price_per_gpu_hour)}</td>"
-                    f"<td data-cost='{o.cost or ''}'>{money(o.cost)}</td><td>{money(o.spot_cost)}</td>"
+                    f"<td data-cost='{o.cost or ''}'>{money(o.cost)}{_range(o.cost_range, money)}</td>"
+                    f"<td>{money(o.spot_cost)}{'<br><span class=muted>' + _e(o.spot_label) + '</span>' if o.spot_label else ''}</td>"
                     f"<td>{money(o.per_million)}</td></tr>")
     return f"<table id=options>{head}{''.join(rows)}</table>"
+
+
+def _range(rng: tuple[float, float] | None, fmt) -> str:
+    """' (low to high)' under a figure, or '' where there is no range."""
+    if not rng:
+        return ""
+    return f"<br><span class='muted range'>likely {fmt(rng[0])} to {fmt(rng[1])}</span>"
 
 
 def _trials_table(r: Report) -> str:
@@ -190,7 +198,9 @@ Made by ftplan {_e(r.version)} on {_e(r.created)}.</p>
 {''.join(callouts)}
 <h2>The options</h2>
 <p>Each row is the best configuration ftplan finds for that GPU (or number of GPUs): whether it fits in the card's memory,
-how fast it trains, and what the whole job costs at the stated prices. A GPU-hour is one GPU rented for one hour.</p>
+how fast it trains, and what the whole job costs at the stated prices. A GPU-hour is one GPU rented for one hour.
+Under each time and cost, "likely ... to ..." is the range that eight in ten comparable published training runs fell in
+around ftplan's estimate; plan the budget on its upper end.</p>
 {_table(r)}
 <h2>Charts</h2>
 {''.join(charts)}

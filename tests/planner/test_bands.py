@@ -24,6 +24,13 @@ def test_uncalibrated_band_contains_the_point_and_names_its_source():
     assert t.range_basis == b.basis
 
 
+def test_several_gpus_carry_their_own_band():
+    one, many = bands.uncalibrated("single_gpu"), bands.uncalibrated("multi_gpu")
+    assert "single-GPU" in one.basis and "multi-GPU" in many.basis
+    est = ftplan.estimate("8b", "h100", method="lora", num_gpus=2, sharding="fsdp", tokens=1e7, calibrate=False)
+    assert est.time is not None and est.time.range_basis == many.basis
+
+
 def test_calibrated_band_is_narrower_and_keeps_a_floor():
     u = bands.uncalibrated()
     tight = bands.calibrated((0.99, 1.01))  # a study whose trials agreed within 1%
@@ -54,3 +61,22 @@ def test_calibration_store_narrows_the_range(tmp_path, monkeypatch):
     assert lo <= cal.time.tokens_per_s <= hi
     assert (hi - lo) / cal.time.tokens_per_s < (raw_hi - raw_lo) / raw.time.tokens_per_s
     assert cal.time.range_basis.startswith("calibrated")
+
+
+def test_band_file_matches_the_committed_benchmark_results():
+    """The shipped band is what the committed run of benchmarks/published_speed.py measured (rerun it with
+    --write-band after changing the model or the rows)."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    res = json.loads((root / "benchmarks" / "results" / "published_speed.json").read_text())
+    band = json.loads(bands.BAND_FILE.read_text())
+    plain = [r for r in res["rows"] if r["status"] == "ok" and not r["special"]]
+    for kind, rows in (("single_gpu", [r for r in plain if r["gpus"] == 1]),
+                       ("multi_gpu", [r for r in plain if r["gpus"] > 1])):
+        ratios = sorted(r["ratio"] for r in rows)
+        n = len(ratios)
+        assert band[kind]["rows"] == n > 0
+        assert band[kind]["p10"] == pytest.approx(ratios[int(round(0.1 * (n - 1)))])
+        assert band[kind]["p90"] == pytest.approx(ratios[int(round(0.9 * (n - 1)))])
