@@ -37,7 +37,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from .arch import layer_linears, n_layers_of, resolve_targets
-from .memory.precision import precision
+from .memory.precision import Precision, precision
 from .memory.weights import four_bit_constant_bytes, four_bit_packed_bytes
 from .types import ModelSpec, TrainConfig, spec_by_id, spec_id
 
@@ -151,9 +151,9 @@ def _layer_norms(spec: ModelSpec, tokens: float, hb: int) -> tuple[float, float]
     return nbytes, kernels
 
 
-def layer_elementwise(spec: ModelSpec, cfg: TrainConfig, tokens: float) -> tuple[float, float]:
+def layer_elementwise(spec: ModelSpec, cfg: TrainConfig, tokens: float, prec: Precision | None = None) -> tuple[float, float]:
     """(bytes, kernels) of one layer's elementwise forward work outside the projections and attention."""
-    prec = precision(cfg)
+    prec = prec or precision(cfg)
     hb, cb = prec.hidden, prec.compute
     X = tokens * spec.hidden
     Q = tokens * spec.heads * spec.head_dim
@@ -184,12 +184,18 @@ def layer_elementwise(spec: ModelSpec, cfg: TrainConfig, tokens: float) -> tuple
     return nbytes, kernels
 
 
-def _linear_work(spec: ModelSpec, cfg: TrainConfig, tokens: float, rates: Rates) -> tuple[Work, Work, Work]:
+def _linear_work(spec: ModelSpec, cfg: TrainConfig, tokens: float, rates: Rates,
+                 prec: Precision) -> tuple[Work, Work, Work]:
     """(forward, backward, dequantization per pass) of one full model's decoder projections."""
-    cb = precision(cfg).compute
-    full = cfg.method == "full"
+    return _linear_cached(spec_id(spec), cfg.method == "full", cfg.quant, cfg.double_quant, prec.compute, tokens, rates)
+
+
+@lru_cache(maxsize=4096)
+def _linear_cached(sid: int, full: bool, quant: str, double_quant: bool, cb: int, tokens: float,
+                   rates: Rates) -> tuple[Work, Work, Work]:
+    spec = spec_by_id(sid)
     fwd = bwd = deq = ZERO
-    quant = cfg.quant in ("nf4", "fp4", "int8")
+    quantized = quant in ("nf4", "fp4", "int8")
     for lin in layer_linears(spec):
         n_layers = n_layers_of(spec, lin)
         if lin.count > 1:  # routed experts: each gets ``tokens * top_k / experts`` tokens
@@ -199,52 +205,41 @@ def _linear_work(spec: ModelSpec, cfg: TrainConfig, tokens: float, rates: Rates)
         one = gemm(m, lin.out_features, lin.in_features, cb, rates, copies * n_layers)
         fwd += one
         bwd += one.times(2.0 if full else 1.0)
-        if quant:
+        if quantized:
             w = lin.weight_params
-            stored = (four_bit_packed_bytes(w) + four_bit_constant_bytes(w, cfg.double_quant)
-                      if cfg.quant != "int8" else w + 4 * lin.out_features)  # packed weight and its constants
+            stored = (four_bit_packed_bytes(w) + four_bit_constant_bytes(w, double_quant)
+                      if quant != "int8" else w + 4 * lin.out_features)  # packed weight and its constants
             deq += op(0.0, stored + cb * w, 1, rates).times(copies * n_layers)
     return fwd, bwd, deq
 
 
-def _lora_work(spec: ModelSpec, cfg: TrainConfig, tokens: float, rates: Rates) -> tuple[Work, Work]:
-    """(forward, backward) of every adapter: two skinny GEMMs each, and peft's elementwise work around them."""
-    if not cfg.is_lora:
-        return ZERO, ZERO
-    prec = precision(cfg)
-    cb, hb = prec.compute, prec.hidden
-    r = cfg.lora_rank
-    fwd = bwd = ZERO
-    for lin in resolve_targets(spec, cfg.lora_targets):
-        n = n_layers_of(spec, lin) * (lin.count if lin.count > 1 else 1)
-        m = tokens * spec.experts_per_token / lin.count if lin.count > 1 else tokens
-        a = gemm(m, r, lin.in_features, cb, rates)
-        b = gemm(m, lin.out_features, r, cb, rates)
-        xin = m * lin.in_features
-        xout = m * lin.out_features
-        in_bytes = (hb + 4) * xin if prec.lora_recast else 0.0  # peft casts x to the adapter dtype (fp32)
-        kern = 1 if prec.lora_recast else 0
-        xb = 4 if prec.lora_recast else hb
-        if cfg.lora_dropout > 0:
-            in_bytes += (2 * xb + prec.dropout_mask) * xin
-            kern += 1
-        if xb != cb and cfg.autocast:
-            in_bytes += (xb + cb) * xin  # autocast's copy for lora_A
-            kern += 1
-        out_bytes = (2 * cb + 3 * max(cb, hb if prec.quantized else cb)) * xout  # scaling, add into the output
-        ew = op(0.0, in_bytes + out_bytes, kern + 2, rates)
-        f = a + b + ew
-        fwd += f.times(n)
-        # input and weight gradients of both adapters; the elementwise backward
-        bwd += (a.times(2) + b.times(2) + ew.times(ELEMENTWISE_BWD)).times(n)
-    return fwd, bwd
+@lru_cache(maxsize=16_384)
+def _one_adapter(fin: int, fout: int, r: int, m: float, cb: int, hb: int, recast: bool, dropout: bool, mask: int,
+                 autocast: bool, quantized: bool, rates: Rates) -> tuple[Work, Work]:
+    """(forward, backward) of one adapter on ``m`` tokens."""
+    a = gemm(m, r, fin, cb, rates)
+    b = gemm(m, fout, r, cb, rates)
+    xin, xout = m * fin, m * fout
+    in_bytes = (hb + 4) * xin if recast else 0.0  # peft casts x to the adapter dtype (fp32)
+    kern = 1 if recast else 0
+    xb = 4 if recast else hb
+    if dropout:
+        in_bytes += (2 * xb + mask) * xin
+        kern += 1
+    if xb != cb and autocast:
+        in_bytes += (xb + cb) * xin  # autocast's copy for lora_A
+        kern += 1
+    out_bytes = (2 * cb + 3 * max(cb, hb if quantized else cb)) * xout  # scaling, add into the output
+    ew = op(0.0, in_bytes + out_bytes, kern + 2, rates)
+    # backward: input and weight gradients of both adapters; the elementwise backward
+    return a + b + ew, a.times(2) + b.times(2) + ew.times(ELEMENTWISE_BWD)
 
 
-def _attention_work(spec: ModelSpec, cfg: TrainConfig, rates: Rates) -> tuple[Work, Work]:
+def _attention_work(spec: ModelSpec, cfg: TrainConfig, rates: Rates, prec: Precision) -> tuple[Work, Work]:
     """(forward, backward) of one micro-batch's attention over all layers."""
     b, s = cfg.micro_batch, cfg.seq_len
     a, kv, d = spec.heads, spec.kv_heads, spec.head_dim
-    cb = precision(cfg).compute
+    cb = prec.compute
     L = spec.layers
     if cfg.attention in ("sdpa", "flash_attention_2"):
         flops = 4.0 * b * s * s * a * d * 0.5  # causal: half the score matrix
@@ -264,9 +259,8 @@ def _attention_work(spec: ModelSpec, cfg: TrainConfig, rates: Rates) -> tuple[Wo
     return fwd.times(L), bwd.times(L)
 
 
-def _loss_work(spec: ModelSpec, cfg: TrainConfig, tokens: float, rates: Rates) -> tuple[Work, Work]:
+def _loss_work(spec: ModelSpec, cfg: TrainConfig, tokens: float, rates: Rates, prec: Precision) -> tuple[Work, Work]:
     """(forward, backward) of ``lm_head`` and the cross-entropy over ``tokens x V`` logits."""
-    prec = precision(cfg)
     cb = prec.compute
     V = spec.vocab
     head = gemm(tokens, V, spec.hidden, cb, rates)
@@ -292,52 +286,114 @@ class MicroBatch(NamedTuple):
 
 def micro_batch_pieces(spec: ModelSpec, cfg: TrainConfig, rates: Rates) -> MicroBatch:
     """A micro-batch's forward, backward and (under checkpointing) recompute, by piece."""
-    return _cached(spec_id(spec), _key(cfg), rates)
+    p = _parts(spec_id(spec), _key(cfg), rates)
+    lora_f, lora_b = _lora(spec, cfg, p, rates)
+    gc = cfg.gradient_checkpointing
+    return MicroBatch({
+        "linear": p.lin_f + p.lin_b,
+        "attention": p.att_f + p.att_b,
+        "lora": lora_f + lora_b,
+        "dequant": p.deq.times(3 if gc else 2),
+        "elementwise": p.ew_f + p.ew_b,
+        "recompute": (p.lin_f + p.att_f + lora_f + p.ew_f) if gc else ZERO,
+        "loss": p.loss_f + p.loss_b,
+        "embedding": p.emb,
+    })
+
+
+def micro_batch_seconds(spec: ModelSpec, cfg: TrainConfig, rates: Rates) -> float:
+    """``micro_batch_pieces(...).seconds`` without building the pieces (the search's hot loop)."""
+    lora = (cfg.lora_rank, cfg.lora_targets, cfg.lora_dropout > 0) if cfg.is_lora else None
+    return _seconds(spec_id(spec), _key(cfg), lora, cfg.gradient_checkpointing, rates)
+
+
+@lru_cache(maxsize=65_536)
+def _seconds(sid: int, key: tuple[object, ...], lora: tuple[int, tuple[str, ...], bool] | None, gc: bool,
+             rates: Rates) -> float:
+    p = _parts(sid, key, rates)
+    lora_f = lora_b = ZERO
+    if lora is not None:
+        lora_f, lora_b = _lora_cached(sid, lora[0], lora[1], p.tokens, p.prec, lora[2], bool(key[4]), rates)
+    if gc:
+        return p.base_s + lora_f.seconds + lora_b.seconds + 3 * p.deq.seconds + p.recompute_s + lora_f.seconds
+    return p.base_s + lora_f.seconds + lora_b.seconds + 2 * p.deq.seconds
+
+
+def _lora(spec: ModelSpec, cfg: TrainConfig, p: _Parts, rates: Rates) -> tuple[Work, Work]:
+    if not cfg.is_lora:
+        return ZERO, ZERO
+    return _lora_cached(spec_id(spec), cfg.lora_rank, cfg.lora_targets, p.tokens, p.prec, cfg.lora_dropout > 0,
+                        cfg.autocast, rates)
+
+
+class _Parts(NamedTuple):
+    """A micro-batch's work apart from the adapters (which depend on rank and targets: ``_lora_cached``)."""
+
+    tokens: float
+    prec: Precision
+    lin_f: Work
+    lin_b: Work
+    deq: Work  # one pass
+    att_f: Work
+    att_b: Work
+    ew_f: Work
+    ew_b: Work
+    loss_f: Work
+    loss_b: Work
+    emb: Work
+    base_s: float  # every piece's seconds but the adapters', dequantization's and the recompute
+    recompute_s: float  # the recompute without the adapters'
+
+
+# the knobs these parts depend on (rank, targets and dropout only change the adapters' work; gradient
+# checkpointing only how the parts add up)
+_KEY_FIELDS = ("method", "quant", "double_quant", "prepare_kbit", "autocast", "micro_batch", "seq_len", "attention",
+               "loss_impl", "compute_dtype", "sharding", "num_gpus")
 
 
 def _key(cfg: TrainConfig) -> tuple[object, ...]:
-    return (cfg.method, cfg.quant, cfg.double_quant, cfg.prepare_kbit, cfg.autocast, cfg.lora_rank, cfg.lora_targets,
-            cfg.lora_dropout, cfg.micro_batch, cfg.seq_len, cfg.gradient_checkpointing, cfg.attention,
-            cfg.loss_impl, cfg.compute_dtype, cfg.sharding if cfg.is_fsdp or cfg.is_zero else None,
-            cfg.num_gpus if cfg.is_fsdp or cfg.is_zero else 1)
-
-
-_KEY_FIELDS = ("method", "quant", "double_quant", "prepare_kbit", "autocast", "lora_rank", "lora_targets",
-               "lora_dropout", "micro_batch", "seq_len", "gradient_checkpointing", "attention", "loss_impl",
-               "compute_dtype", "sharding", "num_gpus")
+    sharded = cfg.is_fsdp or cfg.is_zero
+    return (cfg.method, cfg.quant, cfg.double_quant, cfg.prepare_kbit, cfg.autocast, cfg.micro_batch, cfg.seq_len,
+            cfg.attention, cfg.loss_impl, cfg.compute_dtype, cfg.sharding if sharded else None,
+            cfg.num_gpus if sharded else 1)
 
 
 @lru_cache(maxsize=32_768)
-def _cached(sid: int, key: tuple[object, ...], rates: Rates) -> MicroBatch:
+def _parts(sid: int, key: tuple[object, ...], rates: Rates) -> _Parts:
     cfg = TrainConfig(**dict(zip(_KEY_FIELDS, key, strict=True)))  # type: ignore[arg-type]
-    return _micro(spec_by_id(sid), cfg, rates)
-
-
-def _micro(spec: ModelSpec, cfg: TrainConfig, rates: Rates) -> MicroBatch:
+    spec = spec_by_id(sid)
     tokens = float(cfg.micro_batch * cfg.seq_len)
-    lin_f, lin_b, deq = _linear_work(spec, cfg, tokens, rates)
-    lora_f, lora_b = _lora_work(spec, cfg, tokens, rates)
-    att_f, att_b = _attention_work(spec, cfg, rates)
-    ew_bytes, ew_kernels = layer_elementwise(spec, cfg, tokens)
+    prec = precision(cfg)
+    lin_f, lin_b, deq = _linear_work(spec, cfg, tokens, rates, prec)
+    att_f, att_b = _attention_work(spec, cfg, rates, prec)
+    ew_bytes, ew_kernels = layer_elementwise(spec, cfg, tokens, prec)
     ew_f = op(0.0, ew_bytes, ew_kernels, rates).times(spec.layers)
     ew_b = op(0.0, ELEMENTWISE_BWD * ew_bytes, 2 * ew_kernels, rates).times(spec.layers)
-    loss_f, loss_b = _loss_work(spec, cfg, tokens, rates)
-    hb = precision(cfg).hidden
+    loss_f, loss_b = _loss_work(spec, cfg, tokens, rates, prec)
+    hb = prec.hidden
     emb = op(0.0, 2 * hb * tokens * spec.hidden, 1, rates)
-    emb_b = op(0.0, 4 * spec.vocab * spec.hidden + 2 * hb * tokens * spec.hidden, 2, rates) if cfg.method == "full" else ZERO
-    passes = 3 if cfg.gradient_checkpointing else 2
-    pieces = {
-        "linear": lin_f + lin_b,
-        "attention": att_f + att_b,
-        "lora": lora_f + lora_b,
-        "dequant": deq.times(passes),
-        "elementwise": ew_f + ew_b,
-        "recompute": (lin_f + att_f + lora_f + ew_f) if cfg.gradient_checkpointing else ZERO,
-        "loss": loss_f + loss_b,
-        "embedding": emb + emb_b,
-    }
-    return MicroBatch(pieces)
+    if cfg.method == "full":  # the embedding's gradient: scattered into a dense table
+        emb += op(0.0, 4 * spec.vocab * spec.hidden + 2 * hb * tokens * spec.hidden, 2, rates)
+    base = sum(w.seconds for w in (lin_f, lin_b, att_f, att_b, ew_f, ew_b, loss_f, loss_b, emb))
+    recompute = lin_f.seconds + att_f.seconds + ew_f.seconds
+    return _Parts(tokens, prec, lin_f, lin_b, deq, att_f, att_b, ew_f, ew_b, loss_f, loss_b, emb, base, recompute)
+
+
+@lru_cache(maxsize=16_384)
+def _lora_cached(sid: int, rank: int, targets: tuple[str, ...], tokens: float, prec: Precision, dropout: bool,
+                 autocast: bool, rates: Rates) -> tuple[Work, Work]:
+    spec = spec_by_id(sid)
+    fwd = bwd = ZERO
+    for lin in resolve_targets(spec, targets):
+        n = n_layers_of(spec, lin) * (lin.count if lin.count > 1 else 1)
+        m = tokens * spec.experts_per_token / lin.count if lin.count > 1 else tokens
+        f, b = _one_adapter(lin.in_features, lin.out_features, rank, m, prec.compute, prec.hidden, prec.lora_recast,
+                            dropout, prec.dropout_mask, autocast, prec.quantized, rates)
+        fwd += f.times(n)
+        bwd += b.times(n)
+    return fwd, bwd
 
 
 def clear_cache() -> None:
-    _cached.cache_clear()
+    for f in (_seconds, _parts, _linear_cached, _lora_cached, _one_adapter):
+        f.cache_clear()

@@ -44,7 +44,7 @@ from .memory.params import numel, trainable_tensors
 from .memory.precision import precision
 from .memory.sharding import ranks
 from .memory.weights import four_bit_constant_bytes, four_bit_packed_bytes
-from .ops import MicroBatch, Rates, micro_batch_pieces
+from .ops import MicroBatch, Rates, micro_batch_pieces, micro_batch_seconds
 from .types import GPUSpec, ModelSpec, TimeEstimate, TrainConfig, spec_id
 
 
@@ -203,29 +203,30 @@ class _Step(NamedTuple):
     tokens: int  # per optimizer step, all GPUs
     seconds: float
     flops_per_token: float
-    micro: MicroBatch
+    micro: MicroBatch | None  # None from the search's fast path (pieces=False)
     optimizer: float
     accumulate: float
     comm: float
 
 
-def _step_parts(spec: ModelSpec, cfg: TrainConfig, rate: _Rate, opt_bytes: float) -> _Step:
+def _step_parts(spec: ModelSpec, cfg: TrainConfig, rate: _Rate, opt_bytes: float, pieces: bool = True) -> _Step:
     """One optimizer step: ``grad_accum`` micro-batches (``ops.micro_batch_pieces``), the gradient additions
     between them, the optimizer step and the communication left after overlap; seconds."""
     bw = rate.bandwidth_gbs * 1e9
     assert rate.tflops is not None
-    micro = micro_batch_pieces(spec, cfg, Rates(rate.tflops * 1e12, bw))
+    rates = Rates(rate.tflops * 1e12, bw)
+    micro = micro_batch_pieces(spec, cfg, rates) if pieces else None
+    micro_s = micro_batch_seconds(spec, cfg, rates)  # one sum for both paths: the search ranks what is shown
     fpt, _, _, n_train = work_per_token(spec, cfg)
     shard = ranks(cfg)
     host_optimizer = cfg.offload != "none" and cfg.num_gpus > 1
     optimizer = 0.0 if host_optimizer else opt_bytes / shard / bw
     # autograd adds each micro-batch's gradients into .grad after the first (read both, write one)
-    accumulate = (cfg.grad_accum - 1) * 3 * precision(cfg).trainable * n_train / shard / bw
+    accumulate = (cfg.grad_accum - 1) * 3 * precision(cfg).trainable * n_train / shard / bw if cfg.grad_accum > 1 else 0.0
     comm = 0.0
     if cfg.num_gpus > 1:
-        comm = comm_seconds(_traffic(spec, cfg, n_train, opt_bytes), micro.seconds, cfg.grad_accum, rate.nvlink,
-                            cfg.nodes)
-    step = cfg.grad_accum * micro.seconds + optimizer + accumulate + comm
+        comm = comm_seconds(_traffic(spec, cfg, n_train, opt_bytes), micro_s, cfg.grad_accum, rate.nvlink, cfg.nodes)
+    step = cfg.grad_accum * micro_s + optimizer + accumulate + comm
     tokens_step = cfg.micro_batch * cfg.seq_len * cfg.grad_accum * cfg.num_gpus
     return _Step(tokens_step, step, fpt, micro, optimizer, accumulate, comm)
 
@@ -281,7 +282,7 @@ def tokens_per_s(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_byt
     rate = _rate(gpu, cfg)
     if rate is None or rate.tflops is None:
         return None
-    st = _step_parts(spec, cfg, rate, opt_bytes)
+    st = _step_parts(spec, cfg, rate, opt_bytes, pieces=False)
     return st.tokens / st.seconds
 
 
@@ -293,6 +294,7 @@ def step_time(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, opt_bytes:
     if rate is None or rate.tflops is None:  # ranking_basis() says what the search ranks by instead
         return None
     st = _step_parts(spec, cfg, rate, opt_bytes)
+    assert st.micro is not None
     if st.seconds <= 0:
         raise FtplanError("step time is zero: check the model and GPU figures")
     notes = [f"by operation from the {rate.source} rate; {rate.rate_note}"]

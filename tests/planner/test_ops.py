@@ -135,3 +135,16 @@ def test_more_tokens_never_take_less_time(tiny, mb, seq, gc, method):
                                       gradient_checkpointing=not gc), rates).seconds
     assert b >= a
     assert (c >= a) if not gc else (c <= a)  # checkpointing never makes a micro-batch faster
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mb=st.integers(1, 8), gc=st.booleans(), method=st.sampled_from(["full", "lora", "qlora"]),
+       rank=st.sampled_from([4, 16, 64]), dropout=st.sampled_from([0.0, 0.05]))
+def test_fast_seconds_equal_the_pieces(tiny, mb, gc, method, rank, dropout):
+    """The search ranks by ``micro_batch_seconds`` (cached, no pieces); the estimate shows the pieces."""
+    from ftplan.planner.ops import micro_batch_seconds
+
+    cfg = _cfg(method=method, quant="nf4" if method == "qlora" else "bf16", micro_batch=mb, gradient_checkpointing=gc,
+               lora_rank=rank, lora_dropout=dropout)
+    rates = Rates(50e12, 5e11)
+    assert micro_batch_seconds(tiny, cfg, rates) == pytest.approx(micro_batch_pieces(tiny, cfg, rates).seconds, rel=1e-12)
