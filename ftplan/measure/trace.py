@@ -17,7 +17,10 @@ operator (a fused kernel's workspace) are invisible, and 8-bit (LLM.int8) bases 
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import FtplanError
@@ -56,8 +59,11 @@ def _fakeify(model, fake_mode) -> None:
         fake_quant_state(getattr(mod, "traced_state", None), fake)
 
 
-def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = None, **knobs: Any) -> dict[str, Any]:
-    """Trace ``steps`` training steps of the full-size model; returns the ``profile``-shaped dict."""
+def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = None, modes: Sequence[Any] = (),
+          **knobs: Any) -> dict[str, Any]:
+    """Trace ``steps`` training steps of the full-size model; returns the ``profile``-shaped dict. ``modes``:
+    more dispatch modes (context managers) to run the traced steps under, inside the fake mode and the
+    tracker (e.g. an op-by-op runtime estimator)."""
     if steps < 2:
         raise FtplanError(f"steps={steps} must be at least 2 (the first step creates the optimizer state)")
     from ..stack.env import require_stack
@@ -103,7 +109,9 @@ def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = No
     def batch(b, s):
         return torch.randint(0, vocab, (b, s))
 
-    with fake_mode, tracker, unpacked_positions():
+    with fake_mode, tracker, unpacked_positions(), ExitStack() as stack:
+        for mode in modes:
+            stack.enter_context(mode)
         records = run_steps(m, cfg, vocab, "cpu", steps, tracker, make_batch=batch, optimizer=opt)
     out: dict[str, Any] = {"status": "ok", "model": spec.name, "device": "fake", "config": cfg.to_dict(),
                            "memory_source": "live-storage tracker under FakeTensorMode (tensor level)",
