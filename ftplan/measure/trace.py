@@ -17,10 +17,9 @@ operator (a fused kernel's workspace) are invisible, and 8-bit (LLM.int8) bases 
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 
 from ..errors import FtplanError
