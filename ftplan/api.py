@@ -38,6 +38,9 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec | None = None, *, tokens
     trainer decides (its k-bit preparation, the standard loss where it cannot run the chunked one).
     ``host_ram`` (bytes, or text such as "64GiB"): the host memory of one node; a plan whose offloaded state
     or model loading needs more does not fit (``Estimate.host_bytes`` is always computed).
+    ``Estimate.time`` holds tokens/s with its range (``tokens_per_s_range``: where eight in ten published runs
+    of the kind fell, or a calibration's own spread; ``range_basis`` says which) and the step by piece
+    (``pieces``: seconds and bound); ``Estimate.cost`` the hours and dollars with the same range inverted.
 
     >>> est = estimate("8b", "a100-80gb", method="qlora", micro_batch=1, seq_len=2048)
     >>> est.fits, est.peak_phase
