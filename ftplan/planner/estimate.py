@@ -34,7 +34,7 @@ def optimizer_traffic_bytes(spec: ModelSpec, cfg: TrainConfig) -> float:
 
 
 def _optimizer_traffic(spec: ModelSpec, cfg: TrainConfig) -> float:
-    n = work_per_token(spec, cfg)[3]
+    n = work_per_token(spec, cfg)[1]
     p = precision(cfg).trainable
     state = {"adamw": 2 * p, "adamw_torch": 2 * p, "paged_adamw_32bit": 8, "adamw_8bit": 2,
              "paged_adamw_8bit": 2, "sgd": 0, "adafactor": 1}[cfg.optimizer]

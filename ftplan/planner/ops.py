@@ -25,7 +25,8 @@ The pieces (``PIECES``) and where each formula comes from:
   fp32 inputs; backward moves ``ELEMENTWISE_BWD`` times the forward bytes.
 - ``recompute``: gradient checkpointing runs each layer's forward again in backward.
 - ``loss``: ``lm_head`` (a GEMM; its weight gradient only when it trains) and the cross-entropy over the
-  ``b s V`` logits (fp32 copy, log-softmax, NLL; backward through both).
+  ``b s V`` logits (fp32 copy, log-softmax, NLL; backward through both). The chunked loss does the same
+  GEMMs and passes over the same logits, a chunk at a time: the same time here (it saves memory, not work).
 - ``embedding``: the token lookup and, for full fine-tuning, its sparse-to-dense gradient.
 
 Constants (each with its source): ``LAUNCH_S``, ``GEMM_TAIL_S``, ``ATTN_EFFICIENCY``, ``ELEMENTWISE_BWD``.

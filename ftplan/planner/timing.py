@@ -43,7 +43,6 @@ from .comm import NETWORK_GBS, NVLINK_GBS, PCIE_GBS, Traffic, comm_seconds, traf
 from .memory.params import numel, trainable_tensors
 from .memory.precision import precision
 from .memory.sharding import ranks
-from .memory.weights import four_bit_constant_bytes, four_bit_packed_bytes
 from .ops import MicroBatch, Rates, micro_batch_pieces, micro_batch_seconds
 from .types import GPUSpec, ModelSpec, TimeEstimate, TrainConfig, spec_id
 
@@ -81,31 +80,8 @@ def flops_per_token(spec: ModelSpec, cfg: TrainConfig) -> float:
     return fwd + bwd + recompute
 
 
-def passes(cfg: TrainConfig) -> int:
-    """Weight passes per micro-batch: forward, backward, and the recompute under checkpointing."""
-    return 3 if cfg.gradient_checkpointing else 2
-
-
 def base_linear_weights(spec: ModelSpec) -> int:
     return sum(lin.weight_params * lin.count * n_layers_of(spec, lin) for lin in layer_linears(spec))
-
-
-def dequant_bytes_per_pass(spec: ModelSpec, cfg: TrainConfig) -> float:
-    """Bytes the dequantization kernels move in one pass over the 4-bit/8-bit weights: read the stored
-    weight and constants, write the bf16 copy (``2 B/param``). 0 for 16/32-bit bases."""
-    if cfg.quant in ("nf4", "fp4"):
-        stored = sum((four_bit_packed_bytes(lin.weight_params) + four_bit_constant_bytes(lin.weight_params, cfg.double_quant))
-                     * lin.count * n_layers_of(spec, lin) for lin in layer_linears(spec))
-        return stored + 2.0 * base_linear_weights(spec)
-    if cfg.quant == "int8":
-        return 3.0 * base_linear_weights(spec)
-    return 0.0
-
-
-def weight_read_bytes_per_pass(spec: ModelSpec, cfg: TrainConfig) -> float:
-    """The matmuls' own weight reads per pass (bf16 copy for quantized bases)."""
-    b = 4 if cfg.quant == "fp32" else 2
-    return float(b) * base_linear_weights(spec)
 
 
 # Achievable / datasheet where a GPU carries no ratio of its own (a GPU built outside the catalog): a large
@@ -168,21 +144,19 @@ def compute_rate(gpu: GPUSpec, dtype: str) -> tuple[float | None, str, str]:
     return None, f"no {dtype} tensor rate in the catalog", BASIS_BANDWIDTH
 
 
-# key: (spec_id, method, quant, double_quant, lora_rank, lora_targets, seq_len, gradient_checkpointing)
-_WORK_CACHE: dict[tuple[int, str, str, bool, int, tuple[str, ...], int, bool], tuple[float, float, float, float]] = {}
+# key: (spec_id, method, quant, lora_rank, lora_targets, seq_len, gradient_checkpointing)
+_WORK_CACHE: dict[tuple[int, str, str, int, tuple[str, ...], int, bool], tuple[float, float]] = {}
 
 
-def work_per_token(spec: ModelSpec, cfg: TrainConfig) -> tuple[float, float, float, float]:
-    """(FLOPs per token, weight-read bytes per pass, dequantization bytes per pass, trainable elements),
-    cached on the knobs they depend on."""
-    key = (spec_id(spec), cfg.method, cfg.quant, cfg.double_quant, cfg.lora_rank, cfg.lora_targets, cfg.seq_len,
+def work_per_token(spec: ModelSpec, cfg: TrainConfig) -> tuple[float, float]:
+    """(model FLOPs per token, trainable elements), cached on the knobs they depend on."""
+    key = (spec_id(spec), cfg.method, cfg.quant, cfg.lora_rank, cfg.lora_targets, cfg.seq_len,
            cfg.gradient_checkpointing)
     w = _WORK_CACHE.get(key)
     if w is None:
         if len(_WORK_CACHE) > 100_000:
             _WORK_CACHE.clear()
-        w = _WORK_CACHE[key] = (flops_per_token(spec, cfg), weight_read_bytes_per_pass(spec, cfg),
-                                dequant_bytes_per_pass(spec, cfg), float(numel(trainable_tensors(spec, cfg))))
+        w = _WORK_CACHE[key] = (flops_per_token(spec, cfg), float(numel(trainable_tensors(spec, cfg))))
     return w
 
 
@@ -217,7 +191,7 @@ def _step_parts(spec: ModelSpec, cfg: TrainConfig, rate: _Rate, opt_bytes: float
     rates = Rates(rate.tflops * 1e12, bw)
     micro = micro_batch_pieces(spec, cfg, rates) if pieces else None
     micro_s = micro_batch_seconds(spec, cfg, rates)  # one sum for both paths: the search ranks what is shown
-    fpt, _, _, n_train = work_per_token(spec, cfg)
+    fpt, n_train = work_per_token(spec, cfg)
     shard = ranks(cfg)
     host_optimizer = cfg.offload != "none" and cfg.num_gpus > 1
     optimizer = 0.0 if host_optimizer else opt_bytes / shard / bw
