@@ -219,7 +219,6 @@ def stage_accuracy(ctx: Ctx, budget: Budget) -> dict:
 
 
 def stage_fsdp(ctx: Ctx, budget: Budget) -> dict:
-    import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore
