@@ -46,8 +46,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 # (stage, budget in seconds): 480 s = 8 minutes in all
-STAGES: tuple[tuple[str, float], ...] = (("env", 10), ("rates", 30), ("accuracy", 200), ("fsdp", 60),
-                                         ("autotune", 150), ("train", 30))
+STAGES: tuple[tuple[str, float], ...] = (("env", 10), ("rates", 30), ("accuracy", 185), ("fsdp", 60),
+                                         ("autotune", 150), ("train", 45))
+# seconds a configuration of the accuracy grid needs left before it starts (a 70B build quantizes 70B weights)
+NEEDS_S = {"70b": 90.0, "8b": 20.0}
 TOTAL_BUDGET_S = 480
 
 
@@ -183,7 +185,7 @@ def stage_accuracy(ctx: Ctx, budget: Budget) -> dict:
     rows, done = [], 0
     grid = accuracy_grid(ctx, total)
     for model, kn in grid:
-        if budget.left() < 8:
+        if budget.left() < NEEDS_S.get(model, 8.0):
             break
         m = ctx.model(model)
         rec: dict[str, Any] = {"model": model, "knobs": kn}
@@ -294,8 +296,8 @@ def stage_autotune(ctx: Ctx, budget: Budget) -> dict:
             "--trials", "3" if ctx.dry else "6", "--steps", "2", "--json", "--runs-dir", str(ctx.work / "runs"),
             "--study", "gpu-check", "--seq-len", "64" if ctx.dry else "2048",
             "--device", ctx.device, "--trial-timeout", "120" if ctx.dry else "90"]
-    if not ctx.dry:
-        args += ["--gpu", ctx.gpu_key, "--max-memory", "60GiB"]
+    if not ctx.dry:  # stop starting trials in time for the study to finish and write its winner
+        args += ["--gpu", ctx.gpu_key, "--max-memory", "60GiB", "--time-budget", f"{max(10, int(budget.left() - 45))}s"]
     r = _ftplan(args, budget.left() - 5, env={"FTPLAN_TUNE_FAULT": "oom@2"})
     out: dict[str, Any] = {"command": "ftplan " + " ".join(args), "fault": "FTPLAN_TUNE_FAULT=oom@2",
                            "status": r["status"], "seconds": r["seconds"]}
