@@ -268,8 +268,55 @@ def stage_fsdp(ctx: Ctx, budget: Budget) -> dict:
         _free(ctx.device)
     meas = {k: res.get(k) for k in ("peak_allocated_bytes", "peak_reserved_bytes", "device_bytes", "peak_phase",
                                     "phase_peaks", "tokens_per_s")}
-    return {"model": model, "knobs": kn, "predicted": _estimate_figures(est), "measured": meas,
-            "note": "rank 0 of 2 over the fake process group: real allocations, no communication"}
+    out = {"model": model, "knobs": kn, "predicted": _estimate_figures(est), "measured": meas,
+           "note": "rank 0 of 2 over the fake process group: real allocations, no communication"}
+    if ctx.device == "cuda" and budget.left() > 25:
+        try:  # FSDP1 (most published multi-GPU figures): accelerate's FSDP plugin refuses the CPU, so only here
+            out["fsdp1"] = _fsdp1_rank(model, spec, cfg, ctx.device)
+        except Exception as e:  # noqa: BLE001 - recorded; FSDP2's figures above stand
+            out["fsdp1"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+    else:
+        out["fsdp1"] = {"skipped": "FSDP1 runs on CUDA only" if ctx.device != "cuda" else "budget"}
+    return out
+
+
+def _fsdp1_rank(model: str, spec, cfg, device: str) -> dict:
+    """Rank 0 of a 2-rank FSDP1 run as accelerate's FSDP plugin wraps it (full shard, a unit per decoder
+    layer, bf16 mixed precision, ``use_orig_params`` for the frozen base, ``limit_all_gathers``), over the
+    fake process group: allocated and reserved per phase."""
+    import functools
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from ftplan.measure.profile import summarize
+    from ftplan.measure.step import run_steps
+    from ftplan.stack.build import build_model
+    from ftplan.stack.optim import make_optimizer
+
+    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
+    try:
+        m = build_model(model, spec, cfg, device, synthetic=True)
+        layer_cls = {type(mod) for mod in m.modules() if type(mod).__name__.endswith("DecoderLayer")}
+        bf16 = torch.bfloat16
+        net = FSDP(m, auto_wrap_policy=functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layer_cls),
+                   sharding_strategy=ShardingStrategy.FULL_SHARD, use_orig_params=True, limit_all_gathers=True,
+                   mixed_precision=MixedPrecision(param_dtype=bf16, reduce_dtype=bf16, buffer_dtype=bf16),
+                   device_id=torch.cuda.current_device())
+        _free(device)
+        opt = make_optimizer(cfg.optimizer, [p for p in net.parameters() if p.requires_grad], device)
+        vocab = m.get_input_embeddings().weight.shape[0]
+        records = run_steps(net, cfg, vocab, device, 3, None, optimizer=opt, no_sync=net.no_sync)
+        res = summarize(records)
+    finally:
+        dist.destroy_process_group()
+        _free(device)
+    return {k: res.get(k) for k in ("peak_allocated_bytes", "peak_reserved_bytes", "device_bytes", "peak_phase",
+                                    "phase_peaks")}
 
 
 def _ftplan(args: list[str], timeout: float, env: dict | None = None, cwd: Path | None = None) -> dict:
