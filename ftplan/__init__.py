@@ -12,8 +12,10 @@ from __future__ import annotations
 from ._version import __version__
 from .api import estimate, get_gpu, get_model, plan, plan_search, suggest
 from .errors import FtplanError, UnknownNameError
+from .inverse import max_batch, max_seq_len
 from .planner.types import Calibration, CostEstimate, Estimate, GiB, GPUSpec, MiB, ModelSpec, Plan, TimeEstimate, TrainConfig
 
-__all__ = ["__version__", "estimate", "plan", "plan_search", "suggest", "get_gpu", "get_model", "FtplanError",
+__all__ = ["__version__", "estimate", "plan", "plan_search", "suggest", "max_seq_len", "max_batch", "get_gpu",
+           "get_model", "FtplanError",
            "UnknownNameError", "Estimate", "Plan", "TrainConfig", "ModelSpec", "GPUSpec", "TimeEstimate",
            "CostEstimate", "Calibration", "GiB", "MiB"]

@@ -57,6 +57,8 @@ def fit_callback(
     calibration: bool = typer.Option(True, "--calibration/--no-calibration", help="apply the factors `ftplan autotune` measured for this GPU, library versions and model size (the output says which) [default: on]"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
     trace: bool = typer.Option(False, "--trace", help="also trace the recommended configuration at full size on the CPU (FakeTensorMode; needs torch, transformers, peft, bitsandbytes; seconds to a minute)"),
+    max_seq_len: bool = typer.Option(False, "--max-seq-len", help="the longest sequence that fits, per method (QLoRA, LoRA, full) with and without checkpointing, at micro-batch 1"),
+    max_batch: bool = typer.Option(False, "--max-batch", help="the largest micro-batch that fits at --seq-len, per method with and without checkpointing"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
 ) -> None:
     """Will this fine-tune fit, how should it be configured, how long will it take, what will it cost?
@@ -80,6 +82,12 @@ def fit_callback(
             from ..errors import FtplanError
 
             raise FtplanError(f"--top={top} must be at least 1")
+        if max_seq_len or max_batch:
+            _inverse(model, gpu, max_seq_len, json_out, margin=margin, gpu_file=gpu_file, calibrate=calibration,
+                     handoff=handoff, method=method, quant=quant, double_quant=double_quant, lora_rank=rank,
+                     lora_alpha=alpha, lora_targets=targets, lora_dropout=lora_dropout, micro_batch=micro_batch,
+                     seq_len=seq_len, gradient_checkpointing=grad_ckpt, optimizer=optimizer, attention=attention,
+                     loss_impl=loss, num_gpus=gpus, sharding=sharding, offload=offload, nodes=nodes)
         result = run_fit(model, gpu, objective=objective, tokens=tokens, epochs=epochs, price=price, margin=margin,
                          top=top, gpu_file=gpu_file, spot_discount=spot_discount, calibrate=calibration,
                          handoff=handoff, host_ram=host_ram, method=method, quant=quant,
@@ -109,6 +117,27 @@ def fit_callback(
             est = ftplan.estimate(result.model, result.gpu, **_traced_knobs(c)).to_dict()
             typer.echo(trace_text(traced, est))
     raise typer.Exit(0 if result.fits else 1)
+
+
+def _inverse(model: str, gpu: str, seq: bool, json_out: bool, **kw) -> None:
+    """``--max-seq-len`` / ``--max-batch``: the table, then exit 0 (1 when nothing fits at all)."""
+    from .. import inverse
+    from ..errors import FtplanError
+    from ..fit.text import dumps, inverse_text
+    from ..profiles.gpus import get_gpu
+
+    what = "max_seq_len" if seq else "max_batch"
+    if seq and kw.get("seq_len") is not None:
+        raise FtplanError("--max-seq-len searches the sequence length: drop --seq-len")
+    if not seq and kw.get("micro_batch") is not None:
+        raise FtplanError("--max-batch searches the micro-batch: drop --micro-batch")
+    g = get_gpu(gpu, kw.get("gpu_file"))
+    rows = (inverse.context_table if seq else inverse.batch_table)(model, g, **kw)
+    if json_out:
+        echo_json(dumps({"question": what, "model": model, "gpu": g.key, "rows": [r.to_dict() for r in rows]}))
+    else:
+        typer.echo(inverse_text(model, g, what, rows, kw.get("seq_len")))
+    raise typer.Exit(0 if any(r.value for r in rows) else 1)
 
 
 def _trace_plan(model: str, plan) -> dict:

@@ -297,3 +297,35 @@ def fit_json(r: FitResult) -> dict[str, Any]:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, default=str)
+
+
+def inverse_text(model: str, gpu: GPUSpec, what: str, rows: list, seq_len: int | None) -> str:
+    """The ``--max-seq-len`` / ``--max-batch`` table: one row per method and checkpointing setting."""
+    from ..inverse import SEQ_STEP
+
+    seq = what == "max_seq_len"
+    head = (f"The longest sequence that fits {gpu.name} ({gpu.usable_gib:.2f} GiB usable), micro-batch 1, "
+            f"in steps of {SEQ_STEP} tokens:" if seq else
+            f"The largest micro-batch that fits {gpu.name} ({gpu.usable_gib:.2f} GiB usable) at "
+            f"{seq_len or 2048} tokens:")
+    out = [f"{model}: {head}", "",
+           f"  {'method':<8}{'checkpointing':<15}{'longest' if seq else 'largest':>10}  {'GiB':>7}  configuration"]
+    for r in rows:
+        gc = "on" if r.gradient_checkpointing else "off"
+        if r.value is None:
+            out.append(f"  {r.method:<8}{gc:<15}{'-':>10}  {'':>7}  does not fit even at "
+                       f"{SEQ_STEP if seq else 1} {'tokens' if seq else 'sequence'}")
+            continue
+        c, e = r.plan.config, r.plan.estimate
+        val = f"{r.value:,}" + ("+" if r.at_limit else "")
+        conf = f"{c.quant}{'+dq' if c.double_quant and c.quant in ('nf4', 'fp4') else ''}, {c.optimizer}, {c.loss_impl} loss"
+        if not seq:
+            conf = f"{conf}, {c.attention}"
+        out.append(f"  {r.method:<8}{gc:<15}{val:>10}  {gib(e.device_bytes):>7}  {conf}")
+    limit = any(r.at_limit for r in rows)
+    out.append("")
+    if limit:
+        out.append("+ the model's own context limit (max_position_embeddings) or the search's cap, not memory, stopped it.")
+    out.append("Each answer fits with the safety margin and one step more does not (the same search as the fit "
+               "command; other knobs searched). Memory figures are analytical (see the fit command's breakdown).")
+    return "\n".join(out)
