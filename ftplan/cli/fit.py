@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from ..planner.search import DEFAULT_MARGIN
+from ..units import parse_count
 from ._common import echo_json, user_errors
 
 
@@ -59,6 +60,8 @@ def fit_callback(
     trace: bool = typer.Option(False, "--trace", help="also trace the recommended configuration at full size on the CPU (FakeTensorMode; needs torch, transformers, peft, bitsandbytes; seconds to a minute)"),
     max_seq_len: bool = typer.Option(False, "--max-seq-len", help="the longest sequence that fits, per method (QLoRA, LoRA, full) with and without checkpointing, at micro-batch 1"),
     max_batch: bool = typer.Option(False, "--max-batch", help="the largest micro-batch that fits at --seq-len, per method with and without checkpointing"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="with --gpu any: the most the job may cost, in dollars"),
+    deadline: Optional[str] = typer.Option(None, "--deadline", help="with --gpu any: the longest the job may take: 12h, 90m, 2d"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
 ) -> None:
     """Will this fine-tune fit, how should it be configured, how long will it take, what will it cost?
@@ -82,6 +85,19 @@ def fit_callback(
             from ..errors import FtplanError
 
             raise FtplanError(f"--top={top} must be at least 1")
+        if gpu.strip().lower() == "any":
+            _any_gpu(model, json_out, top, tokens=parse_count(tokens, "--tokens") if tokens else None, epochs=epochs,
+                     budget=budget, deadline=deadline, objective=objective, margin=margin, gpu_file=gpu_file,
+                     calibrate=calibration, handoff=handoff, spot_discount=spot_discount, method=method, quant=quant,
+                     double_quant=double_quant, lora_rank=rank, lora_alpha=alpha, lora_targets=targets,
+                     lora_dropout=lora_dropout, micro_batch=micro_batch, seq_len=seq_len,
+                     effective_batch=effective_batch, grad_accum=grad_accum, gradient_checkpointing=grad_ckpt,
+                     optimizer=optimizer, attention=attention, loss_impl=loss, num_gpus=gpus if gpus != 1 else None,
+                     sharding=sharding, offload=offload, nodes=nodes, max_gpus=8 * (nodes or 1))
+        if budget is not None or deadline is not None:
+            from ..errors import FtplanError
+
+            raise FtplanError("--budget and --deadline choose among GPUs: use them with --gpu any")
         if max_seq_len or max_batch:
             _inverse(model, gpu, max_seq_len, json_out, margin=margin, gpu_file=gpu_file, calibrate=calibration,
                      handoff=handoff, method=method, quant=quant, double_quant=double_quant, lora_rank=rank,
@@ -117,6 +133,22 @@ def fit_callback(
             est = ftplan.estimate(result.model, result.gpu, **_traced_knobs(c)).to_dict()
             typer.echo(trace_text(traced, est))
     raise typer.Exit(0 if result.fits else 1)
+
+
+def _any_gpu(model: str, json_out: bool, top: int, **kw) -> None:
+    """``--gpu any``: every catalog GPU and count ranked, with the budget and deadline; exit 0 when one meets
+    them, 1 when none does."""
+    from ..anygpu import rank_gpus
+    from ..fit.text import any_gpu_text, dumps
+
+    res = rank_gpus(model, **kw)
+    if json_out:
+        echo_json(dumps({"question": "gpu_any", "model": model, "budget": res.budget, "deadline_hours": res.deadline_hours,
+                         "objective": res.objective, "considered": res.considered, "no_price": res.no_price,
+                         "no_speed": res.no_speed, "options": [o.to_dict() for o in res.options]}))
+    else:
+        typer.echo(any_gpu_text(model, res, max(top, 10)))
+    raise typer.Exit(0 if any(o.meets for o in res.options) else 1)
 
 
 def _inverse(model: str, gpu: str, seq: bool, json_out: bool, **kw) -> None:

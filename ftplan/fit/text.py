@@ -329,3 +329,40 @@ def inverse_text(model: str, gpu: GPUSpec, what: str, rows: list, seq_len: int |
     out.append("Each answer fits with the safety margin and one step more does not (the same search as the fit "
                "command; other knobs searched). Memory figures are analytical (see the fit command's breakdown).")
     return "\n".join(out)
+
+
+def any_gpu_text(model: str, res, top: int) -> str:
+    """The ``--gpu any`` table: the options ranked (those meeting the budget and deadline first)."""
+    want = []
+    if res.budget is not None:
+        want.append(f"at most ${res.budget:,.2f}")
+    if res.deadline_hours is not None:
+        want.append(f"within {res.deadline_hours:,.1f} h")
+    rank = "least cost" if res.objective in ("cost", "quality") else "least time"
+    meet = [o for o in res.options if o.meets]
+    out = [f"{model}: which GPU to rent ({', '.join(want) or 'no budget or deadline given'}); ranked by {rank}. "
+           f"{res.considered} GPU x count options searched, {len(res.options)} fit, {len(meet)} meet the constraints.",
+           "",
+           f"  {'#':>2} {'GPU':<34}{'method':<7}{'time (likely)':>22}{'dollars (likely)':>30}  price, provider, date"]
+    for i, o in enumerate(res.options[:top], 1):
+        c = o.plan.estimate.cost
+        label = (f"{o.count} x " if o.count > 1 else "") + o.gpu.name
+        flag = "" if o.meets else ("  over budget" if not o.meets_budget else "  misses deadline")
+        risk = "" if not o.meets or (o.budget_safe and o.deadline_safe) else "  (its range crosses a limit)"
+        hours = f"{_dur(o.hours)} ({_dur(o.hours_range[0])}-{_dur(o.hours_range[1])})"
+        dollars = f"${o.dollars:,.2f} (${o.dollars_range[0]:,.2f}-${o.dollars_range[1]:,.2f})"
+        price = f"${c.price_per_gpu_hour:.4g}/GPU-h, {c.price_provider}, {c.price_date}" if c else ""
+        out.append(f"  {i:>2} {label[:33]:<34}{o.plan.config.method:<7}{hours:>22}{dollars:>30}  {price}{flag}{risk}")
+    out.append("")
+    if res.no_price:
+        out.append(f"No dated price (not ranked; give prices with --gpu-file): {', '.join(res.no_price)}.")
+    if res.no_speed:
+        out.append(f"No speed model (no tensor rate in the catalog): {', '.join(res.no_speed)}.")
+    out.append("Hours and dollars are estimates with the range eight in ten published runs of the kind fell in; the "
+               "constraints are checked on the estimate, and a note marks options whose range crosses them.")
+    return "\n".join(out)
+
+
+def _dur(h: float) -> str:
+    """Hours as ``12.3h`` or, under an hour, ``42m``."""
+    return f"{h:,.1f}h" if h >= 1 else f"{max(1, round(h * 60))}m"

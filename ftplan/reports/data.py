@@ -112,6 +112,30 @@ MAX_GPUS = 65_536  # the planner's own ceiling (planner.options.UPPER["num_gpus"
 MAX_OPTIONS = 64  # GPU options in one report (each is a plan search; a table finance can read)
 
 
+ANY_OPTIONS = 12  # --gpus any: the options a report shows (the best by time and by cost)
+
+
+def _is_any(gpus: str | list[str]) -> bool:
+    return isinstance(gpus, str) and gpus.strip().lower() == "any"
+
+
+def any_gpus(model: str, tokens: float, epochs: float, knobs: dict[str, Any]) -> list[tuple[str, int]]:
+    """``--gpus any``: the catalog GPUs and counts that fit the job (``ftplan.anygpu.rank_gpus``), the
+    ``ANY_OPTIONS // 2`` fastest and the ``ANY_OPTIONS // 2`` cheapest, each once."""
+    from ..anygpu import rank_gpus
+
+    kn = {k: v for k, v in knobs.items() if v is not None}
+    fast = rank_gpus(model, tokens=tokens, epochs=epochs, objective="throughput", **kn).options
+    cheap = sorted(fast, key=lambda o: (o.dollars, o.hours))
+    out: list[tuple[str, int]] = []
+    for o in [*fast[: ANY_OPTIONS // 2], *cheap[: ANY_OPTIONS // 2]]:
+        if (o.gpu.key, o.count) not in out:
+            out.append((o.gpu.key, o.count))
+    if not out:
+        raise FtplanError("--gpus any: no catalog GPU with a dated price and a speed model fits this job")
+    return out
+
+
 def parse_gpus(text: str | list[str]) -> list[tuple[str, int]]:
     """'rtx4090,2xh100,a100-80gb:4' -> [(key, count)] (a count as 'Nx' before or ':N' after the name);
     unknown names raise with close matches."""
@@ -217,7 +241,7 @@ def build(model: str, gpus: str | list[str], tokens: str | float, *, epochs: flo
     hours_per_week = real("--utilization-hours-per-week", hours_per_week, low=0, low_open=True, high=168)
     tok = parse_count(tokens, "--tokens")
     spec = get_model(model)
-    opts = parse_gpus(gpus)
+    opts = any_gpus(model, tok, epochs, knobs) if _is_any(gpus) else parse_gpus(gpus)
     price_map = read_prices(prices) if prices else {}
     knobs = {k: v for k, v in knobs.items() if v is not None}
     options: list[Option] = []
