@@ -9,11 +9,28 @@ Importing ftplan loads only the standard library: no torch, transformers, optuna
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._version import __version__
-from .api import estimate, get_gpu, get_model, plan, plan_search, suggest
+from .api import estimate, get_gpu, get_model, plan_search, suggest
+from .api import plan as _plan
 from .errors import FtplanError, UnknownNameError
 from .inverse import max_batch, max_seq_len
 from .planner.types import Calibration, CostEstimate, Estimate, GiB, GPUSpec, MiB, ModelSpec, Plan, TimeEstimate, TrainConfig
+
+
+def plan(model: str | ModelSpec, gpu: str | GPUSpec, **kwargs: Any) -> list[Plan]:
+    """Ranked configurations that fit ``gpu`` (best first); knobs given are fixed, the rest searched.
+    An empty list means nothing fits (see ``suggest``). ``gpu="any"``: the best plan of every catalog GPU
+    and count that fits and meets ``budget`` (dollars) and ``deadline`` ("24h", or hours), ranked by the
+    objective (``ftplan.anygpu.rank_gpus`` lists the options that miss them too)."""
+    if isinstance(gpu, str) and gpu.strip().lower() == "any":
+        from .anygpu import rank_gpus
+
+        kwargs.pop("top", None)
+        return [o.plan for o in rank_gpus(model, **kwargs).options if o.meets]
+    return _plan(model, gpu, **kwargs)
+
 
 __all__ = ["__version__", "estimate", "plan", "plan_search", "suggest", "max_seq_len", "max_batch", "get_gpu",
            "get_model", "FtplanError",

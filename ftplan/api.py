@@ -104,14 +104,7 @@ def plan_search(model: str | ModelSpec, gpu: str | GPUSpec, *, objective: str = 
 
 def plan(model: str | ModelSpec, gpu: str | GPUSpec, **kwargs: Any) -> list[Plan]:
     """Ranked configurations that fit ``gpu`` (best first); knobs given are fixed, the rest searched.
-    An empty list means nothing fits (see ``suggest``). ``gpu="any"``: the best plan of every catalog GPU
-    and count that fits and meets ``budget`` (dollars) and ``deadline`` ("24h", or hours), ranked by the
-    objective (``ftplan.anygpu.rank_gpus`` has the options that miss them too)."""
-    if isinstance(gpu, str) and gpu.strip().lower() == "any":
-        from .anygpu import rank_gpus
-
-        kwargs.pop("top", None)
-        return [o.plan for o in rank_gpus(model, **kwargs).options if o.meets]
+    An empty list means nothing fits (see ``suggest``). (``ftplan.plan`` also takes ``gpu="any"``.)"""
     return plan_search(model, gpu, **kwargs).plans
 
 
