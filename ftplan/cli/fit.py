@@ -60,6 +60,7 @@ def fit_callback(
     trace: bool = typer.Option(False, "--trace", help="also trace the recommended configuration at full size on the CPU (FakeTensorMode; needs torch, transformers, peft, bitsandbytes; seconds to a minute)"),
     max_seq_len: bool = typer.Option(False, "--max-seq-len", help="the longest sequence that fits, per method (QLoRA, LoRA, full) with and without checkpointing, at micro-batch 1"),
     max_batch: bool = typer.Option(False, "--max-batch", help="the largest micro-batch that fits at --seq-len, per method with and without checkpointing"),
+    data: Optional[str] = typer.Option(None, "--data", help="training data (JSONL, the formats ftplan train reads): its token count sets --tokens, its lengths --seq-len (99th percentile), with the distribution, truncation and padding waste"),
     budget: Optional[float] = typer.Option(None, "--budget", help="with --gpu any: the most the job may cost, in dollars"),
     deadline: Optional[str] = typer.Option(None, "--deadline", help="with --gpu any: the longest the job may take: 12h, 90m, 2d"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
@@ -85,6 +86,9 @@ def fit_callback(
             from ..errors import FtplanError
 
             raise FtplanError(f"--top={top} must be at least 1")
+        data_doc = None
+        if data is not None:
+            data_doc, tokens, seq_len = _data(model, data, tokens, seq_len, micro_batch)
         if gpu.strip().lower() == "any":
             _any_gpu(model, json_out, top, tokens=parse_count(tokens, "--tokens") if tokens else None, epochs=epochs,
                      budget=budget, deadline=deadline, objective=objective, margin=margin, gpu_file=gpu_file,
@@ -120,8 +124,14 @@ def fit_callback(
         doc = fit_json(result)
         if traced is not None:
             doc["trace"] = traced
+        if data_doc is not None:
+            doc["data"] = data_doc
         echo_json(dumps(doc))
     else:
+        if data_doc is not None:
+            from ..fit.text import data_text
+
+            typer.echo(data_text(data_doc))
         typer.echo(fit_text(result))
         if traced is not None:
             from ..measure.text import trace_text
@@ -133,6 +143,28 @@ def fit_callback(
             est = ftplan.estimate(result.model, result.gpu, **_traced_knobs(c)).to_dict()
             typer.echo(trace_text(traced, est))
     raise typer.Exit(0 if result.fits else 1)
+
+
+def _data(model: str, path: str, tokens: str | None, seq_len: int | None, micro_batch: int | None):
+    """``--data``: the file's profile and advice; the tokens (the padded ones when padding is advised) and
+    the sequence length the plan then uses, unless the user gave them."""
+    from .. import dataset
+    from ..profiles.models import get_model
+
+    spec = get_model(model)
+    prof = dataset.profile_data(path, model, spec.hf_id)
+    adv = dataset.advice(prof, spec.max_positions, micro_batch or 4)
+    seq = seq_len or adv["seq_len"]
+    if seq != adv["seq_len"]:  # the user's length: truncation and waste at it
+        adv.update(seq_len=seq, truncated=sum(1 for x in prof.lengths if x > seq),
+                   padding_waste=dataset.padding_waste(prof, seq, adv["micro_batch_for_waste"]),
+                   grouped_padding_waste=dataset.padding_waste(prof, seq, adv["micro_batch_for_waste"], grouped=True))
+    kept = sum(min(x, seq) for x in prof.lengths)
+    processed = kept if adv["packing"] else kept / max(1e-9, 1.0 - adv["padding_waste"])
+    doc = {"path": path, **prof.summary(), "advice": adv, "tokens_after_truncation": kept,
+           "tokens_processed": processed, "histogram": dataset.histogram(prof),
+           "tokens_given": tokens is not None, "seq_len_given": seq_len is not None}
+    return doc, (tokens if tokens is not None else str(int(processed))), seq
 
 
 def _any_gpu(model: str, json_out: bool, top: int, **kw) -> None:

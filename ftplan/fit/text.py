@@ -366,3 +366,24 @@ def any_gpu_text(model: str, res, top: int) -> str:
 def _dur(h: float) -> str:
     """Hours as ``12.3h`` or, under an hour, ``42m``."""
     return f"{h:,.1f}h" if h >= 1 else f"{max(1, round(h * 60))}m"
+
+
+def data_text(d: dict) -> str:
+    """The ``--data`` section: counts, distribution, histogram and the advice, each with its figures."""
+    a = d["advice"]
+    out = [f"Data {d['path']}: {d['samples']:,} samples, {d['tokens']:,} tokens (counted with {d['counted_with']})",
+           f"  lengths: min {d['min']:,}, median {d['median']:,}, p90 {d['p90']:,}, p99 {d['p99']:,}, max {d['max']:,} tokens"]
+    out += ["  " + line for line in d["histogram"]]
+    seq = f"  sequence length {a['seq_len']:,}" + (" (given)" if d["seq_len_given"] else f" (covers {a['covers']})")
+    out.append(f"{seq}: {a['truncated']:,} samples truncated; the plan's memory is for its longest batch: "
+               f"{a['seq_len']:,} tokens x micro-batch")
+    b = a["micro_batch_for_waste"]
+    pack = ("pack the samples into full sequences (ftplan train --packing; TRL packing=True)" if a["packing"]
+            else "pad each batch to its longest sample")
+    out.append(f"  padding would waste {a['padding_waste']:.0%} of the tokens at micro-batch {b} "
+               f"({a['grouped_padding_waste']:.0%} with length-grouped batching): {pack}")
+    how = "given" if d["tokens_given"] else (f"{d['tokens_processed']:,.0f} tokens per epoch "
+                                               f"({'packed' if a['packing'] else 'padded tokens included'})")
+    out.append(f"  time and cost use {how}")
+    out.append("")
+    return "\n".join(out)

@@ -1,0 +1,199 @@
+"""Know the user's data before planning: how many tokens it holds, how long its samples are, which sequence
+length covers them, and what padding would waste (``ftplan --data train.jsonl``, ``plan(..., data=...)``).
+
+The file is read as ``ftplan train`` reads it (``train.data.parse_line``: text, prompt/completion,
+instruction/input/output, chat messages; a bad line is an error naming file and line), streaming, one line
+at a time. Tokens are counted with the model's own tokenizer when its ``tokenizer.json`` is on this machine
+(a model folder, or the Hugging Face cache), through the ``tokenizers`` library only; otherwise with
+``APPROX_BYTES_PER_TOKEN`` (UTF-8 bytes per token), and the answer says so. Chat samples add
+``CHAT_TOKENS_PER_MESSAGE`` per message for the template's role markers.
+
+Recommendations (each stated with its numbers):
+- the sequence length: the 99th percentile, rounded up to a multiple of ``SEQ_STEP``, within the model's
+  context limit; how many samples it truncates;
+- packing or padding: the share of padded tokens a shuffled padded batch of ``micro_batch`` would waste
+  (measured on the file's own lengths with a fixed seed), with and without length-grouped batching;
+  packing is recommended above ``PACKING_WASTE``;
+- memory is then planned for the longest batch the collation produces: with padding, a micro-batch of
+  samples padded to the longest, at most the recommended length (the plan's ``seq_len``); packed, every
+  sequence is exactly that length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import check_input
+from .errors import FtplanError
+
+SEQ_STEP = 128
+# Without the model's tokenizer: UTF-8 bytes per token. BPE tokenizers of current LLMs (Llama 3, Qwen2,
+# Mistral) average about 4 bytes of English text per token; code and other languages differ. Stated with
+# every answer that uses it.
+APPROX_BYTES_PER_TOKEN = 4.0
+CHAT_TOKENS_PER_MESSAGE = 4  # role markers and separators a chat template adds per message (approximate)
+PACKING_WASTE = 0.10  # recommend packing when padding would waste more than this share of the tokens
+PROGRESS_BYTES = 64 * 2**20  # show progress on files larger than this
+BATCH = 1000  # texts per tokenizer call
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    path: str
+    samples: int
+    tokens: int
+    lengths: tuple[int, ...] = field(repr=False)  # sorted
+    counted_with: str  # "tokenizer <path>" or the approximation
+    exact: bool
+
+    def percentile(self, q: float) -> int:
+        xs = self.lengths
+        return xs[min(len(xs) - 1, max(0, int(math.ceil(q * len(xs))) - 1))]
+
+    def summary(self) -> dict[str, Any]:
+        return {"samples": self.samples, "tokens": self.tokens, "min": self.lengths[0],
+                "median": self.percentile(0.5), "p90": self.percentile(0.9), "p99": self.percentile(0.99),
+                "max": self.lengths[-1], "counted_with": self.counted_with, "exact": self.exact}
+
+
+def find_tokenizer(model: str | None, hf_id: str = "") -> Path | None:
+    """The model's ``tokenizer.json`` on this machine: in a model folder, else in the Hugging Face cache
+    (``$HF_HUB_CACHE`` or ``$HF_HOME/hub``, default ``~/.cache/huggingface/hub``); None when there is none."""
+    if model and Path(model).is_dir() and (Path(model) / "tokenizer.json").is_file():
+        return Path(model) / "tokenizer.json"
+    if not hf_id:
+        return None
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "hub")
+    snaps = Path(hub) / f"models--{hf_id.replace('/', '--')}" / "snapshots"
+    if snaps.is_dir():
+        for snap in sorted(snaps.iterdir(), reverse=True):
+            if (snap / "tokenizer.json").is_file():
+                return snap / "tokenizer.json"
+    return None
+
+
+def _texts(ex) -> tuple[str, int]:
+    """(the example's text, the template tokens it adds)."""
+    if ex.messages:
+        return "\n".join(str(m.get("content", "")) for m in ex.messages), CHAT_TOKENS_PER_MESSAGE * len(ex.messages)
+    return "".join(t for t, _ in ex.segments), 0
+
+
+def profile_data(path: str | Path, model: str | None = None, hf_id: str = "", progress: bool | None = None) -> DataProfile:
+    """Read ``path`` (JSONL in ``ftplan train``'s formats) and count each sample's tokens."""
+    from .train.data import parse_line
+
+    p = check_input(path, "data file")
+    tok_path = find_tokenizer(model, hf_id)
+    encode = None
+    if tok_path is not None:
+        try:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(tok_path))
+            encode = lambda texts: [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=True)]  # noqa: E731
+        except Exception:  # noqa: BLE001 - an unreadable tokenizer file: fall back, and say so
+            encode, tok_path = None, None
+    size = p.stat().st_size
+    show = (size > PROGRESS_BYTES) if progress is None else progress
+    lengths: list[int] = []
+    pending: list[str] = []
+    extra: list[int] = []
+
+    def flush() -> None:
+        if encode is not None:
+            lengths.extend(n + e for n, e in zip(encode(pending), extra, strict=True))
+        pending.clear()
+        extra.clear()
+
+    done = 0
+    with p.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            done += len(raw)
+            where = f"{p}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise FtplanError(f"{where}: not UTF-8 text (byte {e.start + 1})") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise FtplanError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except (ValueError, RecursionError) as e:
+                raise FtplanError(f"{where}: not JSON ftplan can read ({str(e)[:120]})") from None
+            text, add = _texts(parse_line(obj, where))
+            if encode is None:
+                lengths.append(max(1, math.ceil(len(text.encode("utf-8")) / APPROX_BYTES_PER_TOKEN)) + add + 1)
+            else:
+                pending.append(text)
+                extra.append(add + 1)
+                if len(pending) >= BATCH:
+                    flush()
+            if show and n % 100_000 == 0:
+                print(f"\rreading {p.name}: {done / size:.0%} ({n:,} lines)", end="", file=sys.stderr, flush=True)
+    flush()
+    if show:
+        print(f"\rreading {p.name}: done ({len(lengths):,} samples)        ", file=sys.stderr, flush=True)
+    if not lengths:
+        raise FtplanError(f"data file {str(path)!r} has no examples")
+    lengths.sort()
+    how = (f"the model's tokenizer ({tok_path.name} in {tok_path.parent.name})" if tok_path is not None else
+           f"an approximation: UTF-8 bytes / {APPROX_BYTES_PER_TOKEN:g} per token (no tokenizer.json for this model "
+           "on this machine)")
+    return DataProfile(str(path), len(lengths), sum(lengths), tuple(lengths), how, tok_path is not None)
+
+
+def recommend_seq_len(prof: DataProfile, max_positions: int) -> tuple[int, int]:
+    """(the sequence length covering the 99th percentile, a multiple of ``SEQ_STEP`` within the model's
+    limit; how many samples it truncates)."""
+    cap = max(SEQ_STEP, (max_positions // SEQ_STEP) * SEQ_STEP)
+    s = min(cap, max(SEQ_STEP, math.ceil(prof.percentile(0.99) / SEQ_STEP) * SEQ_STEP))
+    truncated = sum(1 for x in prof.lengths if x > s)
+    return s, truncated
+
+
+def padding_waste(prof: DataProfile, seq_len: int, micro_batch: int, grouped: bool = False, seed: int = 0) -> float:
+    """The share of a padded batch's tokens that are padding: samples cut at ``seq_len``, batched
+    ``micro_batch`` at a time in a shuffled order (or sorted by length, ``grouped``), each batch padded to its
+    longest sample."""
+    xs = [min(x, seq_len) for x in prof.lengths]
+    if not grouped:
+        random.Random(seed).shuffle(xs)
+    real = padded = 0
+    for k in range(0, len(xs), micro_batch):
+        chunk = xs[k:k + micro_batch]
+        real += sum(chunk)
+        padded += max(chunk) * len(chunk)
+    return 1.0 - real / padded if padded else 0.0
+
+
+def histogram(prof: DataProfile, bins: int = 10, width: int = 40) -> list[str]:
+    """A small text histogram of the lengths (equal-width bins from min to max)."""
+    lo, hi = prof.lengths[0], prof.lengths[-1]
+    step = max(1, math.ceil((hi - lo + 1) / bins))
+    counts = [0] * bins
+    for x in prof.lengths:
+        counts[min(bins - 1, (x - lo) // step)] += 1
+    top = max(counts) or 1
+    return [f"{lo + i * step:>8,}-{lo + (i + 1) * step - 1:<8,} {'#' * max(1 if c else 0, round(width * c / top)):<{width}} {c:,}"
+            for i, c in enumerate(counts)]
+
+
+def advice(prof: DataProfile, max_positions: int, micro_batch: int = 4) -> dict[str, Any]:
+    """The recommendations of the module docstring, as figures."""
+    seq, cut = recommend_seq_len(prof, max_positions)
+    shuffled = padding_waste(prof, seq, micro_batch)
+    grouped = padding_waste(prof, seq, micro_batch, grouped=True)
+    return {"seq_len": seq, "truncated": cut, "covers": "p99" if seq < max_positions else "the model's limit",
+            "padding_waste": shuffled, "grouped_padding_waste": grouped, "micro_batch_for_waste": micro_batch,
+            "packing": shuffled > PACKING_WASTE}

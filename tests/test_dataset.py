@@ -1,0 +1,92 @@
+"""Dataset-aware planning (``ftplan.dataset``, ``ftplan --data``): every format ``ftplan train`` reads,
+file:line errors, the model's tokenizer when it is on the machine and the stated approximation when not,
+the length statistics, the sequence-length advice and the padding waste, by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ftplan.cli import app
+from ftplan.dataset import (
+    APPROX_BYTES_PER_TOKEN,
+    CHAT_TOKENS_PER_MESSAGE,
+    SEQ_STEP,
+    advice,
+    padding_waste,
+    profile_data,
+    recommend_seq_len,
+)
+from ftplan.errors import FtplanError
+
+
+def _write(path: Path, rows: list) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_every_format_and_the_approximation(tmp_path):
+    rows = [{"text": "a" * 40},                                   # 40 B -> 10 tokens + 1 (end of sequence)
+            {"prompt": "b" * 8, "completion": "c" * 8},          # 16 B -> 4 + 1
+            {"instruction": "d" * 12, "output": "e" * 4},  # in train's Alpaca template: 17 + 12 + 2 + 14 + 4 = 49 B -> 13 + 1
+            {"messages": [{"role": "user", "content": "f" * 7}, {"role": "assistant", "content": "g" * 8}]}]
+    p = profile_data(_write(tmp_path / "d.jsonl", rows))
+    assert not p.exact and "approximation" in p.counted_with and APPROX_BYTES_PER_TOKEN == 4
+    chat = 4 + 1 + 2 * CHAT_TOKENS_PER_MESSAGE  # "f*7\ng*8" = 16 B -> 4, + end, + the template per message
+    assert sorted(p.lengths) == sorted([11, 5, 14, chat]) and p.samples == 4 and p.tokens == 30 + chat
+
+
+def test_bad_lines_name_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": 3}\n')
+    with pytest.raises(FtplanError, match=r"bad.jsonl:2: field 'text' must be a string"):
+        profile_data(path)
+    path.write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(FtplanError, match=r"bad.jsonl:2: not valid JSON"):
+        profile_data(path)
+    r = CliRunner().invoke(app, ["--model", "8b", "--gpu", "rtx4090", "--data", str(path)])
+    assert r.exit_code == 2 and "bad.jsonl:2" in r.output
+
+
+def test_the_models_own_tokenizer_when_it_is_here(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "hello": 1, "world": 2}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    assert tokenizers is not None
+    p = profile_data(_write(tmp_path / "d.jsonl", [{"text": "hello world hello"}, {"text": "world"}]), str(folder))
+    assert p.exact and "tokenizer" in p.counted_with
+    assert sorted(p.lengths) == [1 + 1, 3 + 1]  # the words, and the end of sequence
+
+
+def test_seq_len_advice_and_padding_waste(tmp_path):
+    rows = [{"text": "x" * (4 * n - 4)} for n in [10] * 98 + [300, 1000]]  # lengths 10 (x98), 300, 1000 tokens
+    p = profile_data(_write(tmp_path / "d.jsonl", rows))
+    assert p.percentile(0.99) == 300 and p.lengths[-1] == 1000
+    seq, cut = recommend_seq_len(p, 4096)
+    assert seq == 384 and seq % SEQ_STEP == 0 and cut == 1  # 300 rounded up to 128s; the 1,000 is cut
+    assert recommend_seq_len(p, 256) == (256, 2)  # the model's limit caps it
+    # length-grouped batches of 2: (10,10) x49, (300,1000->384): padding only in the last: 84 of 852 tokens
+    assert padding_waste(p, 384, 2, grouped=True) == pytest.approx(84 / (98 * 10 + 2 * 384))
+    a = advice(p, 4096, micro_batch=2)
+    assert a["seq_len"] == 384 and a["padding_waste"] >= a["grouped_padding_waste"]
+
+
+def test_cli_data_sets_tokens_and_length(tmp_path):
+    data = _write(tmp_path / "d.jsonl", [{"text": "y" * (4 * n)} for n in range(20, 220)])
+    r = CliRunner().invoke(app, ["--model", "8b", "--gpu", "rtx4090", "--data", data, "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    d = doc["data"]
+    assert d["samples"] == 200 and d["advice"]["seq_len"] == 256 and doc["recommendation"]["config"]["seq_len"] == 256
+    assert doc["tokens"] == pytest.approx(d["tokens_processed"], rel=1e-6)
+    r = CliRunner().invoke(app, ["--model", "8b", "--gpu", "rtx4090", "--data", data, "--seq-len", "512"])
+    assert r.exit_code == 0 and "sequence length 512 (given)" in r.output and "lengths: min 21" in r.output
