@@ -21,9 +21,17 @@ from .planner.types import Calibration, CostEstimate, Estimate, GiB, GPUSpec, Mi
 
 def plan(model: str | ModelSpec, gpu: str | GPUSpec, **kwargs: Any) -> list[Plan]:
     """Ranked configurations that fit ``gpu`` (best first); knobs given are fixed, the rest searched.
-    An empty list means nothing fits (see ``suggest``). ``gpu="any"``: the best plan of every catalog GPU
+    An empty list means nothing fits (see ``suggest``). ``data``: a JSONL training file whose token count and
+    99th-percentile length set ``tokens`` and ``seq_len`` unless given (``ftplan.dataset``). ``gpu="any"``: the best plan of every catalog GPU
     and count that fits and meets ``budget`` (dollars) and ``deadline`` ("24h", or hours), ranked by the
     objective (``ftplan.anygpu.rank_gpus`` lists the options that miss them too)."""
+    if kwargs.get("data") is not None:  # the data's tokens and recommended length, unless given (ftplan.dataset)
+        from .dataset import apply_data
+
+        _, kwargs["tokens"], kwargs["seq_len"] = apply_data(model if isinstance(model, str) else model.name,
+                                                            kwargs.pop("data"), kwargs.get("tokens"),
+                                                            kwargs.get("seq_len"), kwargs.get("micro_batch"))
+    kwargs.pop("data", None)
     if isinstance(gpu, str) and gpu.strip().lower() == "any":
         from .anygpu import rank_gpus
 

@@ -197,3 +197,26 @@ def advice(prof: DataProfile, max_positions: int, micro_batch: int = 4) -> dict[
     return {"seq_len": seq, "truncated": cut, "covers": "p99" if seq < max_positions else "the model's limit",
             "padding_waste": shuffled, "grouped_padding_waste": grouped, "micro_batch_for_waste": micro_batch,
             "packing": shuffled > PACKING_WASTE}
+
+
+def apply_data(model: str, path: str | Path, tokens: str | float | None = None, seq_len: int | None = None,
+               micro_batch: int | None = None) -> tuple[dict[str, Any], str | float, int]:
+    """The data's profile and advice (a JSON-able dict), and the tokens per epoch and sequence length a plan
+    then uses: the user's when given, else the recommended length and the tokens the training processes
+    (the padded ones when padding is advised)."""
+    from .profiles.models import get_model
+
+    spec = get_model(model)
+    prof = profile_data(path, model, spec.hf_id)
+    adv = advice(prof, spec.max_positions, micro_batch or 4)
+    seq = seq_len or adv["seq_len"]
+    if seq != adv["seq_len"]:  # the user's length: truncation and waste at it
+        b = adv["micro_batch_for_waste"]
+        adv.update(seq_len=seq, truncated=sum(1 for x in prof.lengths if x > seq),
+                   padding_waste=padding_waste(prof, seq, b), grouped_padding_waste=padding_waste(prof, seq, b, grouped=True))
+    kept = sum(min(x, seq) for x in prof.lengths)
+    processed = kept if adv["packing"] else kept / max(1e-9, 1.0 - adv["padding_waste"])
+    doc = {"path": str(path), **prof.summary(), "advice": adv, "tokens_after_truncation": kept,
+           "tokens_processed": processed, "histogram": histogram(prof),
+           "tokens_given": tokens is not None, "seq_len_given": seq_len is not None}
+    return doc, (tokens if tokens is not None else float(int(processed))), seq

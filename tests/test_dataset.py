@@ -90,3 +90,18 @@ def test_cli_data_sets_tokens_and_length(tmp_path):
     assert doc["tokens"] == pytest.approx(d["tokens_processed"], rel=1e-6)
     r = CliRunner().invoke(app, ["--model", "8b", "--gpu", "rtx4090", "--data", data, "--seq-len", "512"])
     assert r.exit_code == 0 and "sequence length 512 (given)" in r.output and "lengths: min 21" in r.output
+
+
+def test_plan_and_report_take_the_data(tmp_path):
+    import ftplan
+
+    data = _write(tmp_path / "d.jsonl", [{"text": "y" * (4 * n)} for n in range(20, 220)])
+    plans = ftplan.plan("8b", "rtx4090", data=data, top=1)
+    assert plans and plans[0].config.seq_len == 256 and plans[0].estimate.cost is not None
+    assert ftplan.plan("8b", "rtx4090", data=data, seq_len=512, top=1)[0].config.seq_len == 512
+    from ftplan.reports.data import build
+
+    r = build("8b", "rtx4090", None, data=data)
+    assert r.data is not None and r.data["samples"] == 200 and r.options[0].plan.config.seq_len == 256
+    with pytest.raises(FtplanError, match="--tokens .* or --data"):
+        build("8b", "rtx4090", None)

@@ -146,25 +146,9 @@ def fit_callback(
 
 
 def _data(model: str, path: str, tokens: str | None, seq_len: int | None, micro_batch: int | None):
-    """``--data``: the file's profile and advice; the tokens (the padded ones when padding is advised) and
-    the sequence length the plan then uses, unless the user gave them."""
-    from .. import dataset
-    from ..profiles.models import get_model
+    from ..dataset import apply_data
 
-    spec = get_model(model)
-    prof = dataset.profile_data(path, model, spec.hf_id)
-    adv = dataset.advice(prof, spec.max_positions, micro_batch or 4)
-    seq = seq_len or adv["seq_len"]
-    if seq != adv["seq_len"]:  # the user's length: truncation and waste at it
-        adv.update(seq_len=seq, truncated=sum(1 for x in prof.lengths if x > seq),
-                   padding_waste=dataset.padding_waste(prof, seq, adv["micro_batch_for_waste"]),
-                   grouped_padding_waste=dataset.padding_waste(prof, seq, adv["micro_batch_for_waste"], grouped=True))
-    kept = sum(min(x, seq) for x in prof.lengths)
-    processed = kept if adv["packing"] else kept / max(1e-9, 1.0 - adv["padding_waste"])
-    doc = {"path": path, **prof.summary(), "advice": adv, "tokens_after_truncation": kept,
-           "tokens_processed": processed, "histogram": dataset.histogram(prof),
-           "tokens_given": tokens is not None, "seq_len_given": seq_len is not None}
-    return doc, (tokens if tokens is not None else str(int(processed))), seq
+    return apply_data(model, path, tokens, seq_len, micro_batch)
 
 
 def _any_gpu(model: str, json_out: bool, top: int, **kw) -> None:

@@ -18,7 +18,8 @@ from ._common import user_errors
 def report_command(
     model: str = typer.Option(..., "--model", "-m", help="alias (8b, 70b; see `ftplan models`), HF id or config path"),
     gpus: str = typer.Option(..., "--gpus", "-g", help="GPU options, comma-separated: rtx4090,l40s,2xh100,a100-80gb:4"),
-    tokens: str = typer.Option(..., "--tokens", help="training tokens per epoch: 50M, 1.2B"),
+    tokens: Optional[str] = typer.Option(None, "--tokens", help="training tokens per epoch: 50M, 1.2B (or --data)"),
+    data: Optional[str] = typer.Option(None, "--data", help="training data (JSONL): its tokens and 99th-percentile length set --tokens and --seq-len unless given; its length distribution is charted"),
     epochs: float = typer.Option(1.0, "--epochs"),
     output: str = typer.Option("ftplan-report.html", "--output", "-o", help="the HTML file"),
     prices: Optional[str] = typer.Option(None, "--prices", help="CSV: gpu,price_per_hour[,spot_price_per_hour][,purchase_price][,source][,date]"),
@@ -41,7 +42,7 @@ def report_command(
         r = reports.build(model, gpus, tokens, epochs=epochs, prices=prices, spot_discount=spot_discount,
                           hours_per_week=hours_per_week, study=study, storage=storage,
                           command=shlex.join(["ftplan", "report", *sys.argv[2:]]), seq_len=seq_len,
-                          effective_batch=effective_batch, method=method)
+                          effective_batch=effective_batch, method=method, data=data)
         if pdf:
             reports.require_browser()  # before anything is written
         outputs = [p for p in (output, csv, json_path, pdf) if p]

@@ -106,6 +106,7 @@ class Report:
     version: str = __version__
     trials: list[dict[str, Any]] = field(default_factory=list)
     study: str | None = None
+    data: dict[str, Any] | None = None  # ftplan.dataset.apply_data's profile of --data
 
 
 MAX_GPUS = 65_536  # the planner's own ceiling (planner.options.UPPER["num_gpus"])
@@ -232,10 +233,18 @@ def gpu_tdp_kw(gpu) -> float | None:
     return gpu.tdp_w / 1000.0 if gpu.tdp_w else None
 
 
-def build(model: str, gpus: str | list[str], tokens: str | float, *, epochs: float = 1.0, prices: str | None = None,
-          spot_discount: float = 0.0, hours_per_week: float = 40.0, study: str | None = None,
-          storage: str | None = None, command: str = "", **knobs: Any) -> Report:
-    """The report's data for ``model`` on each GPU option (``'rtx4090,2xh100'``) for ``tokens`` x ``epochs``."""
+def build(model: str, gpus: str | list[str], tokens: str | float | None, *, epochs: float = 1.0,
+          prices: str | None = None, spot_discount: float = 0.0, hours_per_week: float = 40.0, study: str | None = None,
+          storage: str | None = None, command: str = "", data: str | None = None, **knobs: Any) -> Report:
+    """The report's data for ``model`` on each GPU option (``'rtx4090,2xh100'``) for ``tokens`` x ``epochs``;
+    ``data``: a JSONL training file whose tokens and length set ``tokens`` and ``seq_len`` unless given."""
+    data_doc = None
+    if data is not None:
+        from ..dataset import apply_data
+
+        data_doc, tokens, knobs["seq_len"] = apply_data(model, data, tokens, knobs.get("seq_len"))
+    if tokens is None:
+        raise FtplanError("give --tokens (training tokens per epoch, e.g. 50M) or --data (a JSONL file to count)")
     epochs = real("--epochs", epochs, low=0, low_open=True, high=1e6)
     spot_discount = real("--spot-discount", spot_discount, low=0, high=1, high_open=True)
     hours_per_week = real("--utilization-hours-per-week", hours_per_week, low=0, low_open=True, high=168)
@@ -276,7 +285,7 @@ def build(model: str, gpus: str | list[str], tokens: str | float, *, epochs: flo
     trials = load_trials(study, storage) if study else []
     return Report(model, spec.name, tok, epochs, options, cheapest, fastest, spot_discount, hours_per_week,
                   assumptions, command, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                  trials=trials, study=study)
+                  trials=trials, study=study, data=data_doc)
 
 
 def load_trials(study: str, storage: str | None) -> list[dict[str, Any]]:

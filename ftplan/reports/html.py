@@ -59,6 +59,14 @@ def _figures(r: Report) -> list[tuple[str, str, Any]]:
     import plotly.graph_objects as go
 
     figs = []
+    if r.data:
+        hist = go.Figure()
+        bins = [line.split("#")[0].strip() or line.split()[0] for line in r.data["histogram"]]
+        counts = [int(line.rsplit(" ", 1)[-1].replace(",", "")) for line in r.data["histogram"]]
+        hist.add_bar(x=bins, y=counts, name="samples")
+        hist.update_layout(xaxis_title="Sample length (tokens)", yaxis_title="Samples", height=320, margin={"t": 30})
+        figs.append(("data", f"The training data: {r.data['samples']:,} samples, {r.data['tokens']:,} tokens "
+                             f"(sequence length {r.data['advice']['seq_len']:,})", hist))
     opts = [o for o in r.options if o.memory]
     labels = [o.label for o in opts]
     mem = go.Figure()
