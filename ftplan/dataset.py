@@ -21,7 +21,6 @@ Recommendations (each stated with its numbers):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -89,7 +88,7 @@ def _texts(ex) -> tuple[str, int]:
 
 def profile_data(path: str | Path, model: str | None = None, hf_id: str = "", progress: bool | None = None) -> DataProfile:
     """Read ``path`` (JSONL in ``ftplan train``'s formats) and count each sample's tokens."""
-    from .train.data import parse_line
+    from .train.data import iter_examples
 
     p = check_input(path, "data file")
     tok_path = find_tokenizer(model, hf_id)
@@ -114,33 +113,17 @@ def profile_data(path: str | Path, model: str | None = None, hf_id: str = "", pr
         pending.clear()
         extra.clear()
 
-    done = 0
-    with p.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            done += len(raw)
-            where = f"{p}:{n}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise FtplanError(f"{where}: not UTF-8 text (byte {e.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FtplanError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            except (ValueError, RecursionError) as e:
-                raise FtplanError(f"{where}: not JSON ftplan can read ({str(e)[:120]})") from None
-            text, add = _texts(parse_line(obj, where))
-            if encode is None:
-                lengths.append(max(1, math.ceil(len(text.encode("utf-8")) / APPROX_BYTES_PER_TOKEN)) + add + 1)
-            else:
-                pending.append(text)
-                extra.append(add + 1)
-                if len(pending) >= BATCH:
-                    flush()
-            if show and n % 100_000 == 0:
-                print(f"\rreading {p.name}: {done / size:.0%} ({n:,} lines)", end="", file=sys.stderr, flush=True)
+    for n, (done, ex) in enumerate(iter_examples(p), 1):
+        text, add = _texts(ex)
+        if encode is None:
+            lengths.append(max(1, math.ceil(len(text.encode("utf-8")) / APPROX_BYTES_PER_TOKEN)) + add + 1)
+        else:
+            pending.append(text)
+            extra.append(add + 1)
+            if len(pending) >= BATCH:
+                flush()
+        if show and n % 100_000 == 0:
+            print(f"\rreading {p.name}: {done / size:.0%} ({n:,} samples)", end="", file=sys.stderr, flush=True)
     flush()
     if show:
         print(f"\rreading {p.name}: done ({len(lengths):,} samples)        ", file=sys.stderr, flush=True)

@@ -79,12 +79,14 @@ def parse_line(obj: Any, where: str) -> Example:
                       f"got {', '.join(sorted(obj)) or 'an empty object'}")
 
 
-def read_jsonl(path: str | Path) -> list[Example]:
-    """Every example of ``path``, or an error naming the first bad line."""
+def iter_examples(path: str | Path) -> Iterator[tuple[int, Example]]:
+    """(bytes read so far, example) for every example of ``path``, streaming; an error names the first bad
+    line (file:line)."""
     p = check_input(path, "data file")
-    out: list[Example] = []
+    done = 0
     with p.open("rb") as f:
         for n, raw in enumerate(f, 1):
+            done += len(raw)
             where = f"{p}:{n}"
             try:
                 line = raw.decode("utf-8")
@@ -100,7 +102,12 @@ def read_jsonl(path: str | Path) -> list[Example]:
                 raise FtplanError(f"{where}: not JSON ftplan can read ({str(e)[:120]})") from None
             except RecursionError:
                 raise FtplanError(f"{where}: JSON nested too deeply") from None
-            out.append(parse_line(obj, where))
+            yield done, parse_line(obj, where)
+
+
+def read_jsonl(path: str | Path) -> list[Example]:
+    """Every example of ``path``, or an error naming the first bad line."""
+    out = [ex for _, ex in iter_examples(path)]
     if not out:
         raise FtplanError(f"data file {str(path)!r} has no examples")
     return out
