@@ -40,15 +40,16 @@ def job_cost(time: TimeEstimate | None, gpu: GPUSpec | None, num_gpus: int, toke
                         price_provider=provider, price_date=date, notes=tuple(notes))
 
 
-def spot_words(gpu: GPUSpec, discount: float) -> str:
-    """What a spot discount on the catalog price means for this card's provider (``GPUSpec.spot``)."""
+def spot_clause(gpu: GPUSpec) -> str:
+    """Whether the catalog price's provider sells spot GPUs (``GPUSpec.spot``), in words: the one wording the
+    estimate's notes and the report use."""
     who = gpu.price_provider or "the provider"
-    if gpu.spot == "no":
-        return (f"spot discount {discount:.0%} applied, but {who} sells no spot instances: an estimate of what "
-                "interruptible capacity might cost elsewhere, not a quote")
-    if gpu.spot == "list price is preemptible":
-        return (f"spot discount {discount:.0%} applied, but {who}'s list price is already for preemptible capacity: "
-                "an estimate below any quote")
-    if gpu.spot == "yes":
-        return f"spot discount {discount:.0%} applied: an estimate of {who}'s spot price, which changes with demand"
-    return f"spot discount {discount:.0%} applied (an estimate; whether {who} sells spot is not known)"
+    return {"no": f"{who} sells no spot instances",
+            "list price is preemptible": f"{who}'s list price is already for preemptible capacity",
+            "yes": f"{who} sells spot at prices that change with demand"}.get(
+                gpu.spot, f"whether {who} sells spot is not known")
+
+
+def spot_words(gpu: GPUSpec, discount: float) -> str:
+    """What a spot discount on the catalog price means for this card's provider: always an estimate."""
+    return f"spot discount {discount:.0%} applied: an estimate, not a quote ({spot_clause(gpu)})"

@@ -15,6 +15,7 @@ from typing import Any
 from .. import __version__
 from ..api import plan_search, suggest
 from ..errors import FtplanError
+from ..planner.cost import spot_clause
 from ..planner.estimate import ASSUMPTIONS
 from ..planner.types import Plan
 from ..profiles.gpus import get_gpu
@@ -213,19 +214,12 @@ def _option(spec, key: str, count: int, tokens: float, epochs: float, prices: di
 
 
 def spot_text(gpu, price: Price | None, discount: float) -> str:
-    """What the report's spot figure is: the price file's spot quote, or an estimate (and whether the catalog
-    price's provider sells spot at all, ``GPUSpec.spot``)."""
+    """What the report's spot figure is: the price file's spot quote, or an estimate (and, for a catalog price,
+    whether its provider sells spot at all: ``planner.cost.spot_clause``)."""
     if price is not None and price.spot_per_hour is not None:
         return f"spot price from the price file{' (' + price.source + ')' if price.source else ''}"
-    who = price.source if price is not None and price.source else (gpu.price_provider or "the provider")
     base = f"estimate: on-demand x (1 - {discount:.0%})"
-    if price is None and gpu.spot == "no":
-        return f"{base}; {who} sells no spot instances"
-    if price is None and gpu.spot == "list price is preemptible":
-        return f"{base}; {who}'s list price is already preemptible"
-    if price is None and gpu.spot == "yes":
-        return f"{base}; {who} sells spot at changing prices"
-    return base
+    return base if price is not None else f"{base}; {spot_clause(gpu)}"
 
 
 def gpu_tdp_kw(gpu) -> float | None:
