@@ -160,16 +160,20 @@ def padding_waste(prof: DataProfile, seq_len: int, micro_batch: int, grouped: bo
     return 1.0 - real / padded if padded else 0.0
 
 
-def histogram(prof: DataProfile, bins: int = 10, width: int = 40) -> list[str]:
-    """A small text histogram of the lengths (equal-width bins from min to max)."""
+def histogram_bins(prof: DataProfile, bins: int = 10) -> list[tuple[int, int, int]]:
+    """(first length, last length, samples) of equal-width bins from the shortest to the longest sample."""
     lo, hi = prof.lengths[0], prof.lengths[-1]
     step = max(1, math.ceil((hi - lo + 1) / bins))
     counts = [0] * bins
     for x in prof.lengths:
         counts[min(bins - 1, (x - lo) // step)] += 1
-    top = max(counts) or 1
-    return [f"{lo + i * step:>8,}-{lo + (i + 1) * step - 1:<8,} {'#' * max(1 if c else 0, round(width * c / top)):<{width}} {c:,}"
-            for i, c in enumerate(counts)]
+    return [(lo + i * step, lo + (i + 1) * step - 1, c) for i, c in enumerate(counts)]
+
+
+def histogram(bins: list[tuple[int, int, int]], width: int = 40) -> list[str]:
+    """``histogram_bins`` as a small text histogram."""
+    top = max(c for _, _, c in bins) or 1
+    return [f"{a:>8,}-{b:<8,} {'#' * max(1 if c else 0, round(width * c / top)):<{width}} {c:,}" for a, b, c in bins]
 
 
 def advice(prof: DataProfile, max_positions: int, micro_batch: int = 4) -> dict[str, Any]:
@@ -199,7 +203,8 @@ def apply_data(model: str, path: str | Path, tokens: str | float | None = None, 
                    padding_waste=padding_waste(prof, seq, b), grouped_padding_waste=padding_waste(prof, seq, b, grouped=True))
     kept = sum(min(x, seq) for x in prof.lengths)
     processed = kept if adv["packing"] else kept / max(1e-9, 1.0 - adv["padding_waste"])
+    bins = histogram_bins(prof)
     doc = {"path": str(path), **prof.summary(), "advice": adv, "tokens_after_truncation": kept,
-           "tokens_processed": processed, "histogram": histogram(prof),
+           "tokens_processed": processed, "bins": [list(b) for b in bins], "histogram": histogram(bins),
            "tokens_given": tokens is not None, "seq_len_given": seq_len is not None}
     return doc, (tokens if tokens is not None else float(int(processed))), seq

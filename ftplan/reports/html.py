@@ -61,9 +61,8 @@ def _figures(r: Report) -> list[tuple[str, str, Any]]:
     figs = []
     if r.data:
         hist = go.Figure()
-        bins = [line.split("#")[0].strip() or line.split()[0] for line in r.data["histogram"]]
-        counts = [int(line.rsplit(" ", 1)[-1].replace(",", "")) for line in r.data["histogram"]]
-        hist.add_bar(x=bins, y=counts, name="samples")
+        hist.add_bar(x=[f"{a:,}-{b:,}" for a, b, _ in r.data["bins"]], y=[c for _, _, c in r.data["bins"]],
+                     name="samples")
         hist.update_layout(xaxis_title="Sample length (tokens)", yaxis_title="Samples", height=320, margin={"t": 30})
         figs.append(("data", f"The training data: {r.data['samples']:,} samples, {r.data['tokens']:,} tokens "
                              f"(sequence length {r.data['advice']['seq_len']:,})", hist))
