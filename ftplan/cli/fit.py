@@ -88,7 +88,9 @@ def fit_callback(
             raise FtplanError(f"--top={top} must be at least 1")
         data_doc = None
         if data is not None:
-            data_doc, tokens, seq_len = _data(model, data, tokens, seq_len, micro_batch)
+            from ..dataset import apply_data
+
+            data_doc, tokens, seq_len = apply_data(model, data, tokens, seq_len, micro_batch)
         if gpu.strip().lower() == "any":
             _any_gpu(model, json_out, top, tokens=parse_count(tokens, "--tokens") if tokens else None, epochs=epochs,
                      budget=budget, deadline=deadline, objective=objective, margin=margin, gpu_file=gpu_file,
@@ -143,12 +145,6 @@ def fit_callback(
             est = ftplan.estimate(result.model, result.gpu, **_traced_knobs(c)).to_dict()
             typer.echo(trace_text(traced, est))
     raise typer.Exit(0 if result.fits else 1)
-
-
-def _data(model: str, path: str, tokens: str | None, seq_len: int | None, micro_batch: int | None):
-    from ..dataset import apply_data
-
-    return apply_data(model, path, tokens, seq_len, micro_batch)
 
 
 def _any_gpu(model: str, json_out: bool, top: int, **kw) -> None:

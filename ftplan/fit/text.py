@@ -302,12 +302,13 @@ def dumps(obj: Any) -> str:
 def inverse_text(model: str, gpu: GPUSpec, what: str, rows: list, seq_len: int | None) -> str:
     """The ``--max-seq-len`` / ``--max-batch`` table: one row per method and checkpointing setting."""
     from ..inverse import SEQ_STEP
+    from ..planner.options import DEFAULTS
 
     seq = what == "max_seq_len"
     head = (f"The longest sequence that fits {gpu.name} ({gpu.usable_gib:.2f} GiB usable), micro-batch 1, "
             f"in steps of {SEQ_STEP} tokens:" if seq else
             f"The largest micro-batch that fits {gpu.name} ({gpu.usable_gib:.2f} GiB usable) at "
-            f"{seq_len or 2048} tokens:")
+            f"{seq_len or DEFAULTS['seq_len']} tokens:")
     out = [f"{model}: {head}", "",
            f"  {'method':<8}{'checkpointing':<15}{'longest' if seq else 'largest':>10}  {'GiB':>7}  configuration"]
     for r in rows:

@@ -37,9 +37,6 @@ class Band(NamedTuple):
     basis: str  # in words: what the range rests on
 
 
-KINDS = ("single_gpu", "multi_gpu")
-
-
 def kind_of(num_gpus: int) -> str:
     """The kind of prediction a band is measured for: one GPU, or several (communication and sharding)."""
     return "multi_gpu" if num_gpus > 1 else "single_gpu"

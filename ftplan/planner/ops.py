@@ -11,7 +11,7 @@ The pieces (``PIECES``) and where each formula comes from:
   ``2MNK``; backward the input gradient ``2MNK`` and, only for trainable weights (full fine-tuning), the
   weight gradient ``2MNK`` (autograd skips the weight gradient of a frozen parameter). Bytes: the two
   operands and the result in the compute dtype. A GEMM's achievable rate falls when one side is small
-  (few tokens per micro-batch); ``gemm_seconds`` states how.
+  (few tokens per micro-batch); ``gemm`` states how.
 - ``attention``: SDPA/flash: ``4 b s^2 a d`` FLOPs forward (``QK^T`` and ``PV``), halved by causality;
   backward ``2.5x`` forward (five matmuls to the forward's two, FlashAttention-2, Dao 2023, sec. 3.1.2),
   at ``ATTN_EFFICIENCY`` of the GEMM rate. Eager: the full ``s x s`` products as batched GEMMs plus the
