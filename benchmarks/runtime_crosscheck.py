@@ -46,6 +46,7 @@ def roofline_mode(flops_rate: float, bytes_rate: float):
     and sums FLOPs, bytes and seconds by kind of op."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._runtime_estimation import get_num_bytes as nbytes
     from torch.utils.flop_counter import flop_registry
 
     aten = torch.ops.aten
@@ -53,13 +54,6 @@ def roofline_mode(flops_rate: float, bytes_rate: float):
     views = {aten.view, aten._unsafe_view, aten.reshape, aten.t, aten.transpose, aten.expand, aten.permute,
              aten.slice, aten.select, aten.unsqueeze, aten.squeeze, aten.as_strided, aten.detach, aten.alias,
              aten.split, aten.split_with_sizes, aten.unbind, aten.chunk, aten.narrow}
-
-    def nbytes(t) -> int:
-        n = 1
-        for size, stride in zip(t.shape, t.stride(), strict=True):
-            if stride != 0:
-                n *= int(size)
-        return n * t.element_size()
 
     class Roofline(TorchDispatchMode):
         def __init__(self) -> None:
