@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from ..profiles.gpus import list_gpus
+from ..profiles.rates import tensor_peak
 from ._common import echo_json, user_errors
 
 
@@ -44,7 +45,7 @@ def gpus_command(json_out: bool = typer.Option(False, "--json", help="one JSON d
     if rates:
         typer.echo(f"{'key':<16}{'datasheet TF':>13}{'achievable TF':>14}{'GB/s':>7}{'achievable':>11}  what they rest on")
         for g in gpus:
-            peak = (g.bf16_tflops if g.bf16 else None) or g.fp16_tflops
+            peak = tensor_peak(g)
             ach = f"{peak * g.matmul_ratio:.0f}" if peak and g.matmul_ratio else "?"
             bw = f"{g.bandwidth_gbs * g.bandwidth_ratio:.0f}" if g.bandwidth_gbs and g.bandwidth_ratio else "?"
             typer.echo(f"{g.key:<16}{(f'{peak:g}' if peak else '?'):>13}{ach:>14}"
