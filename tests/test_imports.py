@@ -4,7 +4,8 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["torch", "transformers", "optuna", "pandas", "plotly", "peft", "bitsandbytes", "numpy"]
+HEAVY = ["torch", "transformers", "optuna", "pandas", "plotly", "peft", "bitsandbytes", "numpy", "mlflow", "wandb",
+         "tensorboard"]
 
 SCRIPT = """
 import json, sys
@@ -28,3 +29,8 @@ def test_fit_command_is_light():
             "try:\n    app(['--model', '8b', '--gpu', 'rtx4090', '--json'])\n"
             "except SystemExit as e:\n    assert e.code == 0, e.code")
     assert _loaded(body) == []
+
+
+def test_tracking_module_is_light():
+    """``ftplan.tracking``'s checks (run before a training starts) import none of the trackers."""
+    assert _loaded("import ftplan.tracking as t; t.check('none'); t.flat({'a': 1})") == []

@@ -87,6 +87,8 @@ class _Progress:
                         f"never run{unavailable})"
                         + (f"; {kw['done']} trials already measured" if kw["done"] else "")
                         + (f"; {kw['recovered']} interrupted trials retried" if kw["recovered"] else ""))
+            if kw.get("tracking"):
+                self._print(f"tracking: {kw['tracking']}")
             if self.bar is not None:
                 self.bar.start()
                 self.task = self.bar.add_task("trials", total=self.total, completed=min(self.done, self.total))
@@ -143,6 +145,9 @@ def autotune_command(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="with --then-train: the training output folder"),
     train_steps: Optional[int] = typer.Option(None, "--train-steps", help="with --then-train: optimizer steps"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
+    report_to: str = typer.Option("none", "--report-to", help="each trial (and --then-train) a tracked run: none | mlflow | tensorboard | wandb (pip install 'ftplan[track]')"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow URI or path [default: <runs-dir>/mlflow.db]; TensorBoard/W&B folder [default: <runs-dir>/<study>]"),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment / W&B project [default: the study's name]"),
 ) -> None:
     """Check the planner's best configurations with short real runs; write the winner as best.json."""
     with _setup_errors(), user_errors():  # user_errors first: an environment error is an FtplanError (exit 2)
@@ -176,18 +181,21 @@ def autotune_command(
                            time_budget=time_budget, objective=objective, study=study, storage=storage, steps=steps,
                            trial_timeout=trial_timeout, margin=margin, max_memory_bytes=parse_bytes(max_memory),
                            ranks=ranks, seed=seed, runs_dir=runs_dir, synthetic_weights=synthetic_weights,
-                           price=price, handoff=handoff, argv=["ftplan", "autotune", *sys.argv[2:]], emit=progress, **knobs)
+                           price=price, handoff=handoff, report_to=report_to, tracking_uri=tracking_uri,
+                           experiment=experiment, argv=["ftplan", "autotune", *sys.argv[2:]], emit=progress, **knobs)
         finally:
             progress.close()
     if json_out:
         echo_json(json.dumps({"study": res.study_name, "storage": res.storage, "stopped": res.stopped,
                               "candidates": res.candidates, "runnable": res.runnable, "skipped": res.skipped,
                               "trials": res.rows, "best": res.best, "files": res.files,
-                              "calibration": res.calibration}, default=str))
+                              "calibration": res.calibration, "tracking": res.tracking}, default=str))
     else:
         from ..tune.table import study_table
 
         typer.echo(study_table(res, res.device))
+        if res.tracking:
+            typer.echo(f"tracked runs: {res.tracking}")
     if res.best is None:
         raise typer.Exit(1)
     if then_train:
@@ -202,4 +210,6 @@ def autotune_command(
         if again:
             typer.echo(f"{out} holds a training run of this winner: resuming it", err=True)
         with user_errors():
-            run_train(config=res.files["best"], data=data, output=str(out), max_steps=train_steps, resume=again)
+            run_train(config=res.files["best"], data=data, output=str(out), max_steps=train_steps, resume=again,
+                      report_to=report_to, experiment=experiment or res.study_name,
+                      tracking_uri=tracking_uri if tracking_uri or report_to != "mlflow" else res.tracking_uri)

@@ -74,6 +74,8 @@ def run_train(config: str, data: Optional[str], output: Optional[str] = None, ma
     if res.eval_loss is not None:
         msg += f"; eval loss {res.eval_loss:.4f}"
     typer.echo(msg)
+    if res.tracked:
+        typer.echo(f"  tracked: {res.tracked}")
     for k, v in res.files.items():
         typer.echo(f"  {k}: {v}")
 
@@ -98,6 +100,9 @@ def train_command(
     seed: int = typer.Option(0, help="data order and synthetic weights"),
     gpus: int = typer.Option(1, "--gpus", help="GPUs: > 1 prints the accelerate launch command and writes its config"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    report_to: str = typer.Option("none", "--report-to", help="track the run: none | mlflow | tensorboard | wandb (pip install 'ftplan[track]')"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow URI or path [default: ./ftplan-runs/mlflow.db]; TensorBoard/W&B folder [default: --output]"),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment / W&B project [default: the study that chose the config, else ftplan]"),
 ) -> None:
     """Train with a configuration from `ftplan autotune` (QLoRA, LoRA or full); resumable."""
     with user_errors():
@@ -116,4 +121,5 @@ def train_command(
             raise FtplanError(f"--gpus={gpus} must be at least 1")
         run_train(config, data, output, max_steps, eval_data=eval_data, model=model, epochs=epochs, lr=lr,
                   warmup_steps=warmup_steps, save_every=save_every, keep=keep, resume=resume, packing=packing,
-                  merge=merge, synthetic_weights=synthetic_weights, device=device, seed=seed, quiet=quiet)
+                  merge=merge, synthetic_weights=synthetic_weights, device=device, seed=seed, quiet=quiet,
+                  report_to=report_to, tracking_uri=tracking_uri, experiment=experiment)

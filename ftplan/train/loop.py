@@ -52,6 +52,9 @@ class TrainOptions:
     synthetic_weights: bool | None = None
     merge: bool = False
     log_every: int = 1
+    report_to: str = "none"  # none | mlflow | tensorboard | wandb (ftplan.tracking)
+    tracking_uri: str | None = None
+    experiment: str | None = None
 
 
 MAX_LR = 1.0  # a peak learning rate above 1 is a typo (LoRA uses ~1e-4 to 1e-3, full fine-tuning ~1e-5)
@@ -76,6 +79,9 @@ def check_options(opts: TrainOptions) -> None:
 
     check_folder(opts.output, "--output")
     check_device_name(opts.device)
+    from ..tracking import check as check_tracking
+
+    check_tracking(opts.report_to, opts.tracking_uri, opts.experiment)
     read_jsonl(opts.data)  # every line checked now, not after the model is built
     if opts.eval_data:
         read_jsonl(opts.eval_data)
@@ -100,6 +106,7 @@ class TrainResult:
     eval_loss: float | None
     files: dict[str, str]
     model: Any = field(default=None, repr=False)
+    tracked: str | None = None  # where the tracked run is (--report-to)
 
 
 def fingerprint(model: str, knobs: dict[str, Any], data: str, seed: int, packing: bool, lr: float) -> str:
@@ -209,6 +216,12 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
         D.teardown(d)
         raise FtplanError(f"{out} already holds checkpoints (latest {last.name}): add --resume to continue, "
                           "or choose another --output")
+    from ..tracking import check as check_tracking
+    from .track import TrainTracking
+
+    # the store is opened (an unreachable server said) before the model is built; the run starts after a resume
+    tracked = TrainTracking(check_tracking(opts.report_to, opts.tracking_uri, opts.experiment) if d.main else None,
+                            out, opts.config)
 
     model = build_model(model_name, spec, cfg, dev, synthetic=synthetic, seed=opts.seed)
     model = D.shard(model, cfg, d)  # FSDP2: before the optimizer, whose parameters are then the shards
@@ -251,6 +264,7 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
         idx = order_cache[epoch][pos * cfg.micro_batch:(pos + 1) * cfg.micro_batch]
         return next(batches(rows, cfg.micro_batch, pad, idx))
 
+    tracked.start(best_knobs(opts.config), opts, dev, d.world, start, total, model_name)
     model.train()
     try:
         for step in range(start, total):
@@ -279,6 +293,7 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
             if scaler.is_enabled():
                 rec.update(loss_scale=scaler.get_scale(), skipped=not stepped)
             log.write(json.dumps(rec) + "\n")
+            tracked.step(rec)
             if on_log is not None and d.main and ((step + 1) % opts.log_every == 0 or step + 1 == total):
                 on_log(rec)
             if (step + 1) % opts.save_every == 0 and step + 1 < total:
@@ -287,23 +302,27 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
                     C.save(ckroot, step + 1, model, opt, sched, {"fingerprint": fp, "loss": step_loss, **scaler_state(scaler)},
                            opts.keep, full=full)
                 D.barrier(d)
+        full = D.full_state(model, opt) if fsdp else None  # every rank takes part; rank 0 gets the whole state
+        eval_loss = evaluate(model, eval_rows, cfg, dev, pad) if (eval_rows and fsdp) else None  # collective forwards
+        if not d.main:
+            D.barrier(d)
+            D.teardown(d)
+            return TrainResult(out, total, start, losses, None, {}, model)
+        files = _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, start, model_name, spec, dev,
+                        synthetic, scaler, full)
+        if eval_rows and not fsdp:
+            eval_loss = evaluate(model, eval_rows, cfg, dev, pad)
+        if eval_loss is not None:
+            atomic_write_text(out / "eval.json", json.dumps({"eval_loss": eval_loss}) + "\n")
+    except BaseException as e:
+        tracked.fail(e)
+        raise
     finally:
         log.close()
-    full = D.full_state(model, opt) if fsdp else None  # every rank takes part; rank 0 gets the whole state
-    eval_loss = evaluate(model, eval_rows, cfg, dev, pad) if (eval_rows and fsdp) else None  # collective forwards
-    if not d.main:
-        D.barrier(d)
-        D.teardown(d)
-        return TrainResult(out, total, start, losses, None, {}, model)
-    files = _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, start, model_name, spec, dev, synthetic,
-                    scaler, full)
-    if eval_rows and not fsdp:
-        eval_loss = evaluate(model, eval_rows, cfg, dev, pad)
-    if eval_loss is not None:
-        atomic_write_text(out / "eval.json", json.dumps({"eval_loss": eval_loss}) + "\n")
+    tracked.end(total, eval_loss)
     D.barrier(d)
     D.teardown(d)
-    return TrainResult(out, total, start, losses, eval_loss, files, model)
+    return TrainResult(out, total, start, losses, eval_loss, files, model, tracked.where)
 
 
 def _trim_log(path: Path, step: int) -> None:

@@ -37,10 +37,16 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
              margin: float = 0.05, max_memory_bytes: int | None = None, ranks: tuple[int, ...] | None = None,
              seed: int = 0, runs_dir: str | Path = DEFAULT_RUNS, synthetic_weights: bool = False,
              planner_seeds: int = 3, price: float | None = None, argv: list[str] | None = None,
-             handoff: str = "ftplan", emit: Callable[..., None] = lambda *a, **k: None, **knobs: Any) -> TuneResult:
+             handoff: str = "ftplan", report_to: str = "none", tracking_uri: str | None = None,
+             experiment: str | None = None, emit: Callable[..., None] = lambda *a, **k: None, **knobs: Any) -> TuneResult:
     """Measure the planner's best candidates with short profiled runs and return the study's table,
     the winner and the files written (``best.json`` and the exports). ``handoff``: the trainer the winner
-    is for (``planner.handoff``): its k-bit preparation, and the standard loss where it has no chunked one."""
+    is for (``planner.handoff``): its k-bit preparation, and the standard loss where it has no chunked one.
+    ``report_to``: each trial a tracked run (``ftplan.tracking``; MLflow's default store is
+    ``<runs_dir>/mlflow.db``, the experiment the study's name unless ``experiment`` is given)."""
+    from ..tracking import check as check_tracking
+
+    track = check_tracking(report_to, tracking_uri, experiment)
     objective = choice("objective", objective)
     if objective not in ("throughput", "cost"):
         raise FtplanError(f"--objective {objective!r}: autotune measures throughput or cost")
@@ -91,5 +97,5 @@ def autotune(model: str, gpu: str = "auto", *, data: str | None = None, device: 
                   objective=objective, study_name=study, storage=storage, steps=steps, trial_timeout_s=trial_timeout,
                   margin=margin, max_memory_bytes=max_memory_bytes, ranks=ranks, seed=seed, runs_dir=Path(runs_dir),
                   synthetic_weights=synthetic_weights, planner_seeds=planner_seeds, price=price, data=summary,
-                  argv=list(argv or []))
+                  argv=list(argv or []), track=track)
     return run(ts, emit)

@@ -79,6 +79,7 @@ class TuneSpec:
     price: float | None = None
     data: dict[str, Any] | None = None  # what the data file says (path, examples, tokens)
     argv: list[str] = field(default_factory=list)
+    track: Any = None  # a tracking.TrackSpec: each trial a tracked run (--report-to)
 
 
 @dataclass
@@ -95,6 +96,8 @@ class TuneResult:
     calibration: dict[str, Any] | None
     stopped: str
     device: str = "cuda"
+    tracking: str | None = None  # where the trials' tracked runs are (--report-to)
+    tracking_uri: str | None = None  # the MLflow store they went to
 
 
 STUDY_NAME_CHARS = "letters, digits, '-', '_' and '.'"
@@ -313,10 +316,11 @@ def _counts(t) -> bool:
 
 class _Runner:
     def __init__(self, ts: TuneSpec, study, cands: list[S.Candidate], runnable: list[S.Candidate], folder: Path,
-                 emit: Callable, unavailable: dict[str, str] | None = None) -> None:
+                 emit: Callable, unavailable: dict[str, str] | None = None, tracker=None) -> None:
         from .pool import Pool
 
         self.ts, self.study, self.folder, self.emit = ts, study, folder, emit
+        self.tracker = tracker  # tracking.Tracker or None
         self.by_key = {c.key: c for c in cands}
         self.unavailable = unavailable or {}  # candidate key -> why its attention kernel cannot run here
         self.order = runnable  # the planner's order of what can run here
@@ -332,6 +336,7 @@ class _Runner:
         trial.set_user_attr("ran", True)
         trial.set_user_attr("config", cand.config.knobs())
         trial.set_user_attr("predicted", cand.predicted)
+        run = self.track_start(trial, cand)
         self.emit("start", trial=trial.number, candidate=cand)
         req = {"trial": trial.number, "model": ts.model, "knobs": cand.config.knobs(), "steps": ts.steps,
                "device": ts.device, "synthetic_weights": ts.synthetic_weights, "breakdown": None,
@@ -339,6 +344,8 @@ class _Runner:
 
         def on_step(ev: dict) -> bool:
             tps = ev.get("tokens_per_s")
+            if run is not None and tps:
+                run.log_metrics({"step_tokens_per_s": tps}, step=ev["step"])
             if tps and ev["step"] >= 2:  # step 1 builds the optimizer state: not a speed
                 trial.report(_value(ts.objective, tps, self.price), ev["step"])
                 return trial.should_prune()
@@ -348,6 +355,9 @@ class _Runner:
             out = self.pool.run(req, ts.trial_timeout_s, on_step)
         except WorkerStartError as e:
             self.setup_failed(trial, cand, e)
+            if run is not None:
+                run.set_tags({"ftplan.outcome": "setup", "ftplan.reason": f"setup: {e}"[:500]})
+                run.finish("FAILED")
             raise
         state, value, reason, outcome = TrialState.FAIL, None, out.reason, out.kind
         if out.kind == "result" and out.result is not None:
@@ -379,8 +389,27 @@ class _Runner:
         trial.set_user_attr("outcome", outcome)
         if reason:
             trial.set_user_attr("reason", reason[:500])
+        if run is not None:
+            track_end(run, cand, trial.user_attrs.get("measured"), ts.device, value, state.name, outcome, reason, ts.steps)
         self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         self.emit("end", trial=trial.number, candidate=cand, state=state.name, value=value, reason=reason)
+
+    def track_start(self, trial, cand: S.Candidate):
+        """The trial's tracked run (None when nothing is tracked): the configuration and the study as
+        parameters, the planner's predictions as metrics at step 0; its id kept on the trial."""
+        if self.tracker is None:
+            return None
+        ts = self.ts
+        params = {**cand.config.knobs(), "format": cand.params["format"], "model": ts.model, "gpu": ts.gpu.key,
+                  "device": ts.device, "steps": ts.steps, "objective": ts.objective, "study": self.study.study_name,
+                  "trial": trial.number, "budget_bytes": cand.budget_bytes, "compared": cand.compared}
+        tags = {"ftplan.command": "autotune", "ftplan.study": self.study.study_name, "ftplan.trial": trial.number,
+                "ftplan.seeded_by": trial.user_attrs.get("seeded_by")}
+        run = self.tracker.start(f"trial {trial.number}", params, tags, subdir=f"trial-{trial.number}")
+        trial.set_user_attr("tracking_run", run.run_id)
+        run.log_metrics({f"predicted_{k}": v for k, v in cand.predicted.items()} | {"budget_bytes": cand.budget_bytes},
+                        step=0)
+        return run
 
     def setup_failed(self, trial, cand: S.Candidate, err: Exception) -> None:
         """The worker for ``trial`` could not start, so the trial measured nothing: fail it as not run
@@ -502,14 +531,23 @@ def _run(ts: TuneSpec, emit: Callable[..., None]) -> TuneResult:
     folder.mkdir(parents=True, exist_ok=True)
     interval, grace = heartbeat_settings()
     recovered = recover_interrupted(study, storage) + fail_stale(study, storage, grace)
+    tracker = None
+    if ts.track is not None and ts.track.on:
+        from ..tracking import open_tracker
+
+        tracker = open_tracker(ts.track, name, ts.runs_dir if ts.track.backend == "mlflow" else folder)
+        for t in study.get_trials(deepcopy=False):  # runs of trials whose process was killed: ended as KILLED
+            if t.user_attrs.get("tracking_run") and t.state != TrialState.RUNNING:
+                tracker.close_dangling(t.user_attrs["tracking_run"])
     emit("begin", study=name, storage=_redact(url), candidates=len(cands), runnable=len(runnable),
+         tracking=tracker.where if tracker is not None else None,
          skipped=skipped_pred, budget=budget, recovered=recovered,
          unavailable={k: v for k, v in pre_skipped.items() if k.startswith("attention")},
          done=sum(1 for t in study.get_trials(deepcopy=False) if _counts(t) and t.state != TrialState.RUNNING))
     for c in runnable[: max(0, min(ts.planner_seeds, ts.trials))]:
         study.enqueue_trial(c.params, user_attrs={"seeded_by": "planner"}, skip_if_exists=True)
     dists = {k: CategoricalDistribution(v) for k, v in S.choices(cands).items()}
-    runner = _Runner(ts, study, cands, runnable, folder, emit, unavailable)
+    runner = _Runner(ts, study, cands, runnable, folder, emit, unavailable, tracker)
     study_id = storage.get_study_id_from_name(name)
     t0 = time.monotonic()
     idle, stopped = 0, "trials"
@@ -538,7 +576,33 @@ def _run(ts: TuneSpec, emit: Callable[..., None]) -> TuneResult:
                 idle = 0 if runner.attempt(trial, budget) else idle + 1
     finally:
         runner.pool.close()
-    return _finish(ts, study, name, url, cands, runnable, pre_skipped, folder, stopped, emit)
+    res = _finish(ts, study, name, url, cands, runnable, pre_skipped, folder, stopped, emit)
+    if tracker is not None:
+        res.tracking, res.tracking_uri = tracker.where, getattr(tracker, "uri", None)
+    return res
+
+
+def track_end(run, cand: S.Candidate, measured: dict[str, Any] | None, device: str, value: float | None, state: str,
+              outcome: str, reason: str, steps: int) -> None:
+    """The trial's measured figures beside the predicted ones (and their ratios, where the two measure the
+    same thing: the allocated peak; on CUDA the device figure too; tokens/s), its outcome, and its end:
+    FINISHED (a complete trial), KILLED (pruned), FAILED (out of memory, crashed, over the budget)."""
+    m: dict[str, Any] = {}
+    if measured:
+        m.update({f"measured_{k}": v for k, v in measured.items() if k != "status"})
+        pred = cand.predicted
+        for key in ("peak_allocated_bytes", "device_bytes", "tokens_per_s"):
+            if device == "cpu" and key == "device_bytes":
+                continue  # the CPU has no device figure; the prediction's is for a GPU
+            if measured.get(key) and pred.get(key):
+                m[f"ratio_{key}"] = measured[key] / pred[key]
+        used = measured_bytes(measured, device)
+        if used:
+            m["measured_compared_bytes"] = used
+    m["objective"] = value
+    run.log_metrics(m, step=steps)
+    run.set_tags({"ftplan.state": state, "ftplan.outcome": outcome, "ftplan.reason": reason[:500] if reason else None})
+    run.finish("FINISHED" if state == "COMPLETE" else "KILLED" if state == "PRUNED" else "FAILED")
 
 
 def unavailable_attention(cands: list[S.Candidate], device: str) -> dict[str, str]:
