@@ -210,6 +210,8 @@ def autotune_command(
         if again:
             typer.echo(f"{out} holds a training run of this winner: resuming it", err=True)
         with user_errors():
+            tracked = {} if report_to.strip().lower() == "none" else {  # the training's run beside the trials' runs
+                "report_to": report_to, "experiment": experiment or res.study_name,
+                "tracking_uri": tracking_uri if tracking_uri or report_to != "mlflow" else res.tracking_uri}
             run_train(config=res.files["best"], data=data, output=str(out), max_steps=train_steps, resume=again,
-                      report_to=report_to, experiment=experiment or res.study_name,
-                      tracking_uri=tracking_uri if tracking_uri or report_to != "mlflow" else res.tracking_uri)
+                      **tracked)
