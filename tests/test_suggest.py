@@ -17,8 +17,8 @@ GiB = 2**30
 # gradients) and named the GPU itself, or a card with less memory, as the smallest that fits
 CONTRADICTIONS = [
     ("7b", "t4", {"method": "lora", "seq_len": 512}),
-    ("7b", "rtx3080", {"seq_len": 4096}),
-    ("3b", "rtx3080", {"seq_len": 8192}),
+    ("7b", "rtx3080", {"seq_len": 6144}),  # (4,096 tokens fit since the dequantized weight meets X + F, not 3F + 2X)
+    ("3b", "rtx3080", {"seq_len": 12288}),  # (8,192 fit now, as above)
     ("32b", "l40s", {"method": "lora", "quant": "int8", "seq_len": 4096}),
 ]
 

@@ -104,3 +104,28 @@ def test_tied_embedding_gradient_accumulation_only_for_full_finetuning(tiny, qlo
     assert tied_embedding_grad_bytes(tied, full, precision(full)) == 2 * 100 * 64 * 2  # 2 x V x h x bf16
     assert tied_embedding_grad_bytes(tiny, full, precision(full)) == 0  # untied: the grad is the weight's own
     assert tied_embedding_grad_bytes(tied, qlora_cfg, precision(qlora_cfg)) == 0  # frozen embeddings
+
+
+def test_dequant_moment_by_hand(tiny, qlora_cfg):
+    """The 4-bit weight's dequantized copy meets the output projection's gradients (incoming 4X + input 4F,
+    fp32 stream), not the product's 3F + 2X transient: max(4*512 + 4*1024, 3*4*512 - 4*1024) = 6144."""
+    from ftplan.planner.memory.activations import backward_transient, dequant_moment_transient
+
+    prec = precision(qlora_cfg)
+    assert dequant_moment_transient(tiny, qlora_cfg, prec) == 6144
+    assert backward_transient(tiny, qlora_cfg, prec) == 3 * 4 * 1024 + 2 * 4 * 512
+    lora = replace(qlora_cfg, method="lora", quant="bf16")
+    assert dequant_moment_transient(tiny, lora, precision(lora)) == 0  # no dequantized weight
+
+
+def test_top_layer_backward_holds_the_larger_moment(tiny, qlora_cfg):
+    """QLoRA: the top layer's backward holds the dequantized weight (64*128 bf16 = 16,384 B) beside the
+    6,144 B of its moment (22,528 > the product's 16,384), never both transients at once."""
+    from ftplan.planner.memory.phases import memory_model
+
+    m = memory_model(tiny, qlora_cfg, None)
+    top = m.phases["backward"]
+    assert top["dequant_transient"] == 16384 and top["backward_transient"] == 6144
+    lora = replace(qlora_cfg, method="lora", quant="bf16")
+    top = memory_model(tiny, lora, None).phases["backward"]
+    assert "dequant_transient" not in top and top["backward_transient"] == 3 * 2 * 1024 + 2 * 2 * 512

@@ -192,6 +192,7 @@ class DynamicTerms:
     forward_transient: int
     loss_forward: int
     loss_backward: int
+    dequant_moment: int = 0  # gradient buffers beside a dequantized 4-bit weight in backward
 
 
 def static_key(cfg: TrainConfig) -> StaticKey:
@@ -296,7 +297,8 @@ def dynamic_terms(spec: ModelSpec, cfg: TrainConfig, device: str = "cuda") -> Dy
     model_saved = sum(act.model_saved.values())
     rest = model_saved - act.model_saved["final_norm"] - act.model_saved.get("lm_head_input", 0)
     return DynamicTerms(act.layer_saved, model_saved, rest, act.layer_recompute, act.last_layer,
-                        act.backward_transient, act.forward_transient, loss.forward_peak, loss.backward_peak)
+                        act.backward_transient, act.forward_transient, loss.forward_peak, loss.backward_peak,
+                        act.dequant_moment)
 
 
 # The search evaluates thousands of configurations that share these terms. The caches are keyed on the
@@ -367,15 +369,19 @@ def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> d
     bwd_start = phase(
         gradients=grads_live, activations=d.act_layers + d.act_model,
         autocast_weight_copies=head_kept + copies_start, logits_loss=d.loss_backward, **{gk: g.backward_start})
+    # a layer's backward: the product's gradients (no weight dequantized then) or a 4-bit weight's dequantized
+    # copy beside the gradients of its projection's backward, whichever is larger
+    deq = s.dequant and d.dequant_moment + s.dequant > d.backward_transient
+    bt, dq = (d.dequant_moment, s.dequant) if deq else (d.backward_transient, 0)
     bwd_top = phase(
         gradients=max(s.grads, s.grads_accum) if accum else s.grads // max(layers, 1),
         activations=d.act_layers + d.act_rest,
-        recompute=d.recompute, backward_transient=d.backward_transient, dequant_transient=s.dequant,
+        recompute=d.recompute, backward_transient=bt, dequant_transient=dq,
         autocast_weight_copies=copies_top,
         **{gk: g.backward_layer - (g.layer_grads if accum else 0)
            + held_reduce_at_layer(g, d.act_layers // max(layers, 1))})
-    bwd_end = phase(gradients=s.grads, backward_transient=d.backward_transient, activations=d.last_layer,
-                    dequant_transient=s.dequant, **{gk: g.backward_end})
+    bwd_end = phase(gradients=s.grads, backward_transient=bt, activations=d.last_layer,
+                    dequant_transient=dq, **{gk: g.backward_end})
     candidates = [bwd_start, bwd_top, bwd_end]
     if s.tied_grad:
         candidates.append(phase(gradients=s.grads, backward_transient=s.tied_grad, **{gk: g.backward_end}))
@@ -422,10 +428,11 @@ def device_bytes_fast(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) ->
     fwd = (grads_live + saved + head_kept + s.other_copies
            + max(head_fwd + d.loss_forward + g.loss, d.forward_transient + g.forward_layer, copy_out))
     start = grads_live + saved + head_kept + copies_start + g.backward_start + d.loss_backward
+    bt = max(d.backward_transient, d.dequant_moment + s.dequant) if s.dequant else d.backward_transient
     top = ((max(grads, s.grads_accum) if accum else grads // max(layers, 1)) + d.act_layers + d.act_rest + d.recompute
-           + d.backward_transient + s.dequant + copies_top + g.backward_layer - (g.layer_grads if accum else 0)
+           + bt + copies_top + g.backward_layer - (g.layer_grads if accum else 0)
            + held_reduce_at_layer(g, d.act_layers // max(layers, 1)))
-    end = grads + d.backward_transient + d.last_layer + s.dequant + g.backward_end
+    end = grads + bt + d.last_layer + g.backward_end
     embed = grads + s.tied_grad + g.backward_end if s.tied_grad else 0
     step = grads + s.opt_temp
     peak = s.resident_total + max(fwd, start, top, end, embed, step)
