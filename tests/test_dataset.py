@@ -105,3 +105,37 @@ def test_plan_and_report_take_the_data(tmp_path):
     assert r.data is not None and r.data["samples"] == 200 and r.options[0].plan.config.seq_len == 256
     with pytest.raises(FtplanError, match="--tokens .* or --data"):
         build("8b", "rtx4090", None)
+
+
+def test_the_approximation_benchmark_runs_and_measures(tmp_path):
+    """``benchmarks/token_approx.py`` on a word-level tokenizer and Alpaca/ShareGPT-shaped files: each word and
+    punctuation mark a token, so the measured figures are known by hand."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    (tmp_path / "toks" / "words").mkdir(parents=True)
+    tok.save(str(tmp_path / "toks" / "words" / "tokenizer.json"))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "alpaca.json").write_text(json.dumps([{"instruction": "hello world", "input": "", "output": "hello world"}] * 5))
+    (data / "chat_conversation.json").write_text(json.dumps(
+        [{"conversations": [{"from": "human", "value": "hello"}, {"from": "gpt", "value": "world hello"}]}] * 3))
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / "token_approx.py"), "--tokenizers", str(tmp_path / "toks"),
+                        "--data", str(data), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(out.read_text())
+    en = next(s for s in doc["summary"] if s["group"] == "en")
+    # train's Alpaca text "### Instruction:\nhello world\n\n### Response:\nhello world": 55 bytes, 10 word-level
+    # tokens ("###", "Instruction", ":", ...); exact 10 + end of sequence, approximate ceil(55 / 4) + 1
+    assert en["samples"] == 5 and en["text_bytes_per_token"] == pytest.approx(55 / 10)
+    assert en["total_ratio"] == pytest.approx((14 + 1) / (10 + 1))
+    assert {s["group"] for s in doc["summary"]} == {"en", "chat"}
