@@ -154,11 +154,14 @@ def recommend_seq_len(prof: DataProfile, max_positions: int) -> tuple[int, int]:
 
 def padding_waste(prof: DataProfile, seq_len: int, micro_batch: int, grouped: bool = False, seed: int = 0) -> float:
     """The share of a padded batch's tokens that are padding: samples cut at ``seq_len``, batched
-    ``micro_batch`` at a time in a shuffled order (or sorted by length, ``grouped``), each batch padded to its
-    longest sample."""
+    ``micro_batch`` at a time in a shuffled order (or, ``grouped``, the length-grouped order of ``ftplan train
+    --group-by-length``), each batch padded to its longest sample."""
     xs = [min(x, seq_len) for x in prof.lengths]
-    if not grouped:
-        random.Random(seed).shuffle(xs)
+    random.Random(seed).shuffle(xs)
+    if grouped:  # the order ftplan train --group-by-length makes (train.data.length_grouped)
+        from .train.data import length_grouped
+
+        xs = [xs[i] for i in length_grouped(range(len(xs)), xs, micro_batch)]
     real = padded = 0
     for k in range(0, len(xs), micro_batch):
         chunk = xs[k:k + micro_batch]

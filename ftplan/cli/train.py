@@ -94,6 +94,7 @@ def train_command(
     keep: int = typer.Option(2, "--keep", help="checkpoints kept"),
     resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint in --output"),
     packing: bool = typer.Option(False, "--packing", help="pack examples into full --seq-len blocks"),
+    group_by_length: bool = typer.Option(False, "--group-by-length", help="micro-batches of similar lengths, the longest first (less padding; HF group_by_length)"),
     merge: bool = typer.Option(False, "--merge", help="also write merged 16-bit weights"),
     synthetic_weights: Optional[bool] = typer.Option(None, "--synthetic-weights/--real-weights", help="random weights from the config [default: as the config says]"),
     device: Optional[str] = typer.Option(None, help="cuda | cpu [default: as the config says, else cuda when present]"),
@@ -120,6 +121,6 @@ def train_command(
 
             raise FtplanError(f"--gpus={gpus} must be at least 1")
         run_train(config, data, output, max_steps, eval_data=eval_data, model=model, epochs=epochs, lr=lr,
-                  warmup_steps=warmup_steps, save_every=save_every, keep=keep, resume=resume, packing=packing,
+                  warmup_steps=warmup_steps, save_every=save_every, keep=keep, resume=resume, packing=packing, group_by_length=group_by_length,
                   merge=merge, synthetic_weights=synthetic_weights, device=device, seed=seed, quiet=quiet,
                   report_to=report_to, tracking_uri=tracking_uri, experiment=experiment)

@@ -379,10 +379,13 @@ def data_text(d: dict) -> str:
     out.append(f"{seq}: {a['truncated']:,} samples truncated; the plan's memory is for its longest batch: "
                f"{a['seq_len']:,} tokens x micro-batch")
     b = a["micro_batch_for_waste"]
-    pack = ("pack the samples into full sequences (ftplan train --packing; TRL packing=True)" if a["packing"]
-            else "pad each batch to its longest sample")
-    out.append(f"  padding would waste {a['padding_waste']:.0%} of the tokens at micro-batch {b} "
-               f"({a['grouped_padding_waste']:.0%} with length-grouped batching): {pack}")
+    grouped = f"group batches by length ({a['grouped_padding_waste']:.0%} wasted; ftplan train --group-by-length, HF group_by_length=True)"
+    pack = (f"pack the samples into full sequences (ftplan train --packing; TRL packing=True), or {grouped}"
+            if a["packing"] else "pad each batch to its longest sample")
+    out.append(f"  padding would waste {a['padding_waste']:.0%} of the tokens at micro-batch {b}"
+               + (f" ({a['grouped_padding_waste']:.0%} grouped by length: ftplan train --group-by-length)"
+                  if not a["packing"] else "")
+               + f": {pack}")
     how = "given" if d["tokens_given"] else (f"{d['tokens_processed']:,.0f} tokens per epoch "
                                                f"({'packed' if a['packing'] else 'padded tokens included'})")
     out.append(f"  time and cost use {how}")

@@ -12,7 +12,7 @@ Every line is checked before any training starts; a bad line is an error naming 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,3 +162,22 @@ def batches(rows: list, micro_batch: int, pad_id: int, order: list[int]) -> Iter
         yield {"input_ids": [i + [pad_id] * (width - len(i)) for i, _ in chunk],
                "labels": [lab + [IGNORE] * (width - len(lab)) for _, lab in chunk],
                "attention_mask": [[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk]}
+
+
+GROUP_MEGABATCH = 50  # at most this many micro-batches per length-sorted group (HF's LengthGroupedSampler: 50)
+
+
+def length_grouped(order: Sequence[int], lengths: Sequence[int], micro_batch: int) -> list[int]:
+    """``order`` (a shuffled permutation of the samples) regrouped so that each micro-batch holds samples of
+    similar length, as ``group_by_length`` does in HF Trainer: consecutive groups of ``micro_batch * m``
+    samples (``m = min(n // (4 * micro_batch), GROUP_MEGABATCH)``, at least 1), each sorted longest first,
+    and the longest sample of all swapped into the first place so that the largest batch runs first (a batch
+    that does not fit fails at step 1, not hours in). Still a permutation; random between groups."""
+    n = len(order)
+    mult = max(1, min(n // max(1, 4 * micro_batch), GROUP_MEGABATCH))
+    size = micro_batch * mult
+    groups = [sorted(order[k:k + size], key=lambda i: -lengths[i]) for k in range(0, n, size)]
+    if groups:
+        g = max(range(len(groups)), key=lambda k: lengths[groups[k][0]])
+        groups[0][0], groups[g][0] = groups[g][0], groups[0][0]
+    return [i for g in groups for i in g]

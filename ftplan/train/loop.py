@@ -29,7 +29,7 @@ from ..best import DEFAULT_LR, best_config, best_knobs
 from ..errors import FtplanError
 from . import checkpoint as C
 from . import dist as D
-from .data import IGNORE, batches, pack, read_jsonl, tokenize
+from .data import IGNORE, batches, length_grouped, pack, read_jsonl, tokenize
 
 
 @dataclass
@@ -47,6 +47,7 @@ class TrainOptions:
     keep: int = 2
     resume: bool = False
     packing: bool = False
+    group_by_length: bool = False  # micro-batches of similar lengths (less padding; data.length_grouped)
     seed: int = 0
     device: str | None = None
     synthetic_weights: bool | None = None
@@ -74,6 +75,9 @@ def check_options(opts: TrainOptions) -> None:
     whole("--seed", opts.seed, 0, 2**63 - 1)
     real("--epochs", opts.epochs, low=0, low_open=True, high=1e6)
     real("--lr", opts.lr, low=0, low_open=True, high=MAX_LR)
+    if opts.packing and opts.group_by_length:
+        raise FtplanError("--packing and --group-by-length: packed sequences all have the same length, so there is "
+                          "nothing to group; use one of them")
     from ..atomic import check_folder
     from ..stack.env import check_device_name
 
@@ -109,9 +113,13 @@ class TrainResult:
     tracked: str | None = None  # where the tracked run is (--report-to)
 
 
-def fingerprint(model: str, knobs: dict[str, Any], data: str, seed: int, packing: bool, lr: float) -> str:
-    blob = json.dumps({"model": model, "knobs": knobs, "data": hashlib.sha256(Path(data).read_bytes()).hexdigest(),
-                       "seed": seed, "packing": packing, "lr": lr}, sort_keys=True)
+def fingerprint(model: str, knobs: dict[str, Any], data: str, seed: int, packing: bool, lr: float,
+                grouped: bool = False) -> str:
+    doc = {"model": model, "knobs": knobs, "data": hashlib.sha256(Path(data).read_bytes()).hexdigest(),
+           "seed": seed, "packing": packing, "lr": lr}
+    if grouped:  # (absent otherwise: a run checkpointed before the option existed resumes as it was)
+        doc["group_by_length"] = True
+    blob = json.dumps(doc, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -210,7 +218,8 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     total = opts.max_steps or max(1, math.ceil(opts.epochs * steps_per_epoch))
     out = Path(opts.output)
     ckroot = out / "checkpoints"
-    fp = fingerprint(model_name, best_knobs(opts.config), opts.data, opts.seed, opts.packing, opts.lr)
+    fp = fingerprint(model_name, best_knobs(opts.config), opts.data, opts.seed, opts.packing, opts.lr,
+                     opts.group_by_length)
     last = C.latest(ckroot)
     if last is not None and not opts.resume:
         D.teardown(d)
@@ -260,7 +269,10 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
         epoch, pos = divmod(m, per_epoch)
         if epoch not in order_cache:
             order_cache.clear()
-            order_cache[epoch] = _order(len(rows), opts.seed, epoch)
+            order = _order(len(rows), opts.seed, epoch)
+            if opts.group_by_length:
+                order = length_grouped(order, [len(i) for i, _ in rows], cfg.micro_batch)
+            order_cache[epoch] = order
         idx = order_cache[epoch][pos * cfg.micro_batch:(pos + 1) * cfg.micro_batch]
         return next(batches(rows, cfg.micro_batch, pad, idx))
 
@@ -357,7 +369,8 @@ def _finish(out, model, cfg, tok, opts, ckroot, total, opt, sched, fp, losses, s
 
     files[name] = str(C.save_folder_atomic(out / name, write))
     doc = {**opts.config, "model": model_name, "trained": {"steps": total, "resumed_from": start, "seed": opts.seed,
-                                                           "lr": opts.lr, "packing": opts.packing, "data": opts.data,
+                                                           "lr": opts.lr, "packing": opts.packing,
+                                                           "group_by_length": opts.group_by_length, "data": opts.data,
                                                            "synthetic_weights": synthetic, "device": dev}}
     atomic_write_text(out / "ftplan-config.json", json.dumps(doc, indent=2) + "\n")
     files["config"] = str(out / "ftplan-config.json")

@@ -47,7 +47,7 @@ class TrainTracking:
             prev = json.loads(state.read_text())
             if prev.get("backend") == self.spec.backend:
                 resume_id = prev.get("run_id")
-        params = {"model": model_name, "knobs": knobs, "lr": opts.lr, "seed": opts.seed, "packing": opts.packing,
+        params = {"model": model_name, "knobs": knobs, "lr": opts.lr, "seed": opts.seed, "packing": opts.packing, "group_by_length": opts.group_by_length,
                   "data": opts.data, "steps": total, "warmup_steps": opts.warmup_steps, "device": dev,
                   "processes": world, "gpu": doc.get("gpu"), "study": doc.get("study"), "trial": doc.get("trial")}
         from .. import __version__

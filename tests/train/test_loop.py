@@ -96,6 +96,34 @@ def test_resume_with_other_config_refused(tiny_llama, data_file, tmp_path):
         _train(best_doc(tiny_llama, lora_rank=4), data_file, tmp_path / "r", max_steps=3, resume=True)
 
 
+def test_group_by_length_runs_the_longest_batch_first(tiny_llama, tmp_path, monkeypatch):
+    """--group-by-length: the first micro-batch holds the longest example, the order is still a permutation,
+    a resume must keep the option (it is part of the run's fingerprint), and it is refused with --packing."""
+    import ftplan.train.loop as L
+    from tests.stack_fixtures import write_jsonl
+
+    data = tmp_path / "d.jsonl"
+    write_jsonl(data, n=40)
+    with open(data, "a") as f:  # one long example
+        f.write(json.dumps({"prompt": "Q: " + "seven " * 20, "completion": " A: long."}) + "\n")
+    seen = []
+    real = L._tensor_batch
+
+    def spy(b, dev):
+        seen.append(max(sum(m) for m in b["attention_mask"]))
+        return real(b, dev)
+
+    monkeypatch.setattr(L, "_tensor_batch", spy)
+    res = _train(best_doc(tiny_llama), str(data), tmp_path / "g", max_steps=2, save_every=1, group_by_length=True)
+    assert res.steps == 2 and seen[0] == max(seen)
+    doc = json.loads((tmp_path / "g" / "ftplan-config.json").read_text())
+    assert doc["trained"]["group_by_length"] is True
+    with pytest.raises(FtplanError, match="another configuration"):
+        _train(best_doc(tiny_llama), str(data), tmp_path / "g", max_steps=3, resume=True)
+    with pytest.raises(FtplanError, match="--packing and --group-by-length"):
+        _train(best_doc(tiny_llama), str(data), tmp_path / "p", packing=True, group_by_length=True)
+
+
 def test_bad_config_and_data_exit_2(tmp_path, tiny_llama):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
