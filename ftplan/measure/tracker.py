@@ -217,6 +217,34 @@ class LiveStorageTracker(TorchDispatchMode):
             for (m, n), f in saved.items():
                 setattr(m, n, f)
 
+    @contextmanager
+    def follow_fsdp1(self, tag: str = "fsdp_gathered") -> Iterator[None]:
+        """Follow FSDP1's in-place storage resizes: a unit's padded unsharded flat parameter (and its
+        low-precision shard under mixed precision) is allocated by resizing its storage before the
+        all-gather and freed by resizing it to 0 after use (``torch.distributed.fsdp._flat_param``'s
+        ``_alloc_storage``/``_free_storage``). The unshard is tagged as gathered, the gradient reduction
+        (``_runtime_utils._reduce_grad``: the padded unsharded gradient, the reduce-scatter output) as
+        ``fsdp_reduce``."""
+        from torch.distributed.fsdp import _flat_param, _runtime_utils
+
+        orig_alloc, orig_free = _flat_param._alloc_storage, _flat_param._free_storage
+
+        def alloc(tensor: torch.Tensor, size: torch.Size) -> None:
+            orig_alloc(tensor, size)
+            self.resized(tensor, tag)
+
+        def free(tensor: torch.Tensor) -> None:
+            orig_free(tensor)
+            self.resized(tensor, tag)
+
+        _flat_param._alloc_storage, _flat_param._free_storage = alloc, free
+        gathers = [(_flat_param.FlatParamHandle, "unshard"), (_flat_param.FlatParamHandle, "pre_unshard")]
+        try:
+            with self.tag_calls(gathers, tag), self.tag_calls([(_runtime_utils, "_reduce_grad")], "fsdp_reduce"):
+                yield
+        finally:
+            _flat_param._alloc_storage, _flat_param._free_storage = orig_alloc, orig_free
+
     # -- the mode ---------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))

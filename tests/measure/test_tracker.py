@@ -119,3 +119,32 @@ def test_follow_fsdp2_counts_gathered_parameters_only_while_unsharded():
         assert gathered_now == 0  # both units resharded after the backward: their storages resized to 0
     finally:
         dist.destroy_process_group()
+
+
+def test_follow_fsdp1_counts_the_unsharded_flat_parameter_only_while_gathered():
+    """The same with FSDP1 (``FullyShardedDataParallel`` on the CPU): a unit's padded unsharded flat parameter
+    is allocated by a storage resize before its all-gather and freed by one after use; followed, the peak
+    holds both 64 x 64 fp32 units gathered (the root's and the inner one's) and nothing stays gathered after
+    the backward."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
+    try:
+        lin = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False), torch.nn.Linear(64, 64, bias=False))
+        lin[0] = FSDP(lin[0], device_id=torch.device("cpu"), use_orig_params=True)
+        net = FSDP(lin, device_id=torch.device("cpu"), use_orig_params=True)
+        tr = LiveStorageTracker()
+        tr.track([p for p in net.parameters()], "weights_dense", weight=True)
+        before = tr.current
+        with tr, tr.follow_fsdp1():
+            tr.start_phase()
+            net(torch.ones(4, 64)).sum().backward()
+            rep = tr.phase_report("step")
+        assert before == 2 * 32 * 64 * 4  # two fp32 flat shards of 64 x 64 / 2
+        assert rep.breakdown["fsdp_gathered"] == 2 * 64 * 64 * 4
+        gathered_now = sum(r.nbytes for r in tr._live.values() if r.tag == "fsdp_gathered")
+        assert gathered_now == 0
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,142 @@
+"""FSDP1 measured on the CPU, beside ftplan's FSDP model (which is FSDP2's, what accelerate runs today).
+
+Most published multi-GPU figures come from FSDP1 (``FullyShardedDataParallel``: HF Trainer + accelerate before
+FSDP2, AnswerDotAI's fsdp_qlora, fms-acceleration, llama-recipes). accelerate's FSDP plugin refuses the CPU,
+but FSDP1 itself runs there (``device_id=cpu``). This script wraps the model as HF Trainer does with FSDP1:
+``FULL_SHARD``, ``limit_all_gathers``, bf16 ``MixedPrecision`` (param, reduce, buffer), ``use_orig_params``; a
+PEFT model with PEFT's own ``fsdp_auto_wrap_policy`` (each decoder layer a unit, and each trainable LoRA
+module one of its own, so no flat parameter mixes dtypes or frozen and trainable weights), a full fine-tune
+with the decoder layers as units and its trainable weights in fp32 (FSDP1 keeps the dtype it is given: a
+model loaded in bf16 would train in pure bf16). QLoRA without ``prepare_model_for_kbit_training``: its fp32
+norms cannot be flattened with the bf16 storage of the 4-bit weights in one unit (FSDP1 raises "Must flatten
+tensors with uniform dtype"). Rank 0 of 2 runs over PyTorch's fake process group (real allocations, no
+communication) under the live-storage tracker, which follows FSDP1's storage resizes
+(``LiveStorageTracker.follow_fsdp1``); each phase's peak is printed beside ``ftplan.estimate(...,
+sharding="fsdp")``.
+
+    python benchmarks/fsdp1_cpu.py [--out PATH]
+
+Results go to ``results/fsdp1_cpu.json``. What it shows: how far FSDP1's allocated memory is from the
+FSDP2 model the planner uses, so that a gap to a published FSDP1 figure can be told from FSDP1 itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy_multi import WIDE  # noqa: E402
+
+BASE = {"optimizer": "adamw_torch", "seq_len": 128, "grad_accum": 1}
+ROWS = [
+    dict(BASE, method="lora", quant="bf16", micro_batch=2, gradient_checkpointing=True),
+    dict(BASE, method="lora", quant="bf16", micro_batch=2, gradient_checkpointing=False),
+    dict(BASE, method="qlora", quant="nf4", micro_batch=1, gradient_checkpointing=True, prepare_kbit=False),
+    dict(BASE, method="qlora", quant="nf4", micro_batch=1, gradient_checkpointing=False, prepare_kbit=False),
+    dict(BASE, method="full", quant="bf16", micro_batch=1, gradient_checkpointing=True),
+    dict(BASE, method="full", quant="bf16", micro_batch=1, gradient_checkpointing=False),
+]
+
+
+def measure_fsdp1(model: str, kn: dict, steps: int = 2) -> dict:
+    """Rank 0 of a 2-rank FSDP1 run (see the module docstring): each phase's peak and live set by term."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from ftplan.measure.step import classify_params, run_steps
+    from ftplan.measure.tracker import LiveStorageTracker
+    from ftplan.planner.options import make_config
+    from ftplan.profiles.models import get_model
+    from ftplan.stack.build import build_model
+
+    spec = get_model(model)
+    cfg = make_config(spec, None, num_gpus=2, sharding="fsdp", **kn).config
+    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
+    try:
+        m = build_model(model, spec, cfg, "cpu", synthetic=True, seed=0)
+        vocab = m.get_input_embeddings().weight.shape[0]
+        if cfg.is_lora:
+            from peft.utils.other import fsdp_auto_wrap_policy
+
+            policy = fsdp_auto_wrap_policy(m)
+        else:
+            for p in m.parameters():  # fp32 trainable weights, bf16 compute (HF Trainer loads fp32 by default)
+                p.data = p.data.to(torch.float32)
+            layers = {type(mod) for mod in m.modules() if type(mod).__name__.endswith("DecoderLayer")}
+            policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layers)
+        bf16 = torch.bfloat16
+        net = FSDP(m, auto_wrap_policy=policy, sharding_strategy=ShardingStrategy.FULL_SHARD, use_orig_params=True,
+                   limit_all_gathers=True, mixed_precision=MixedPrecision(param_dtype=bf16, reduce_dtype=bf16,
+                                                                         buffer_dtype=bf16),
+                   device_id=torch.device("cpu"))
+        tracker = LiveStorageTracker()
+        for tag, ts in classify_params(net).items():
+            tracker.track(ts, tag, weight=tag != "buffers")
+        with tracker, tracker.follow_fsdp1():
+            records = run_steps(net, cfg, vocab, "cpu", steps, tracker, no_sync=net.no_sync)
+    finally:
+        dist.destroy_process_group()
+    return {ph: {"peak_allocated_bytes": v["peak_allocated_bytes"], "breakdown": v["breakdown"]}
+            for ph, v in records[-1].phases.items()}
+
+
+def describe(kn: dict) -> str:
+    s = f"{kn['method']} b{kn['micro_batch']}x{kn['seq_len']} {'gc' if kn['gradient_checkpointing'] else 'nogc'}"
+    return s + (" no-kbit-prep" if kn.get("prepare_kbit") is False else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "fsdp1_cpu.json"))
+    a = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    import ftplan
+    from ftplan.stack import quiet_stack
+    from ftplan.stack.env import provenance
+
+    t0 = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, quiet_stack():
+        folder = Path(tmp) / "wide"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(WIDE))
+        print(f"{'configuration (wide Llama, rank 0 of 2)':42} {'FSDP1 measured':>15} {'ftplan (FSDP)':>14} {'error':>7}  phase")
+        for kn in ROWS:
+            phases = measure_fsdp1(str(folder), kn)
+            peak_phase = max(phases, key=lambda ph: phases[ph]["peak_allocated_bytes"])
+            meas = phases[peak_phase]["peak_allocated_bytes"]
+            est = ftplan.estimate(str(folder), "cpu", num_gpus=2, sharding="fsdp", calibrate=False, **kn)
+            pred = est.peak_allocated_bytes
+            err = pred / meas - 1
+            rows.append({"config": describe(kn), "knobs": kn, "measured_peak": meas, "measured_phase": peak_phase,
+                         "predicted_peak": pred, "predicted_phase": est.peak_phase, "error": err,
+                         "phases": phases})
+            print(f"{describe(kn):42} {meas / 2**20:>12.2f} MiB {pred / 2**20:>10.2f} MiB {err:>+7.1%}  "
+                  f"{peak_phase} / {est.peak_phase}")
+    errs = sorted(abs(r["error"]) for r in rows)
+    line = (f"{len(rows)} FSDP1 configurations: ftplan's FSDP model vs FSDP1 measured, median |error| "
+            f"{errs[len(errs) // 2]:.1%}, max {errs[-1]:.1%}")
+    print(line)
+    from ftplan.atomic import atomic_write_text
+
+    doc = {**provenance("cpu", ["python", "benchmarks/fsdp1_cpu.py"]), "summary": line, "rows": rows,
+           "seconds": round(time.perf_counter() - t0, 1)}
+    atomic_write_text(Path(a.out), json.dumps(doc, indent=1) + "\n")
+    print(f"saved {a.out} ({doc['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
