@@ -229,8 +229,12 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     from .track import TrainTracking
 
     # the store is opened (an unreachable server said) before the model is built; the run starts after a resume
-    tracked = TrainTracking(check_tracking(opts.report_to, opts.tracking_uri, opts.experiment) if d.main else None,
-                            out, opts.config)
+    try:
+        tracked = TrainTracking(check_tracking(opts.report_to, opts.tracking_uri, opts.experiment) if d.main else None,
+                                out, opts.config)
+    except FtplanError:
+        D.teardown(d)
+        raise
 
     model = build_model(model_name, spec, cfg, dev, synthetic=synthetic, seed=opts.seed)
     model = D.shard(model, cfg, d)  # FSDP2: before the optimizer, whose parameters are then the shards
