@@ -34,6 +34,9 @@ PACKAGE = {"mlflow": "mlflow", "tensorboard": "tensorboard", "wandb": "wandb"}  
 STATUSES = ("FINISHED", "FAILED", "KILLED")  # how a run ends (MLflow's names)
 MAX_EXPERIMENT = 256
 MAX_PARAM = 6000  # MLflow keeps at most 6,000 characters of a parameter's value
+# an MLflow server that cannot be reached is said in seconds, not after MLflow's default 7 retries (about 4
+# minutes, measured); the user's own settings of these variables win
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,9 @@ class Tracker:
             logging.getLogger(name).setLevel(logging.WARNING)  # (after the import, which sets mlflow's level)
 
         self.uri = mlflow_uri(self.spec.uri, self.dir)
+        if self.uri.startswith(("http://", "https://")):  # MLflow's defaults retry 7 times over ~4 minutes
+            for var, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(var, value)
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
             exp = self.client.get_experiment_by_name(self.experiment)

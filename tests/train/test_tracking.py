@@ -109,3 +109,21 @@ def test_wandb_offline_run_without_login(tiny_llama, data_file, tmp_path):
     blob = runs[0].read_bytes()  # the run's records (protobuf): the plan and the step metrics are in it
     for key in (b"tokens_per_s", b"memory_bytes", b"knobs.lora_rank", b"median_tokens_per_s"):
         assert key in blob
+
+
+def test_unreachable_mlflow_server_is_exit_2_in_seconds(tiny_llama, data_file, tmp_path):
+    """No server listens on the discard port: one line, exit 2, before any weights are built (MLflow's own
+    retries would take about 4 minutes; ``tracking.HTTP_DEFAULTS`` shortens them)."""
+    import time
+
+    pytest.importorskip("mlflow")
+    (tmp_path / "best.json").write_text(json.dumps(best_doc(tiny_llama)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "ftplan", "train", "--config", "best.json", "--data", data_file,
+                        "--max-steps", "1", "-o", "out", "-q", "--report-to", "mlflow", "--tracking-uri",
+                        "http://127.0.0.1:9"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert "cannot open the tracking store http://127.0.0.1:9" in p.stderr and "Traceback" not in p.stderr
+    assert time.monotonic() - t0 < 90
+    assert not (tmp_path / "out" / "checkpoints").exists()
