@@ -91,6 +91,19 @@ def test_a_storage_resized_in_place_dies_and_is_born_again():
     del t
 
 
+def _one_tracked_step(net, follow: str):
+    """(live bytes before, the step's phase report, gathered bytes still live after) of one forward and
+    backward of ``net`` under the tracker with ``follow`` (its ``follow_fsdp1``/``follow_fsdp2``)."""
+    tr = LiveStorageTracker()
+    tr.track([p for p in net.parameters()], "weights_dense", weight=True)
+    before = tr.current
+    with tr, getattr(tr, follow)():
+        tr.start_phase()
+        net(torch.ones(4, 64)).sum().backward()
+        rep = tr.phase_report("step")
+    return before, rep, sum(r.nbytes for r in tr._live.values() if r.tag == "fsdp_gathered")
+
+
 def test_follow_fsdp2_counts_gathered_parameters_only_while_unsharded():
     """A one-process FSDP2 unit over a fake process group of 2: after the forward the unit reshards, and
     the tracker no longer counts its gathered parameters (without following the resizes it would)."""
@@ -105,17 +118,10 @@ def test_follow_fsdp2_counts_gathered_parameters_only_while_unsharded():
         lin = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False), torch.nn.Linear(64, 64, bias=False))
         fully_shard(lin[0], mesh=mesh)
         fully_shard(lin, mesh=mesh)
-        tr = LiveStorageTracker()
-        tr.track([p for p in lin.parameters()], "weights_dense", weight=True)
-        before = tr.current
-        with tr, tr.follow_fsdp2():
-            tr.start_phase()
-            lin(torch.ones(4, 64)).sum().backward()
-            rep = tr.phase_report("step")
+        before, rep, gathered_now = _one_tracked_step(lin, "follow_fsdp2")
         assert before == 2 * 32 * 64 * 4  # two fp32 shards of 32 x 64
         assert rep.breakdown["fsdp_gathered"] == 64 * 64 * 4  # one 64 x 64 fp32 unit gathered at the peak
         # after the backward every non-root unit is resharded: the live set is shards, gradients, input
-        gathered_now = sum(r.nbytes for r in tr._live.values() if r.tag == "fsdp_gathered")
         assert gathered_now == 0  # both units resharded after the backward: their storages resized to 0
     finally:
         dist.destroy_process_group()
@@ -135,16 +141,9 @@ def test_follow_fsdp1_counts_the_unsharded_flat_parameter_only_while_gathered():
         lin = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False), torch.nn.Linear(64, 64, bias=False))
         lin[0] = FSDP(lin[0], device_id=torch.device("cpu"), use_orig_params=True)
         net = FSDP(lin, device_id=torch.device("cpu"), use_orig_params=True)
-        tr = LiveStorageTracker()
-        tr.track([p for p in net.parameters()], "weights_dense", weight=True)
-        before = tr.current
-        with tr, tr.follow_fsdp1():
-            tr.start_phase()
-            net(torch.ones(4, 64)).sum().backward()
-            rep = tr.phase_report("step")
+        before, rep, gathered_now = _one_tracked_step(net, "follow_fsdp1")
         assert before == 2 * 32 * 64 * 4  # two fp32 flat shards of 64 x 64 / 2
         assert rep.breakdown["fsdp_gathered"] == 2 * 64 * 64 * 4
-        gathered_now = sum(r.nbytes for r in tr._live.values() if r.tag == "fsdp_gathered")
         assert gathered_now == 0
     finally:
         dist.destroy_process_group()
