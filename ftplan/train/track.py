@@ -32,6 +32,9 @@ class TrainTracking:
         self.run: tracking.Run | None = None
         self.tps: list[float] = []
         self.peak = 0
+        pred = doc.get("predicted")  # best.json's predictions (autotune); a hand-written document may have none
+        self.predicted: dict[str, Any] = pred if isinstance(pred, dict) else {}
+        self.dev = self.doc_device = None
         self.tracker = None
         if spec is not None and spec.on:
             self.tracker = tracking.open_tracker(spec, doc.get("study") or "ftplan",
@@ -44,25 +47,27 @@ class TrainTracking:
         state = self.out / STATE_FILE
         resume_id = None
         if start and state.exists():
-            prev = json.loads(state.read_text())
-            if prev.get("backend") == self.spec.backend:
+            try:
+                prev = json.loads(state.read_text())
+            except (OSError, ValueError):  # unreadable: the resumed training gets a new run
+                prev = {}
+            if isinstance(prev, dict) and prev.get("backend") == self.spec.backend:
                 resume_id = prev.get("run_id")
-        params = {"model": model_name, "knobs": knobs, "lr": opts.lr, "seed": opts.seed, "packing": opts.packing, "group_by_length": opts.group_by_length,
-                  "data": opts.data, "steps": total, "warmup_steps": opts.warmup_steps, "device": dev,
-                  "processes": world, "gpu": doc.get("gpu"), "study": doc.get("study"), "trial": doc.get("trial")}
+        params = {"model": model_name, "knobs": knobs, "lr": opts.lr, "seed": opts.seed, "packing": opts.packing,
+                  "group_by_length": opts.group_by_length, "data": opts.data, "steps": total,
+                  "warmup_steps": opts.warmup_steps, "device": dev, "processes": world, "gpu": doc.get("gpu"),
+                  "study": doc.get("study"), "trial": doc.get("trial")}
         from .. import __version__
 
         tags = {"ftplan.command": "train", "ftplan.version": __version__, "ftplan.output": str(self.out.resolve()),
                 "ftplan.memory_kind": "cuda max_memory_allocated" if dev == "cuda" else "cpu process peak RSS"}
-        self.run = tracker.start(f"train {Path(model_name).name if '/' in model_name else model_name}", params, tags, resume_id=resume_id, start_step=start + 1,
-                                 subdir="train")
+        name = Path(model_name).name if "/" in model_name else model_name
+        self.run = tracker.start(f"train {name}", params, tags, resume_id=resume_id, start_step=start + 1, subdir="train")
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(state, json.dumps({"backend": self.spec.backend, "run_id": self.run.run_id,
                                              "where": self.run.where}) + "\n")
-        pred = doc.get("predicted") or {}
-        self.predicted = pred
         self.dev, self.doc_device = dev, doc.get("device")
-        self.run.log_metrics({f"predicted_{k}": v for k, v in pred.items()}, step=0)
+        self.run.log_metrics({f"predicted_{k}": v for k, v in self.predicted.items()}, step=0)
 
     @property
     def where(self) -> str | None:
