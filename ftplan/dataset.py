@@ -12,8 +12,9 @@ Recommendations (each stated with its numbers):
 - the sequence length: the 99th percentile, rounded up to a multiple of ``SEQ_STEP``, within the model's
   context limit; how many samples it truncates;
 - packing or padding: the share of padded tokens a shuffled padded batch of ``micro_batch`` would waste
-  (measured on the file's own lengths with a fixed seed), with and without length-grouped batching;
-  packing is recommended above ``PACKING_WASTE``;
+  (measured on the file's own lengths with a fixed seed), with and without length-grouped batching (the
+  grouping ``ftplan train --group-by-length`` runs); above ``PACKING_WASTE``, packing is recommended and
+  grouping offered with its own waste;
 - memory is then planned for the longest batch the collation produces: with padding, a micro-batch of
   samples padded to the longest, at most the recommended length (the plan's ``seq_len``); packed, every
   sequence is exactly that length.
