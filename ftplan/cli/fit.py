@@ -91,33 +91,24 @@ def fit_callback(
             from ..dataset import apply_data
 
             data_doc, tokens, seq_len = apply_data(model, data, tokens, seq_len, micro_batch)
+        common = dict(margin=margin, gpu_file=gpu_file, calibrate=calibration, handoff=handoff)
+        knobs = dict(method=method, quant=quant, double_quant=double_quant, lora_rank=rank, lora_alpha=alpha,
+                     lora_targets=targets, lora_dropout=lora_dropout, micro_batch=micro_batch, seq_len=seq_len,
+                     gradient_checkpointing=grad_ckpt, optimizer=optimizer, attention=attention, loss_impl=loss,
+                     sharding=sharding, offload=offload, nodes=nodes)
+        batch = dict(effective_batch=effective_batch, grad_accum=grad_accum)  # (the inverse questions set their own)
         if gpu.strip().lower() == "any":
             _any_gpu(model, json_out, top, tokens=parse_count(tokens, "--tokens") if tokens else None, epochs=epochs,
-                     budget=budget, deadline=deadline, objective=objective, margin=margin, gpu_file=gpu_file,
-                     calibrate=calibration, handoff=handoff, spot_discount=spot_discount, method=method, quant=quant,
-                     double_quant=double_quant, lora_rank=rank, lora_alpha=alpha, lora_targets=targets,
-                     lora_dropout=lora_dropout, micro_batch=micro_batch, seq_len=seq_len,
-                     effective_batch=effective_batch, grad_accum=grad_accum, gradient_checkpointing=grad_ckpt,
-                     optimizer=optimizer, attention=attention, loss_impl=loss, num_gpus=gpus if gpus != 1 else None,
-                     sharding=sharding, offload=offload, nodes=nodes, max_gpus=8 * (nodes or 1))
+                     budget=budget, deadline=deadline, objective=objective, spot_discount=spot_discount, **common,
+                     **knobs, **batch, num_gpus=gpus if gpus != 1 else None, max_gpus=8 * (nodes or 1))
         if budget is not None or deadline is not None:
             from ..errors import FtplanError
 
             raise FtplanError("--budget and --deadline choose among GPUs: use them with --gpu any")
         if max_seq_len or max_batch:
-            _inverse(model, gpu, max_seq_len, json_out, margin=margin, gpu_file=gpu_file, calibrate=calibration,
-                     handoff=handoff, method=method, quant=quant, double_quant=double_quant, lora_rank=rank,
-                     lora_alpha=alpha, lora_targets=targets, lora_dropout=lora_dropout, micro_batch=micro_batch,
-                     seq_len=seq_len, gradient_checkpointing=grad_ckpt, optimizer=optimizer, attention=attention,
-                     loss_impl=loss, num_gpus=gpus, sharding=sharding, offload=offload, nodes=nodes)
-        result = run_fit(model, gpu, objective=objective, tokens=tokens, epochs=epochs, price=price, margin=margin,
-                         top=top, gpu_file=gpu_file, spot_discount=spot_discount, calibrate=calibration,
-                         handoff=handoff, host_ram=host_ram, method=method, quant=quant,
-                         double_quant=double_quant, lora_rank=rank, lora_alpha=alpha, lora_targets=targets,
-                         lora_dropout=lora_dropout, micro_batch=micro_batch, seq_len=seq_len,
-                         effective_batch=effective_batch, grad_accum=grad_accum, gradient_checkpointing=grad_ckpt,
-                         optimizer=optimizer, attention=attention, loss_impl=loss, num_gpus=gpus, sharding=sharding,
-                         offload=offload, nodes=nodes)
+            _inverse(model, gpu, max_seq_len, json_out, **common, **knobs, num_gpus=gpus)
+        result = run_fit(model, gpu, objective=objective, tokens=tokens, epochs=epochs, price=price, top=top,
+                         spot_discount=spot_discount, host_ram=host_ram, **common, **knobs, **batch, num_gpus=gpus)
     traced = None
     if trace and result.plans:
         with user_errors():
