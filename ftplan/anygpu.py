@@ -21,9 +21,10 @@ from .planner.search import DEFAULT_MARGIN
 from .planner.types import GPUSpec, ModelSpec, Plan
 from .profiles.gpus import list_gpus
 from .profiles.models import get_model
-from .units import parse_duration, real
+from .units import DURATION_UNITS, parse_quantity, real
 
 COUNTS = (1, 2, 4, 8)
+DEADLINE_UNITS = {**DURATION_UNITS, "d": 86400.0}  # --time-budget's units, and days
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,8 @@ def deadline_hours(deadline: str | float | None) -> float | None:
         return None
     if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
         return real("--deadline", float(deadline), low=0, low_open=True, high=24 * 3650)
-    text = str(deadline).strip().lower()
-    if text.endswith("d") and text[:-1].replace(".", "", 1).isdigit():
-        return real("--deadline", float(text[:-1]) * 24, low=0, low_open=True, high=24 * 3650)
-    seconds = parse_duration(text, "--deadline")
-    return None if seconds is None else seconds / 3600.0
+    seconds = parse_quantity(str(deadline), DEADLINE_UNITS, "--deadline", "12h, 90m, 2d")
+    return real("--deadline", seconds / 3600.0, low=0, low_open=True, high=24 * 3650)
 
 
 def rank_gpus(model: str | ModelSpec, *, tokens: float | None = None, epochs: float = 1.0, budget: float | None = None,

@@ -32,8 +32,8 @@ from typing import Any
 
 from .atomic import check_input
 from .errors import FtplanError
+from .inverse import SEQ_STEP, seq_cap  # lengths in the same steps as the inverse questions
 
-SEQ_STEP = 128
 # Without the model's tokenizer: UTF-8 bytes per token. Measured (benchmarks/token_approx.py, 8 tokenizers:
 # Llama 3, Qwen2, Llama 2, Mistral, Phi-3, GPT-2, GPT-NeoX, SmolLM; real Alpaca, chat, code and Chinese data):
 # English and chat text 3.7-4.9 bytes per token (total within 20%, median 7.8%), code 2.8-3.9 (under-counted
@@ -147,8 +147,7 @@ def profile_data(path: str | Path, model: str | None = None, hf_id: str = "", pr
 def recommend_seq_len(prof: DataProfile, max_positions: int) -> tuple[int, int]:
     """(the sequence length covering the 99th percentile, a multiple of ``SEQ_STEP`` within the model's
     limit; how many samples it truncates)."""
-    cap = max(SEQ_STEP, (max_positions // SEQ_STEP) * SEQ_STEP)
-    s = min(cap, max(SEQ_STEP, math.ceil(prof.percentile(0.99) / SEQ_STEP) * SEQ_STEP))
+    s = min(seq_cap(max_positions), max(SEQ_STEP, math.ceil(prof.percentile(0.99) / SEQ_STEP) * SEQ_STEP))
     truncated = sum(1 for x in prof.lengths if x > s)
     return s, truncated
 

@@ -28,6 +28,11 @@ MAX_BATCH = 4096
 ROWS = (("qlora", True), ("qlora", False), ("lora", True), ("lora", False), ("full", True), ("full", False))
 
 
+def seq_cap(max_positions: int) -> int:
+    """The longest multiple of ``SEQ_STEP`` within a model's context limit (at least ``SEQ_STEP``)."""
+    return max(SEQ_STEP, (max_positions // SEQ_STEP) * SEQ_STEP)
+
+
 @dataclass(frozen=True)
 class Limit:
     """One answer: the largest value that fits (None: not even the smallest), and the plan at it."""
@@ -84,7 +89,7 @@ def max_seq_len(model: str | ModelSpec, gpu: str | GPUSpec, *, margin: float = D
     spec = get_model(model)
     kn = {k: v for k, v in knobs.items() if v is not None}
     kn.setdefault("micro_batch", 1)
-    cap = max(SEQ_STEP, (spec.max_positions // SEQ_STEP) * SEQ_STEP)
+    cap = seq_cap(spec.max_positions)
     probe = lambda s: _fits(spec, gpu, {**kn, "seq_len": s}, margin, calibrate, handoff, gpu_file)  # noqa: E731
     value, plan = _bisect(SEQ_STEP, cap, SEQ_STEP, probe)
     return Limit(kn.get("method"), kn.get("gradient_checkpointing"), value, value == cap, plan)
