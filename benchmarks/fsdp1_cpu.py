@@ -2,12 +2,9 @@
 
 Most published multi-GPU figures come from FSDP1 (``FullyShardedDataParallel``: HF Trainer + accelerate before
 FSDP2, AnswerDotAI's fsdp_qlora, fms-acceleration, llama-recipes). accelerate's FSDP plugin refuses the CPU,
-but FSDP1 itself runs there (``device_id=cpu``). This script wraps the model as HF Trainer does with FSDP1:
-``FULL_SHARD``, ``limit_all_gathers``, bf16 ``MixedPrecision`` (param, reduce, buffer), ``use_orig_params``; a
-PEFT model with PEFT's own ``fsdp_auto_wrap_policy`` (each decoder layer a unit, and each trainable LoRA
-module one of its own, so no flat parameter mixes dtypes or frozen and trainable weights), a full fine-tune
-with the decoder layers as units and its trainable weights in fp32 (FSDP1 keeps the dtype it is given: a
-model loaded in bf16 would train in pure bf16). QLoRA without ``prepare_model_for_kbit_training``: its fp32
+but FSDP1 itself runs there (``device_id=cpu``). This script wraps the model as HF Trainer does with FSDP1
+(``ftplan.measure.distributed.shard_fsdp1``: PEFT's wrap policy for LoRA, fp32 weights for a full fine-tune,
+bf16 mixed precision). QLoRA without ``prepare_model_for_kbit_training``: its fp32
 norms cannot be flattened with the bf16 storage of the 4-bit weights in one unit (FSDP1 raises "Must flatten
 tensors with uniform dtype"). Rank 0 of 2 runs over PyTorch's fake process group (real allocations, no
 communication) under the live-storage tracker, which follows FSDP1's storage resizes
@@ -23,7 +20,6 @@ FSDP2 model the planner uses, so that a gap to a published FSDP1 figure can be t
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import tempfile
@@ -48,14 +44,12 @@ ROWS = [
 
 
 def measure_fsdp1(model: str, kn: dict, steps: int = 2) -> dict:
-    """Rank 0 of a 2-rank FSDP1 run (see the module docstring): each phase's peak and live set by term."""
-    import torch
+    """Rank 0 of a 2-rank FSDP1 run (``measure.distributed.shard_fsdp1``) over the fake process group: each
+    phase's peak and live set by term."""
     import torch.distributed as dist
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
-    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    from ftplan.measure.distributed import shard_fsdp1
     from ftplan.measure.step import classify_params, run_steps
     from ftplan.measure.tracker import LiveStorageTracker
     from ftplan.planner.options import make_config
@@ -68,20 +62,7 @@ def measure_fsdp1(model: str, kn: dict, steps: int = 2) -> dict:
     try:
         m = build_model(model, spec, cfg, "cpu", synthetic=True, seed=0)
         vocab = m.get_input_embeddings().weight.shape[0]
-        if cfg.is_lora:
-            from peft.utils.other import fsdp_auto_wrap_policy
-
-            policy = fsdp_auto_wrap_policy(m)
-        else:
-            for p in m.parameters():  # fp32 trainable weights, bf16 compute (HF Trainer loads fp32 by default)
-                p.data = p.data.to(torch.float32)
-            layers = {type(mod) for mod in m.modules() if type(mod).__name__.endswith("DecoderLayer")}
-            policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layers)
-        bf16 = torch.bfloat16
-        net = FSDP(m, auto_wrap_policy=policy, sharding_strategy=ShardingStrategy.FULL_SHARD, use_orig_params=True,
-                   limit_all_gathers=True, mixed_precision=MixedPrecision(param_dtype=bf16, reduce_dtype=bf16,
-                                                                         buffer_dtype=bf16),
-                   device_id=torch.device("cpu"))
+        net = shard_fsdp1(m, cfg, "cpu")
         tracker = LiveStorageTracker()
         for tag, ts in classify_params(net).items():
             tracker.track(ts, tag, weight=tag != "buffers")

@@ -84,6 +84,39 @@ def shard_fsdp2(model, cfg, reshard_after_forward: bool = True, offload: bool = 
     return model
 
 
+def shard_fsdp1(model, cfg, device: str = "cpu"):
+    """Wrap ``model`` with FSDP1 (``FullyShardedDataParallel``) as HF Trainer does: ``FULL_SHARD``,
+    ``limit_all_gathers``, ``use_orig_params``, the compute dtype's ``MixedPrecision`` (param, reduce, buffer)
+    under autocast. A PEFT model gets PEFT's ``fsdp_auto_wrap_policy`` (each decoder layer a unit and each
+    trainable LoRA module one of its own: FSDP1 cannot flatten the fp32 adapters with the 16-bit base, "Must
+    flatten tensors with uniform dtype"); a full fine-tune the decoder layers as units, its weights in fp32 (FSDP1
+    keeps the dtype it is given: a 16-bit model would train in pure 16-bit). Runs on the CPU too (accelerate's
+    plugin refuses it, torch does not). Read the vocabulary before wrapping: under ``use_orig_params`` a
+    parameter outside forward is a view of its flat shard."""
+    import functools
+
+    import torch
+    from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision, ShardingStrategy
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    from ..stack.build import torch_dtype
+
+    if cfg.is_lora:
+        from peft.utils.other import fsdp_auto_wrap_policy
+
+        policy = fsdp_auto_wrap_policy(model)
+    else:
+        for p in model.parameters():
+            p.data = p.data.to(torch.float32)
+        layers = {type(layer) for layer in decoder_layers(model)}
+        policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layers)
+    compute = torch_dtype(cfg.compute_dtype)
+    mp = MixedPrecision(param_dtype=compute, reduce_dtype=compute, buffer_dtype=compute) if cfg.autocast else None
+    return FullyShardedDataParallel(model, auto_wrap_policy=policy, sharding_strategy=ShardingStrategy.FULL_SHARD,
+                                    use_orig_params=True, limit_all_gathers=True, mixed_precision=mp,
+                                    device_id=torch.device("cpu") if device == "cpu" else torch.cuda.current_device())
+
+
 def _rank_main(rank: int, world: int, init_file: str, model: str, knobs: dict, sharding: str, steps: int,
                out_dir: str) -> None:
     import sys

@@ -134,3 +134,46 @@ def test_our_tracker_equals_pytorchs_fsdp_memory_tracker(wide):
             dist.destroy_process_group()
 
     assert peak("ours") == peak("pytorch")
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_fsdp1_wraps_as_hf_trainer_and_trains_a_step(wide, method):
+    """``shard_fsdp1`` (rank 0 of 2 over the fake process group, on the CPU): LoRA gets PEFT's policy (a unit per
+    decoder layer and per trainable LoRA module, so no flat parameter mixes the fp32 adapters with the bf16
+    base), a full fine-tune fp32 flat parameters; one tracked step runs and FSDP1's gathers come and go."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from ftplan.measure.distributed import shard_fsdp1
+    from ftplan.measure.step import run_steps
+    from ftplan.measure.tracker import LiveStorageTracker
+    from ftplan.planner.options import make_config
+    from ftplan.profiles.models import get_model
+    from ftplan.stack.build import build_model
+
+    spec = get_model(wide)
+    kn = dict(KNOBS, method=method, gradient_checkpointing=method == "lora")
+    cfg = make_config(spec, None, num_gpus=2, sharding="fsdp", **kn).config
+    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
+    try:
+        m = build_model(wide, spec, cfg, "cpu", synthetic=True, seed=0)
+        vocab = m.get_input_embeddings().weight.shape[0]
+        net = shard_fsdp1(m, cfg, "cpu")
+        units = [u for u in net.modules() if isinstance(u, FullyShardedDataParallel)]
+        trainable_leaves = [u for u in units if isinstance(u.module, torch.nn.Linear) and u.module.weight.requires_grad]
+        if method == "lora":
+            assert trainable_leaves  # the adapters are units of their own
+            assert {p.dtype for p in net.parameters() if p.requires_grad} == {torch.float32}
+        else:
+            assert len(units) == WIDE["num_hidden_layers"] + 1  # a unit per decoder layer, and the root
+            assert {p.dtype for p in net.parameters()} == {torch.float32}
+        tracker = LiveStorageTracker()
+        tracker.track(list(net.parameters()), "weights_dense", weight=True)
+        with tracker, tracker.follow_fsdp1():
+            rec = run_steps(net, cfg, vocab, "cpu", 2, tracker, no_sync=net.no_sync)[-1]
+        assert any(ph["breakdown"].get("fsdp_gathered", 0) > 0 for ph in rec.phases.values())
+        assert not any(r.tag == "fsdp_gathered" for r in tracker._live.values())  # all resharded after the step
+    finally:
+        dist.destroy_process_group()
