@@ -282,18 +282,13 @@ def stage_fsdp(ctx: Ctx, budget: Budget) -> dict:
 
 
 def _fsdp1_rank(model: str, spec, cfg, device: str) -> dict:
-    """Rank 0 of a 2-rank FSDP1 run as accelerate's FSDP plugin wraps it (full shard, a unit per decoder
-    layer, bf16 mixed precision, ``use_orig_params`` for the frozen base, ``limit_all_gathers``), over the
+    """Rank 0 of a 2-rank FSDP1 run as HF Trainer wraps it (``ftplan.measure.distributed.shard_fsdp1``: a unit per
+    decoder layer and per LoRA module, bf16 mixed precision, ``use_orig_params``, ``limit_all_gathers``), over the
     fake process group: allocated and reserved per phase."""
-    import functools
-
-    import torch
     import torch.distributed as dist
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
-    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    from ftplan.measure.distributed import shard_fsdp1
     from ftplan.measure.profile import summarize
     from ftplan.measure.step import run_steps
     from ftplan.stack.build import build_model
@@ -302,15 +297,10 @@ def _fsdp1_rank(model: str, spec, cfg, device: str) -> dict:
     dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
     try:
         m = build_model(model, spec, cfg, device, synthetic=True)
-        layer_cls = {type(mod) for mod in m.modules() if type(mod).__name__.endswith("DecoderLayer")}
-        bf16 = torch.bfloat16
-        net = FSDP(m, auto_wrap_policy=functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layer_cls),
-                   sharding_strategy=ShardingStrategy.FULL_SHARD, use_orig_params=True, limit_all_gathers=True,
-                   mixed_precision=MixedPrecision(param_dtype=bf16, reduce_dtype=bf16, buffer_dtype=bf16),
-                   device_id=torch.cuda.current_device())
+        vocab = m.get_input_embeddings().weight.shape[0]  # before wrapping: then a view of the flat shard
+        net = shard_fsdp1(m, cfg, device)
         _free(device)
         opt = make_optimizer(cfg.optimizer, [p for p in net.parameters() if p.requires_grad], device)
-        vocab = m.get_input_embeddings().weight.shape[0]
         records = run_steps(net, cfg, vocab, device, 3, None, optimizer=opt, no_sync=net.no_sync)
         res = summarize(records)
     finally:
