@@ -218,8 +218,8 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
     total = opts.max_steps or max(1, math.ceil(opts.epochs * steps_per_epoch))
     out = Path(opts.output)
     ckroot = out / "checkpoints"
-    fp = fingerprint(model_name, best_knobs(opts.config), opts.data, opts.seed, opts.packing, opts.lr,
-                     opts.group_by_length)
+    knobs = best_knobs(opts.config)
+    fp = fingerprint(model_name, knobs, opts.data, opts.seed, opts.packing, opts.lr, opts.group_by_length)
     last = C.latest(ckroot)
     if last is not None and not opts.resume:
         D.teardown(d)
@@ -280,7 +280,7 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
         idx = order_cache[epoch][pos * cfg.micro_batch:(pos + 1) * cfg.micro_batch]
         return next(batches(rows, cfg.micro_batch, pad, idx))
 
-    tracked.start(best_knobs(opts.config), opts, dev, d.world, start, total, model_name)
+    tracked.start(knobs, opts, dev, d.world, start, total, model_name)
     model.train()
     try:
         for step in range(start, total):
