@@ -38,11 +38,13 @@ def best_knobs(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
 def best_config(doc: dict[str, Any], model: str | None = None, **changes: Any):
     """(ModelSpec, TrainConfig) of a best.json document, validated like any knobs; ``model`` overrides
     the document's model, ``changes`` its knobs."""
-    from .planner.options import make_config
+    from .planner.options import make_config, require_buildable
     from .profiles.models import get_model
 
     spec = get_model(model or doc["model"])
-    return spec, make_config(spec, None, **best_knobs(doc, **changes)).config
+    cfg = make_config(spec, None, **best_knobs(doc, **changes)).config
+    require_buildable(cfg, "a run from this file")
+    return spec, cfg
 
 
 def local_path(value: str, base: str | Path | None = None) -> str | None:

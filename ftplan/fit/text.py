@@ -26,6 +26,7 @@ TERM_LABELS = {
     "activations": "saved activations",
     "autocast_weight_copies": "autocast 16-bit weight copies",
     "logits_loss": "logits and loss buffers",
+    "logits_held": "logits the loop's model output keeps",
     "forward_transient": "layer forward intermediates",
     "recompute": "recomputed layer (checkpointing)",
     "backward_transient": "backward gradient buffers",

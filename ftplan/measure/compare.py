@@ -17,6 +17,7 @@ GROUP_OF = {
     "gradients": "gradients",
     "ddp_buckets": "gradients", "optimizer_temp": "optimizer_temp",
     "autocast_weight_copies": "autocast_weight_copies", "logits_loss": "logits_loss",
+    "logits_held": "logits_loss",
     "dequant_transient": "dequant_transient", "activations": "activations", "recompute": "activations",
     "backward_transient": "activations", "forward_transient": "activations",
     "cuda_workspace": "other", "fsdp_gathered": "fsdp_buffers", "fsdp_reduce": "fsdp_buffers",

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import FtplanError
-from ..planner.options import make_config
+from ..planner.options import make_config, require_buildable
 from ..planner.types import ModelSpec
 from ..profiles.models import get_model
 from ..stack.env import is_oom, require_stack, resolve_device
@@ -45,6 +45,7 @@ def profile(model: str | ModelSpec, *, steps: int = 3, device: str | None = "cpu
         require_weights_source(model, spec.hf_id)  # no network: at once, before torch
     require_stack()
     cfg = make_config(spec, None, **knobs).config
+    require_buildable(cfg, "ftplan profile (it runs the installed stack's step)")
     if cfg.num_gpus > 1:
         raise FtplanError("profile runs one process on one device; --gpus > 1 is planned with accelerate launch")
     dev = resolve_device(device)

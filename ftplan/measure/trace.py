@@ -23,7 +23,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from ..errors import FtplanError
-from ..planner.options import make_config
+from ..planner.options import make_config, require_buildable
 from ..planner.types import ModelSpec
 from ..profiles.models import get_model
 from .fake import _quantize_meta, fake_quant_state, quant_state, traced_params, unpacked_positions  # noqa: F401 - quant_state: public here too
@@ -70,6 +70,7 @@ def trace(model: str | ModelSpec, *, steps: int = 2, argv: list[str] | None = No
     require_stack()
     spec = get_model(model)
     cfg = make_config(spec, None, **knobs).config
+    require_buildable(cfg, "ftplan trace (it traces the installed stack's step)")
     if cfg.quant == "int8":
         raise FtplanError("trace does not model 8-bit (LLM.int8) bases; use nf4/fp4 or a 16-bit base")
     if cfg.num_gpus > 1:

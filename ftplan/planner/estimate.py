@@ -18,6 +18,22 @@ ASSUMPTIONS = (
 )
 
 
+# what estimate() was told about a stack or loop ftplan does not build (``planner.memory.logits``)
+LEGACY_LOSS_NOTES = {
+    "legacy_shift": "loss as transformers 4.46-4.48 ran it: the fp32 logits shifted with one more copy in forward",
+    "legacy_upcast": "loss as transformers <= 4.45 ran it: logits upcast to fp32 in the model, shifted with a copy, "
+                     "returned in fp32",
+}
+
+
+def stack_assumptions(cfg: TrainConfig) -> tuple[str, ...]:
+    """The assumption lines for an older transformers' loss and a loop that keeps the model's output."""
+    notes = [LEGACY_LOSS_NOTES[cfg.loss_impl]] if cfg.loss_impl in LEGACY_LOSS_NOTES else []
+    if cfg.output_held:
+        notes.append("the loop keeps the model's output (its logits) through backward and the optimizer step")
+    return tuple(notes)
+
+
 # key: (spec_id, method, quant, lora_rank, lora_targets, optimizer)
 _TRAFFIC_CACHE: dict[tuple[int, str, str, int, tuple[str, ...], str], float] = {}
 
@@ -75,5 +91,5 @@ def build_estimate(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, token
                     device_bytes=mem.device_bytes, breakdown=mem.breakdown, peak_phase=mem.peak_phase,
                     phases=mem.phases, overheads=mem.overheads, usable_bytes=usable, fits=fits,
                     trainable_params=mem.trainable_params, total_params=mem.total_params, time=t, cost=cost,
-                    warnings=warnings, assumptions=(autocast_assumption(cfg), *ASSUMPTIONS[1:]),
+                    warnings=warnings, assumptions=(autocast_assumption(cfg), *ASSUMPTIONS[1:], *stack_assumptions(cfg)),
                     host_breakdown=host, host_ram_bytes=host_ram)

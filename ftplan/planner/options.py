@@ -21,7 +21,10 @@ ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 OBJECTIVES = ("throughput", "cost", "quality")
 SHARDINGS = ("ddp", "fsdp", "fsdp_grad_op", "zero1", "zero2", "zero3")
 OFFLOADS = ("none", "optimizer", "params")
-LOSS_IMPLS = ("standard", "chunked")
+LOSS_IMPLS = ("standard", "chunked", "legacy_shift", "legacy_upcast")
+# losses of older transformers (``planner.memory.logits``): what a run on that stack held, for estimate() only;
+# nothing ftplan builds runs them
+LEGACY_LOSSES = ("legacy_shift", "legacy_upcast")
 COMPUTE_DTYPES = ("bf16", "fp16")
 BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
@@ -44,7 +47,8 @@ _ALIASES = {
                  "deepspeed_zero3": "zero3"},
     "offload": {"no": "none", "off": "none", "false": "none", "cpu": "params", "optimizer_state": "optimizer",
                 "optim": "optimizer", "param": "params", "parameters": "params", "all": "params"},
-    "loss_impl": {"hf": "standard", "fused": "chunked", "liger": "chunked", "chunked_ce": "chunked"},
+    "loss_impl": {"hf": "standard", "fused": "chunked", "liger": "chunked", "chunked_ce": "chunked",
+                  "shift": "legacy_shift", "upcast": "legacy_upcast"},
     "compute_dtype": {"bfloat16": "bf16", "float16": "fp16", "half": "fp16"},
 }
 _VALID = {"method": METHODS, "quant": QUANTS, "optimizer": OPTIMIZERS, "attention": ATTENTIONS,
@@ -60,13 +64,13 @@ MOE_PER_EXPERT = ("MoE: transformers 4.x layout assumed: one nn.Linear per exper
 # the knobs estimate()/plan() take; effective_batch is turned into grad_accum
 KNOBS = ("method", "quant", "double_quant", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout",
          "micro_batch", "seq_len", "grad_accum", "effective_batch", "gradient_checkpointing", "optimizer",
-         "attention", "num_gpus", "nodes", "sharding", "offload", "prepare_kbit", "autocast", "loss_impl", "compute_dtype")
+         "attention", "num_gpus", "nodes", "sharding", "offload", "prepare_kbit", "autocast", "loss_impl", "compute_dtype", "output_held")
 
 DEFAULTS: dict[str, Any] = {
     "method": "qlora", "quant": "nf4", "double_quant": True, "lora_rank": 16, "lora_targets": "all-linear",
     "lora_dropout": 0.0, "micro_batch": 1, "seq_len": 2048, "effective_batch": 16,
     "gradient_checkpointing": True, "optimizer": "paged_adamw_8bit", "attention": "sdpa", "num_gpus": 1,
-    "prepare_kbit": True, "autocast": True, "loss_impl": "standard",
+    "prepare_kbit": True, "autocast": True, "loss_impl": "standard", "output_held": False,
 }
 
 
@@ -273,12 +277,24 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
                       gradient_checkpointing=flag("gradient_checkpointing", k.get("gradient_checkpointing", True)), optimizer=optimizer,
                       attention=attention, num_gpus=n_gpus, nodes=nodes, sharding=sharding, offload=offload,
                       prepare_kbit=flag("prepare_kbit", k.get("prepare_kbit", True)), autocast=autocast,
-                      loss_impl=loss_impl, compute_dtype=compute)
+                      loss_impl=loss_impl, compute_dtype=compute,
+                      output_held=flag("output_held", k.get("output_held", False)))
     if cfg.is_lora:
         resolve_targets(model, targets)  # raises on a name the model does not have
     if model.is_moe:
         warnings.append(MOE_FUSED if fused_experts() else MOE_PER_EXPERT)
     return Resolved(cfg, tuple(warnings))
+
+
+def require_buildable(cfg: TrainConfig, what: str) -> None:
+    """Raise when ``cfg`` holds a knob that only describes another stack or loop (``LEGACY_LOSSES``,
+    ``output_held``): ``what`` (a plan, a trace, a run) would build something else."""
+    if cfg.loss_impl in LEGACY_LOSSES:
+        raise FtplanError(f"loss_impl={cfg.loss_impl!r} describes an older transformers' loss for estimate() only; "
+                          f"{what} runs the installed transformers; valid: standard, chunked")
+    if cfg.output_held:
+        raise FtplanError(f"output_held=True describes a custom loop for estimate() only; {what} drops the model's "
+                          "output before backward, as HF Trainer does; valid: output_held=False")
 
 
 # what each strategy can move to the host: FSDP's CPUOffloadPolicy / CPUOffload(offload_params=True) moves

@@ -28,7 +28,7 @@ from typing import Any
 
 from .estimate import build_estimate, host_breakdown, optimizer_traffic_bytes
 from .memory.phases import cached_terms, device_bytes_fast
-from .options import BNB_OPTIMIZERS, DEFAULTS, choice, flag, make_config, parse_targets, positive_int
+from .options import BNB_OPTIMIZERS, DEFAULTS, choice, flag, make_config, parse_targets, positive_int, require_buildable
 from .timing import tokens_per_s
 from .types import FSDP_SHARDINGS, Estimate, GiB, GPUSpec, ModelSpec, Plan, TrainConfig
 
@@ -101,6 +101,7 @@ def enumerate_configs(spec: ModelSpec, gpu: GPUSpec | None, fixed: dict[str, Any
     """Yield (TrainConfig, warnings) for every combination of the free knobs."""
     base = make_config(spec, gpu, **fixed)  # validates the fixed knobs once
     cfg0 = base.config
+    require_buildable(cfg0, "a plan")
     per_gpu_eff = None
     if "micro_batch" in fixed:
         mbs = [cfg0.micro_batch]

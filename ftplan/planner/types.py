@@ -154,8 +154,14 @@ class TrainConfig:
     nodes: int = 1  # servers the GPUs are spread over (num_gpus / nodes per server)
     prepare_kbit: bool = True  # peft.prepare_model_for_kbit_training (fp32 upcast of unquantized params)
     autocast: bool = True  # HF Trainer bf16=True / fp16=True
-    loss_impl: str = "standard"  # standard (HF ForCausalLMLoss) | chunked (fused/chunked cross-entropy)
+    # standard (HF ForCausalLMLoss) | chunked (fused/chunked cross-entropy) | legacy_shift (transformers
+    # 4.46-4.48) | legacy_upcast (<= 4.45); the legacy two describe older stacks for estimate() only
+    loss_impl: str = "standard"
     compute_dtype: str = "bf16"  # bf16 | fp16: autocast and bitsandbytes compute dtype; fp16 adds loss scaling
+    # the training loop keeps the model's output (its logits) through backward and the optimizer step, as a
+    # custom loop that writes ``out = model(...); out.loss.backward()`` does; HF Trainer and every hand-off drop
+    # it (estimate() only; absent from ``to_dict`` unless set, so plans and their fingerprints never carry it)
+    output_held: bool = False
 
     @property
     def effective_batch(self) -> int:
@@ -181,6 +187,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if not self.output_held:
+            d.pop("output_held")
         d["lora_targets"] = list(self.lora_targets)
         d["effective_batch"] = self.effective_batch
         return d

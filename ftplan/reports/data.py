@@ -33,7 +33,7 @@ MEMORY_GROUPS = (
                          "grad_scaler")),
     ("Activations", ("activations", "recompute", "backward_transient", "forward_transient", "autocast_weight_copies",
                      "dequant_transient", "cuda_workspace", "fsdp_gathered", "zero_buffers")),
-    ("Logits and loss", ("logits_loss",)),
+    ("Logits and loss", ("logits_loss", "logits_held")),
     ("CUDA context", ("cuda_context",)),
     ("Allocator overhead", ("allocator_overhead",)),
 )

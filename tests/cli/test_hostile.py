@@ -41,6 +41,9 @@ def _ftplan(*args, env=None):
     (("--gpus", "2", "--sharding", "zero3"), "ftplan train runs DDP and FSDP, not DeepSpeed"),
     (("--gpus", "2", "--sharding", "fsdp", "--optimizer", "paged_adamw_8bit"), "bitsandbytes optimizers do not run"),
     (("--gpus", "2", "--sharding", "fsdp", "--loss", "chunked"), "ftplan train runs the chunked loss on one process"),
+    # an older transformers' loss describes a run for estimate(); a plan is built with the installed one
+    (("--loss", "legacy_shift"), "loss_impl='legacy_shift' describes an older transformers' loss for estimate() only"),
+    (("--loss", "upcast", "--for", "hf"), "loss_impl='upcast' describes an older transformers' loss"),
 ])
 def test_numbers_out_of_range_are_refused_at_once(args, needle):
     # was: a hang (_divisors counted to the effective batch), and NaN/inf prices answered with exit 0

@@ -18,16 +18,17 @@ MODELS = [get_model(n) for n in ("smollm2-135m", "llama3.2-1b", "qwen2.5-0.5b", 
 FORMATS = [("qlora", "nf4"), ("qlora", "fp4"), ("lora", "int8"), ("lora", "bf16"), ("full", "bf16"), ("full", "fp32")]
 
 configs = st.builds(
-    lambda fmt, dq, rank, mb, seq, accum, ckpt, opt, attn, drop, loss, targets: TrainConfig(
+    lambda fmt, dq, rank, mb, seq, accum, ckpt, opt, attn, drop, loss, targets, held: TrainConfig(
         method=fmt[0], quant=fmt[1], double_quant=dq, lora_rank=rank, lora_targets=targets, micro_batch=mb,
         seq_len=seq, grad_accum=accum, gradient_checkpointing=ckpt, optimizer=opt, attention=attn,
-        lora_dropout=drop, loss_impl=loss),
+        lora_dropout=drop, loss_impl=loss, output_held=held),
     st.sampled_from(FORMATS), st.booleans(), st.integers(1, 128), st.integers(1, 8), st.integers(16, 4096),
     st.integers(1, 8), st.booleans(),
     st.sampled_from(["adamw", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd",
                      "adafactor"]),
     st.sampled_from(["sdpa", "eager", "flash_attention_2"]), st.sampled_from([0.0, 0.05]),
-    st.sampled_from(["standard", "chunked"]), st.sampled_from([("all-linear",), ("attention",), ("mlp",)]))
+    st.sampled_from(["standard", "chunked", "legacy_shift", "legacy_upcast"]),
+    st.sampled_from([("all-linear",), ("attention",), ("mlp",)]), st.booleans())
 models = st.sampled_from(MODELS)
 gpus = st.sampled_from([None, get_gpu("cpu"), get_gpu("rtx4090"), get_gpu("h100")])
 

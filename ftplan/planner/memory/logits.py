@@ -11,6 +11,26 @@ Standard path (transformers ``loss_utils.ForCausalLMLoss``, >= 4.46): ``logits.f
   gradient: ``12N``.
 Gemma 2's final logit softcap (``tanh``) saves one more ``lb*N``.
 
+Older transformers (estimate only: describing a run on that stack; every hand-off runs the standard loss):
+- ``legacy_shift`` (4.46-4.48, ``ForCausalLMLoss`` before huggingface/transformers#35646): the loss shifts the
+  fp32 logits with ``logits[..., :-1, :].contiguous()``, one more ``4N`` beside the others in forward:
+  ``lb*N + 4N + 4N + 4N`` (``lb*N + 8N`` for fp32 logits, whose ``.float()`` is the same tensor);
+- ``legacy_upcast`` (<= 4.45, e.g. ``LlamaForCausalLM.forward``: ``logits = logits.float()`` in the model,
+  then the same shifted copy): the autocast-dtype logits die at the upcast, so forward is ``4N + 4N + 4N``
+  and the model's output carries the fp32 logits (``4N``) rather than ``lb*N``.
+Both save the same ``4N`` and meet the same ``12N`` in backward (the shift's ``slice_backward`` makes a new
+``4N`` beside the incoming ``4N``, after ``log_softmax``'s buffers are gone).
+
+The model's output (``held``): HF Trainer's ``compute_loss`` returns the loss alone, so the logits the output
+carries are gone before backward. A loop that keeps the output (``out = model(...); out.loss.backward()``,
+``TrainConfig.output_held``) holds them through backward and the optimizer step: ``lb*N`` (``4N`` under
+``legacy_upcast``; nothing under the chunked loss, which returns no logits).
+
+Measured (CPU, ``LiveStorageTracker``, one-layer Llama, h=64, V=32,000, b=2, s=128, N = 8,192,000;
+``benchmarks/loss_stacks_cpu.py`` under transformers 4.45.2, 4.48.3 and 5.24.0): every figure above to
+within 2.1%, median 0.7% (the rest is the decoder's own activations and gradients), bf16 and fp32, output kept and
+not.
+
 Chunked path (fused linear cross-entropy, Liger-style; what ``ftplan.stack.loss`` runs for ``ftplan
 train``/``profile`` and Liger runs for the HF hand-offs): logits exist one chunk of
 ``next_pow2(ceil(E / ceil(V / h)))`` tokens at a time; the hidden-state gradient (``E*h``) is
@@ -38,6 +58,7 @@ class LossMemory:
     forward_peak: int  # at the loss, end of forward
     saved: int  # kept for backward
     backward_peak: int  # at the start of backward
+    held: int = 0  # the logits the model's output carries (counted in backward only when the loop keeps it)
 
 
 def chunk_tokens(tokens: int, vocab: int, hidden: int) -> int:
@@ -74,5 +95,9 @@ def loss_memory(spec: ModelSpec, cfg: TrainConfig, prec: Precision) -> LossMemor
         return LossMemory(chunk * V * per_element + kept + step, kept, kept)
     N = E * V
     softcap = lb * N if spec.final_logit_softcap else 0
-    fwd = lb * N + (4 * N if lb != 4 else 0) + 4 * N + softcap
-    return LossMemory(fwd, 4 * N + softcap, 12 * N + softcap)
+    upcast = 4 * N if lb != 4 else 0  # logits.float(): the same tensor when already fp32
+    if cfg.loss_impl == "legacy_upcast":  # the model upcasts; its lb*N logits die there
+        return LossMemory(4 * N + 4 * N + 4 * N + softcap, 4 * N + softcap, 12 * N + softcap, held=4 * N)
+    shift = 4 * N if cfg.loss_impl == "legacy_shift" else 0  # the shifted .contiguous() copy
+    fwd = lb * N + upcast + shift + 4 * N + softcap
+    return LossMemory(fwd, 4 * N + softcap, 12 * N + softcap, held=lb * N)

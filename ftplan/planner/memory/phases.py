@@ -193,6 +193,7 @@ class DynamicTerms:
     loss_forward: int
     loss_backward: int
     dequant_moment: int = 0  # gradient buffers beside a dequantized 4-bit weight in backward
+    loss_held: int = 0  # the logits the model's output carries (live after forward when the loop keeps it)
 
 
 def static_key(cfg: TrainConfig) -> StaticKey:
@@ -298,7 +299,7 @@ def dynamic_terms(spec: ModelSpec, cfg: TrainConfig, device: str = "cuda") -> Dy
     rest = model_saved - act.model_saved["final_norm"] - act.model_saved.get("lm_head_input", 0)
     return DynamicTerms(act.layer_saved, model_saved, rest, act.layer_recompute, act.last_layer,
                         act.backward_transient, act.forward_transient, loss.forward_peak, loss.backward_peak,
-                        act.dequant_moment)
+                        act.dequant_moment, loss.held)
 
 
 # The search evaluates thousands of configurations that share these terms. The caches are keyed on the
@@ -337,6 +338,9 @@ def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> d
     accum = cfg.grad_accum > 1
     grads_live = s.grads_accum if accum else 0
 
+    # a loop that keeps the model's output holds its logits from the loss to the end of the optimizer step
+    held = d.loss_held if cfg.output_held else 0
+
     def phase(**terms: int) -> dict[str, int]:
         live = dict(s.resident)
         for k, v in terms.items():
@@ -368,7 +372,8 @@ def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> d
         forward_transient=d.forward_transient if at == "layer" else 0)
     bwd_start = phase(
         gradients=grads_live, activations=d.act_layers + d.act_model,
-        autocast_weight_copies=head_kept + copies_start, logits_loss=d.loss_backward, **{gk: g.backward_start})
+        autocast_weight_copies=head_kept + copies_start, logits_loss=d.loss_backward, logits_held=held,
+        **{gk: g.backward_start})
     # a layer's backward: the product's gradients (no weight dequantized then) or a 4-bit weight's dequantized
     # copy beside the gradients of its projection's backward, whichever is larger
     deq = s.dequant and d.dequant_moment + s.dequant > d.backward_transient
@@ -377,16 +382,17 @@ def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> d
         gradients=max(s.grads, s.grads_accum) if accum else s.grads // max(layers, 1),
         activations=d.act_layers + d.act_rest,
         recompute=d.recompute, backward_transient=bt, dequant_transient=dq,
-        autocast_weight_copies=copies_top,
+        autocast_weight_copies=copies_top, logits_held=held,
         **{gk: g.backward_layer - (g.layer_grads if accum else 0)
            + held_reduce_at_layer(g, d.act_layers // max(layers, 1))})
     bwd_end = phase(gradients=s.grads, backward_transient=bt, activations=d.last_layer,
-                    dequant_transient=dq, **{gk: g.backward_end})
+                    dequant_transient=dq, logits_held=held, **{gk: g.backward_end})
     candidates = [bwd_start, bwd_top, bwd_end]
     if s.tied_grad:
-        candidates.append(phase(gradients=s.grads, backward_transient=s.tied_grad, **{gk: g.backward_end}))
+        candidates.append(phase(gradients=s.grads, backward_transient=s.tied_grad, logits_held=held,
+                                **{gk: g.backward_end}))
     backward = max(candidates, key=lambda live: sum(live.values()))
-    step = phase(gradients=s.grads, optimizer_temp=s.opt_temp)
+    step = phase(gradients=s.grads, optimizer_temp=s.opt_temp, logits_held=held)
     return {"forward_end": forward_end, "backward": backward, "optimizer_step": step}
 
 
@@ -427,13 +433,14 @@ def device_bytes_fast(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) ->
     copy_out = g.forward_copy_out - last_layer_saved if g.forward_copy_out else 0
     fwd = (grads_live + saved + head_kept + s.other_copies
            + max(head_fwd + d.loss_forward + g.loss, d.forward_transient + g.forward_layer, copy_out))
-    start = grads_live + saved + head_kept + copies_start + g.backward_start + d.loss_backward
+    held = d.loss_held if cfg.output_held else 0
+    start = grads_live + saved + head_kept + copies_start + g.backward_start + d.loss_backward + held
     bt = max(d.backward_transient, d.dequant_moment + s.dequant) if s.dequant else d.backward_transient
     top = ((max(grads, s.grads_accum) if accum else grads // max(layers, 1)) + d.act_layers + d.act_rest + d.recompute
            + bt + copies_top + g.backward_layer - (g.layer_grads if accum else 0)
-           + held_reduce_at_layer(g, d.act_layers // max(layers, 1)))
-    end = grads + bt + d.last_layer + g.backward_end
-    embed = grads + s.tied_grad + g.backward_end if s.tied_grad else 0
-    step = grads + s.opt_temp
+           + held_reduce_at_layer(g, d.act_layers // max(layers, 1)) + held)
+    end = grads + bt + d.last_layer + g.backward_end + held
+    embed = grads + s.tied_grad + g.backward_end + held if s.tied_grad else 0
+    step = grads + s.opt_temp + held
     peak = s.resident_total + max(fwd, start, top, end, embed, step)
     return peak + allocator_overhead_bytes(peak - s.resident_total, gpu) + cuda_context_bytes(gpu) + s.opt_paged
