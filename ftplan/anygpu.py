@@ -24,7 +24,6 @@ from .profiles.models import get_model
 from .units import DURATION_UNITS, parse_quantity, real
 
 COUNTS = (1, 2, 4, 8)
-DEADLINE_UNITS = {**DURATION_UNITS, "d": 86400.0}  # --time-budget's units, and days
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def deadline_hours(deadline: str | float | None) -> float | None:
         return None
     if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
         return real("--deadline", float(deadline), low=0, low_open=True, high=24 * 3650)
-    seconds = parse_quantity(str(deadline), DEADLINE_UNITS, "--deadline", "12h, 90m, 2d")
+    seconds = parse_quantity(str(deadline), DURATION_UNITS, "--deadline", "12h, 90m, 2d")
     return real("--deadline", seconds / 3600.0, low=0, low_open=True, high=24 * 3650)
 
 

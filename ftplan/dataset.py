@@ -209,8 +209,9 @@ def apply_data(model: str, path: str | Path, tokens: str | float | None = None, 
     seq = seq_len or adv["seq_len"]
     if seq != adv["seq_len"]:  # the user's length: truncation and waste at it
         b = adv["micro_batch_for_waste"]
-        adv.update(seq_len=seq, truncated=sum(1 for x in prof.lengths if x > seq),
-                   padding_waste=padding_waste(prof, seq, b), grouped_padding_waste=padding_waste(prof, seq, b, grouped=True))
+        waste = padding_waste(prof, seq, b)
+        adv.update(seq_len=seq, truncated=sum(1 for x in prof.lengths if x > seq), padding_waste=waste,
+                   grouped_padding_waste=padding_waste(prof, seq, b, grouped=True), packing=waste > PACKING_WASTE)
     kept = sum(min(x, seq) for x in prof.lengths)
     processed = kept if adv["packing"] else kept / max(1e-9, 1.0 - adv["padding_waste"])
     bins = histogram_bins(prof)

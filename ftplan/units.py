@@ -15,7 +15,8 @@ COUNT_UNITS: Mapping[str, float] = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e
 BYTE_UNITS: Mapping[str, float] = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
                                    "t": 1e12, "tb": 1e12, "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20,
                                    "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40}
-DURATION_UNITS: Mapping[str, float] = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+DURATION_UNITS: Mapping[str, float] = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600,
+                                        "d": 86400, "day": 86400}
 
 _NUMBER = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*")
 
@@ -50,10 +51,10 @@ def parse_bytes(text: str | float | int | None, name: str = "--max-memory") -> i
 
 
 def parse_duration(text: str | float | int | None, name: str = "--time-budget") -> float | None:
-    """'90s', '10m', '1.5h', '600' -> seconds; None stays None."""
+    """'90s', '10m', '1.5h', '2d', '600' -> seconds; None stays None."""
     if text is None:
         return None
-    return parse_quantity(text, DURATION_UNITS, name, "90s, 10m, 1.5h")
+    return parse_quantity(text, DURATION_UNITS, name, "90s, 10m, 1.5h, 2d")
 
 
 def whole(name: str, value: object, low: int, high: int) -> int:

@@ -158,3 +158,16 @@ def test_grouped_padding_waste_measures_the_grouped_order(tmp_path):
     p = profile_data(_write(tmp_path / "d.jsonl", rows))
     assert padding_waste(p, 64, 2) > 0.10  # ~50 mixed pairs: 500 of 3,500 tokens
     assert padding_waste(p, 64, 2, grouped=True) <= 4 * 10 / (100 * 10 + 100 * 20)
+
+
+def test_packing_is_decided_at_the_users_length(tmp_path):
+    from ftplan.dataset import apply_data
+
+    # lengths 129..640 tokens: padded to the longest at the recommended length, much is waste; cut to 128 tokens,
+    # every sample fills its row and nothing is padded
+    data = _write(tmp_path / "d.jsonl", [{"text": "z" * (4 * n)} for n in range(128, 640)])
+    doc, _, seq = apply_data("8b", data)
+    assert doc["advice"]["packing"] and doc["advice"]["padding_waste"] > 0.10
+    doc, tokens, seq = apply_data("8b", data, seq_len=128)
+    assert seq == 128 and doc["advice"]["padding_waste"] == 0 and doc["advice"]["packing"] is False
+    assert tokens == doc["tokens_after_truncation"] == 512 * 128  # nothing padded, nothing more processed

@@ -20,7 +20,8 @@ def test_sizes(text, value):
     assert parse_bytes(text) == value
 
 
-@pytest.mark.parametrize("text,value", [("90s", 90), ("10m", 600), ("1.5h", 5400), ("600", 600), ("2 min", 120)])
+@pytest.mark.parametrize("text,value", [("90s", 90), ("10m", 600), ("1.5h", 5400), ("600", 600), ("2 min", 120),
+                                        ("2d", 172800), ("0.5 day", 43200)])
 def test_durations(text, value):
     assert parse_duration(text) == value
 

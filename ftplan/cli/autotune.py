@@ -122,7 +122,7 @@ def autotune_command(
     seq_len: Optional[int] = K.SEQ_LEN,
     effective_batch: Optional[int] = typer.Option(None, "--effective-batch", "-e", help="sequences per optimizer step, kept exact [default: 16]"),
     trials: int = typer.Option(8, "--trials", "-n", help="measured trials (skipped and duplicate proposals do not count)"),
-    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="stop starting trials after this long: 90s, 10m, 1h"),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="stop starting trials after this long: 90s, 10m, 1h, 2d"),
     objective: str = typer.Option("throughput", help="throughput (tokens/s) | cost ($ per million tokens)"),
     study: Optional[str] = typer.Option(None, "--study", help="study name [default: model-gpu-seq-batch]"),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL [default: sqlite:///ftplan-runs/ftplan.db]"),
