@@ -357,10 +357,11 @@ def framework_knobs(r: dict, mb: int, seq: int) -> dict:
         return knobs
     k = _base(r, mb, seq)
     if group == "peft" and "trl" in r["framework"].lower():
-        return _hf(0.1, PEFT_GUIDE_ACCUM[k["method"]])(r, k)
-    if group not in SWITCHES:
+        knobs = _hf(0.1, PEFT_GUIDE_ACCUM[k["method"]])(r, k)
+    elif group in SWITCHES:
+        knobs = SWITCHES[group](r, k)
+    else:
         raise Excluded(f"framework not modelled ({r['framework'][:50]})")
-    knobs = SWITCHES[group](r, k)
     if group in STACKS:
         loss, held = STACKS[group][:2]
         knobs.update(loss_impl=loss, **({"output_held": True} if held else {}))
