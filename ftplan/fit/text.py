@@ -8,7 +8,7 @@ from typing import Any
 from .. import __version__
 from ..planner.arch import resolve_targets, total_params
 from ..planner.handoff import HANDOFFS
-from ..planner.memory.overhead import FRAGMENTATION_PRIOR
+from ..planner.memory.overhead import FRAGMENTATION_PRIOR, NCCL_MIB_2_RANKS, NCCL_MIB_8_RANKS
 from ..planner.timing import ranking_basis
 from ..planner.types import Estimate, GiB, GPUSpec, Plan, TrainConfig
 from . import FitResult
@@ -41,6 +41,7 @@ OVERHEAD_LABELS = {
     "allocator_overhead": "allocator overhead (reserved - allocated)",
     "cuda_context": "CUDA context",
     "paged_optimizer_state": "paged optimizer state (managed memory)",
+    "nccl_buffers": "NCCL buffers (published prior)",
 }
 METHOD_LABELS = {"qlora": "QLoRA", "lora": "LoRA", "full": "full fine-tuning"}
 
@@ -185,9 +186,13 @@ def fit_text(r: FitResult) -> str:
         lines.append(f"Calibration: {cal.summary}.")
         lines.append("--no-calibration (calibrate=False in the library) for the raw model. --json for every figure.")
     if cal is None or not cal.applied:
+        nccl = ""
+        if r.plans and r.plans[0].config.num_gpus > 1:
+            nccl = (f"NCCL's own buffers a prior from published measurements ({NCCL_MIB_2_RANKS}-{NCCL_MIB_8_RANKS} MiB "
+                    "per GPU by the job's GPUs), ")
         lines.append("Uncalibrated: time by operation at achievable rates (measured where published, else the datasheet "
-                     f"x the measured ratio), allocator fragmentation {FRAGMENTATION_PRIOR:.0%} of transient memory. "
-                     "--json for every figure.")
+                     f"x the measured ratio), {nccl}allocator fragmentation {FRAGMENTATION_PRIOR:.0%} of transient "
+                     "memory. --json for every figure.")
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ MEMORY_GROUPS = (
                      "dequant_transient", "cuda_workspace", "fsdp_gathered", "zero_buffers")),
     ("Logits and loss", ("logits_loss", "logits_held")),
     ("CUDA context", ("cuda_context",)),
+    ("NCCL buffers", ("nccl_buffers",)),
     ("Allocator overhead", ("allocator_overhead",)),
 )
 POWER_PRICE = 0.15  # US dollars per kWh, for the owned-GPU running cost (stated in the report)

@@ -9,6 +9,17 @@ Sources (shared reference notes on GPUs, with their citations):
 - The caching allocator reserves whole segments (2 MiB for small pools, 20 MiB for 1-10 MiB
   requests, exact multiples of 2 MiB above) and keeps freed blocks cached: reserved exceeds allocated
   by rounding plus fragmentation of the transient (activation) traffic.
+- NCCL's own device memory on several GPUs (its kernels, and per channel and connected peer the LL, LL128
+  and Simple protocol buffers, about 10 MiB rounded, ``NCCL_BUFFSIZE`` 4 MiB of it): outside the caching
+  allocator, inside nvidia-smi. It grows with channels (bandwidth) and peers, so with the GPUs of the job up to
+  about two servers, then no more (NCCL's maintainers, NVIDIA/nccl#864 and #986).
+  Published measurements per process, one communicator after its first all-reduce: 544 MB for 2 ranks and
+  688 MB for 3-4 ranks (4x A100 NVLink, PyTorch; NVIDIA/nccl#964, 2023); 1.06 GB on 8x H100 NVSwitch before
+  any all-to-all (NVIDIA/nccl#1685, 2025); 958 MiB-1 GiB per rank released by ``ncclCommSuspend`` on 8-GPU
+  nodes (vLLM pull requests #46234 and #51485, NCCL >= 2.29.7, 2026); 576 MiB per communicator on 8x GB200
+  (SGLang #30908, NCCL 2.30.4). Not counted: NVLink SHARP buffers of NCCL <= 2.20 on NVSwitch systems (2.25
+  GiB on 8x H200, vLLM #9699; ``NCCL_NVLS_ENABLE=0`` turns them off, NCCL >= 2.22 needs 256 MiB), the
+  network transport's buffers across nodes, extra process groups, and all-to-all (4.34 GB in nccl#1685).
 """
 
 from __future__ import annotations
@@ -25,6 +36,11 @@ LARGE_SEGMENT = 20 * MiB  # kLargeBuffer: the segment that serves 1-10 MiB reque
 # allocator keeps reserved beyond the live peak. A prior, not a measurement: it is replaced by the
 # ratio measured with ``max_memory_reserved / max_memory_allocated`` on a GPU (calibration store).
 FRAGMENTATION_PRIOR = 0.10
+# NCCL per process by the job's GPUs (see the docstring's sources): priors from published measurements, not
+# ours (a measurement needs two GPUs or more)
+NCCL_MIB_2_RANKS = 519  # 544 MB, 2-rank group, 4x A100 NVLink (NVIDIA/nccl#964)
+NCCL_MIB_4_RANKS = 656  # 688 MB, 3-4 rank group, the same run
+NCCL_MIB_8_RANKS = 1011  # 1.06 GB, 8x H100 NVSwitch (NVIDIA/nccl#1685); 958-1024 MiB in the vLLM measurements
 
 
 def cuda_context_bytes(gpu: GPUSpec | None) -> int:
@@ -33,6 +49,16 @@ def cuda_context_bytes(gpu: GPUSpec | None) -> int:
         return 0
     cc = (gpu.compute_capability if gpu else None) or 8.0
     return (CUDA_CONTEXT_MIB_HOPPER_PLUS if cc >= 9 else CUDA_CONTEXT_MIB_PRE_HOPPER) * MiB
+
+
+def nccl_bytes(gpu: GPUSpec | None, ranks: int) -> int:
+    """NCCL's device memory per process (outside the allocator, inside nvidia-smi) for a job of ``ranks`` GPUs:
+    0 on one GPU or the CPU; ``NCCL_MIB_2_RANKS`` for 2, ``NCCL_MIB_4_RANKS`` for 3-4, ``NCCL_MIB_8_RANKS``
+    above (the published measurements of the module docstring; never less with more ranks)."""
+    if ranks <= 1 or (gpu is not None and gpu.key == "cpu"):
+        return 0
+    mib = NCCL_MIB_2_RANKS if ranks == 2 else NCCL_MIB_4_RANKS if ranks <= 4 else NCCL_MIB_8_RANKS
+    return mib * MiB
 
 
 def cublas_workspace_bytes(gpu: GPUSpec | None) -> int:

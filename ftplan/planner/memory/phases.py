@@ -28,7 +28,7 @@ from .optimizer import (
     gradient_bytes,
     optimizer_memory,
 )
-from .overhead import allocator_overhead_bytes, cublas_workspace_bytes, cuda_context_bytes
+from .overhead import allocator_overhead_bytes, cublas_workspace_bytes, cuda_context_bytes, nccl_bytes
 from .params import base_linear_terms, bias_params, lora_tensors, numel, trainable_tensors, unquantized_bytes
 from .precision import Precision, loss_scaling, precision
 from .sharding import (
@@ -396,10 +396,12 @@ def _phases(s: StaticTerms, d: DynamicTerms, cfg: TrainConfig, layers: int) -> d
     return {"forward_end": forward_end, "backward": backward, "optimizer_step": step}
 
 
-def _overheads(s: StaticTerms, peak_alloc: int, gpu: GPUSpec | None) -> dict[str, int]:
+def _overheads(s: StaticTerms, peak_alloc: int, gpu: GPUSpec | None, cfg: TrainConfig) -> dict[str, int]:
     static = sum(s.resident.values())
     return {"allocator_overhead": allocator_overhead_bytes(peak_alloc - static, gpu),
-            "cuda_context": cuda_context_bytes(gpu), "paged_optimizer_state": s.opt_paged}
+            "cuda_context": cuda_context_bytes(gpu), "paged_optimizer_state": s.opt_paged,
+            "nccl_buffers": nccl_bytes(gpu, cfg.num_gpus)}
+
 
 
 def memory_model(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> MemoryResult:
@@ -408,9 +410,9 @@ def memory_model(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> Memo
     totals = {k: sum(v.values()) for k, v in phases.items()}
     peak_phase = max(PHASES, key=lambda k: totals[k])
     peak_alloc = totals[peak_phase]
-    overheads = _overheads(s, peak_alloc, gpu)
+    overheads = _overheads(s, peak_alloc, gpu, cfg)
     reserved = peak_alloc + overheads["allocator_overhead"]
-    device = reserved + overheads["cuda_context"] + overheads["paged_optimizer_state"]
+    device = reserved + overheads["cuda_context"] + overheads["paged_optimizer_state"] + overheads["nccl_buffers"]
     return MemoryResult(phases, peak_phase, peak_alloc, reserved, device, overheads, s.n_train, total_params(spec),
                         dict(s.host))
 
@@ -443,4 +445,5 @@ def device_bytes_fast(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) ->
     embed = grads + s.tied_grad + g.backward_end + held if s.tied_grad else 0
     step = grads + s.opt_temp + held
     peak = s.resident_total + max(fwd, start, top, end, embed, step)
-    return peak + allocator_overhead_bytes(peak - s.resident_total, gpu) + cuda_context_bytes(gpu) + s.opt_paged
+    return (peak + allocator_overhead_bytes(peak - s.resident_total, gpu) + cuda_context_bytes(gpu) + s.opt_paged
+            + nccl_bytes(gpu, cfg.num_gpus))
