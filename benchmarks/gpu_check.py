@@ -268,8 +268,12 @@ def stage_fsdp(ctx: Ctx, budget: Budget) -> dict:
         _free(ctx.device)
     meas = {k: res.get(k) for k in ("peak_allocated_bytes", "peak_reserved_bytes", "device_bytes", "peak_phase",
                                     "phase_peaks", "tokens_per_s")}
-    out = {"model": model, "knobs": kn, "predicted": _estimate_figures(est), "measured": meas,
-           "note": "rank 0 of 2 over the fake process group: real allocations, no communication"}
+    predicted = _estimate_figures(est)
+    # no communicator exists over the fake process group: the device figure to compare leaves NCCL's out
+    predicted["device_bytes_without_nccl"] = est.device_bytes - est.overheads.get("nccl_buffers", 0)
+    out = {"model": model, "knobs": kn, "predicted": predicted, "measured": meas,
+           "note": "rank 0 of 2 over the fake process group: real allocations, no communication (no NCCL buffers: "
+                   "compare device_bytes with predicted device_bytes_without_nccl)"}
     if ctx.device == "cuda" and budget.left() > 25:
         try:  # FSDP1 (most published multi-GPU figures): its reserved pools, which only CUDA shows
             out["fsdp1"] = _fsdp1_rank(model, spec, cfg, ctx.device)
