@@ -21,7 +21,8 @@ its budget runs out and each isolated (a failure in one is written down and the 
 6. ``train``: ``ftplan train`` of the study's winner for 20 steps, timed.
 
 Writes one folder (``--out``, default ``benchmarks/results/gpu_check-<gpu>-<date>``): one JSON per stage and
-``summary.json``, and prints a summary table. The GPU machine needs bitsandbytes and optuna (and optuna's
+``summary.json`` (each stage's status with this process's host memory, VmRSS and VmHWM: the per-process
+footprint with the CUDA libraries loaded, which ftplan's host-memory figure leaves out), and prints a summary table. The GPU machine needs bitsandbytes and optuna (and optuna's
 needs); ``benchmarks/gpu_wheels.sh`` downloads them for it (about 50 MB).
 """
 
@@ -75,6 +76,21 @@ class Ctx:
     def model(self, name: str) -> str:
         """The model a stage runs: the catalog model on the GPU, the tiny config in a dry run."""
         return self.tiny if self.dry else name
+
+
+def host_rss() -> dict[str, int | None]:
+    """This process's host memory now and at its highest (Linux ``/proc/self/status`` VmRSS, VmHWM; bytes):
+    the per-process footprint (Python, torch and the CUDA libraries) that ftplan's host-memory figure leaves
+    out, recorded after each stage."""
+    out: dict[str, int | None] = {"rss_bytes": None, "peak_rss_bytes": None}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss_bytes" if key == "VmRSS" else "peak_rss_bytes"] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
 
 
 def _sync(device: str) -> None:
@@ -450,7 +466,7 @@ def main() -> int:
             st = "failed"
             print(f"   {name} failed: {type(e).__name__}: {e}", flush=True)
         ctx.results[name] = res
-        status[name] = {"status": st, "seconds": budget.spent(), "budget_s": seconds}
+        status[name] = {"status": st, "seconds": budget.spent(), "budget_s": seconds, "host": host_rss()}
         atomic_write_text(out / f"{name}.json", json.dumps(res, indent=1, default=str))
     lines = summary_lines(ctx, status)
     print("\n" + "\n".join(lines))
