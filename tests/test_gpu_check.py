@@ -54,3 +54,20 @@ def test_dry_run_walks_every_stage(tmp_path):
     train = json.loads((out / "train.json").read_text())
     assert train["status"] == "ok" and train["steps"] == 3
     assert "stage     status" in p.stdout  # the summary table
+
+
+def test_the_nccl_measurement_walks_its_flow_on_the_cpu(tmp_path):
+    """``benchmarks/nccl_memory.py`` needs two GPUs to measure; its dry run (one gloo process) checks the flow
+    and the document it writes, so the script cannot rot between multi-GPU runs."""
+    out = tmp_path / "nccl.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "nccl_memory.py"), "--dry-run", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(out.read_text())
+    assert doc["world_size"] == 1 and doc["prior_bytes"] == 0 and doc["ranks"][0]["nccl_bytes"] is None
+    assert set(doc["ranks"][0]["points_outside_allocator"]) == {"before_init", "after_init", "after_all_reduce",
+                                                                 "after_all_gather", "after_reduce_scatter",
+                                                                 "after_barrier"}
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "nccl_memory.py")], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "needs CUDA GPUs and torchrun" in p.stderr
