@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import FtplanError, UnknownNameError
-from .options import LEGACY_LOSSES, choice, flag
+from .options import check_buildable
 from .types import ModelSpec
 
 # ModelSpec.family values whose model types Liger's fused linear cross-entropy patches (its
@@ -95,12 +95,7 @@ def handoff_knobs(spec: ModelSpec, handoff: Any, knobs: dict[str, Any]) -> tuple
     the target cannot build is an FtplanError naming the target."""
     h = get_handoff(handoff)
     out = {k: v for k, v in knobs.items() if v is not None}
-    if out.get("loss_impl") is not None and choice("loss_impl", out["loss_impl"]) in LEGACY_LOSSES:
-        raise FtplanError(f"loss_impl={out['loss_impl']!r} describes an older transformers' loss for estimate() only; "
-                          f"{h.name} runs the installed transformers' loss; valid: standard, chunked")
-    if out.get("output_held") is not None and flag("output_held", out["output_held"]):
-        raise FtplanError(f"output_held=True describes a custom loop for estimate() only; {h.name} drops the model's "
-                          "output before backward; valid: output_held=False")
+    check_buildable(out.get("loss_impl"), out.get("output_held"), h.name)
     pk = out.get("prepare_kbit")
     if pk is not None and bool(pk) != h.prepare_kbit:
         raise FtplanError(f"prepare_kbit={bool(pk)} is not what {h.name} does ({h.kbit_note}); "

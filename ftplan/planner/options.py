@@ -289,10 +289,15 @@ def make_config(model: ModelSpec, gpu: GPUSpec | None = None, **knobs: Any) -> R
 def require_buildable(cfg: TrainConfig, what: str) -> None:
     """Raise when ``cfg`` holds a knob that only describes another stack or loop (``LEGACY_LOSSES``,
     ``output_held``): ``what`` (a plan, a trace, a run) would build something else."""
-    if cfg.loss_impl in LEGACY_LOSSES:
-        raise FtplanError(f"loss_impl={cfg.loss_impl!r} describes an older transformers' loss for estimate() only; "
-                          f"{what} runs the installed transformers; valid: standard, chunked")
-    if cfg.output_held:
+    check_buildable(cfg.loss_impl, cfg.output_held, what)
+
+
+def check_buildable(loss_impl: Any, output_held: Any, what: str) -> None:
+    """``require_buildable`` on the knobs as given (``None``: not given); ``loss_impl`` may be an alias."""
+    if loss_impl is not None and choice("loss_impl", loss_impl) in LEGACY_LOSSES:
+        raise FtplanError(f"loss_impl={loss_impl!r} describes an older transformers' loss for estimate() only; "
+                          f"{what} runs the installed transformers' loss; valid: standard, chunked")
+    if output_held is not None and flag("output_held", output_held):
         raise FtplanError(f"output_held=True describes a custom loop for estimate() only; {what} drops the model's "
                           "output before backward, as HF Trainer does; valid: output_held=False")
 
