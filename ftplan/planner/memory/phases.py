@@ -403,7 +403,6 @@ def _overheads(s: StaticTerms, peak_alloc: int, gpu: GPUSpec | None, cfg: TrainC
             "nccl_buffers": nccl_bytes(gpu, cfg.num_gpus)}
 
 
-
 def memory_model(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None) -> MemoryResult:
     s, d = cached_terms(spec, cfg, gpu)
     phases = _phases(s, d, cfg, spec.layers)
