@@ -131,10 +131,10 @@ def main() -> int:
                           "shape": SHAPE, "tracker": "ftplan.measure.tracker.LiveStorageTracker (live storages)"},
            "summary": summary, "rows": rows}
     out = Path(a.out)
+    from ftplan.atomic import atomic_write_text
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
     print(f"saved {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0
 

@@ -122,10 +122,10 @@ def main() -> int:
     else:
         gpu = "cpu" if a.dry_run else torch.cuda.get_device_name(0).lower().replace(" ", "-")
         out = ROOT / "benchmarks" / "results" / f"nccl_memory-{gpu}-{world}gpu-{dt.date.today():%Y%m%d}.json"
+    from ftplan.atomic import atomic_write_text
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
     print(f"saved {out}")
     return 0
 
