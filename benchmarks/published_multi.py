@@ -23,7 +23,7 @@ Framework switches by source group (read in each source's script or config at th
   limit_all_gathers, LoRA modules wrapped as their own units), ``--precision bf16``: the model cast to bf16,
   no MixedPrecision and no autocast (``autocast=False``), no kbit preparation (``prepare_kbit=False``; bnb
   Linear4bit with quant_storage bf16); PEFT LoRA r64 alpha16 dropout 0.1 on q,k,v,gate,up,down (not o_proj);
-  torch AdamW (foreach: ``adamw_torch``); sdpa; HF loss; accumulation 1; ``--sharding_strategy ddp``
+  torch AdamW (foreach: ``adamw_torch``); sdpa; HF loss of its stack (``STACKS``); accumulation 1; ``--sharding_strategy ddp``
   (FSDP NO_SHARD) -> ``"ddp"``; ``--use_cpu_offload True`` -> ``offload="params"``. Not a knob: peft < 0.12
   gave the adapters the base dtype (bf16).
 - fms-acceleration (1018-1026): fms-hf-tuning (TRL SFTTrainer / HF Trainer) + accelerate FSDP1
@@ -39,7 +39,8 @@ Framework switches by source group (read in each source's script or config at th
   as ``method=full, quant=bf16, autocast=True`` (ftplan's FSDP mixed precision: fp32 shards, bf16 gathers).
 - PEFT FSDP guide (45, 47, 48), philschmid (1032), axolotl (1033, 1034): HF Trainer + PEFT (TRL SFTTrainer or
   axolotl) + accelerate FSDP1: bf16 autocast; no kbit preparation for a sharded 4-bit model (TRL
-  ``is_sharded_qlora``; axolotl keeps embeddings and norms in the load dtype); ``adamw_torch``; HF loss;
+  ``is_sharded_qlora``; axolotl keeps embeddings and norms in the load dtype); ``adamw_torch``; HF loss of
+  its stack;
   dropout and accumulation from each script (PEFT examples/sft: 0.1 and 4 for LoRA, 2 for QLoRA; philschmid
   0.05, 2; axolotl 0.05, 4).
 - llama-recipes (1035): FSDP1 + PEFT custom loop, ``--pure_bf16`` (``autocast=False``), LoRA r8 on q,v, dropout
@@ -48,6 +49,12 @@ Framework switches by source group (read in each source's script or config at th
 - ms-swift (1036-1040): HF Trainer with bf16 autocast, LoRA r8 all-linear dropout 0.05, ``adamw_torch``,
   accumulation 8 (LoRA) / 2 (1040). The LoRA rows train on short unpacked samples of unknown length: excluded,
   with a bracket (128 .. 1024 tokens) saved for information.
+
+Loss by stack (``STACKS``, with the evidence for each source): every HF source is predicted with the loss of the
+transformers it ran (``loss_impl="legacy_upcast"`` up to 4.45, ``"legacy_shift"`` for 4.46-4.48; measured on the
+CPU by ``loss_stacks_cpu.py``) and, for AnswerDotAI's loop, the model's output kept through backward
+(``output_held=True``). NCCL's buffers (a published prior, ``planner.memory.overhead``) count in the rows read
+from nvidia-smi.
 
 Row selection (every excluded row is saved with its reasons; ``--all`` prints them): measured; GPU count > 1;
 model identified (hub copies of a catalog model are mapped to it: ``MODEL_IDS``); parallelism stated and
