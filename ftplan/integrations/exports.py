@@ -78,8 +78,12 @@ def load_dtype(knobs: Mapping[str, Any]) -> str:
 
 
 def require_buildable(doc: dict[str, Any], k: Mapping[str, Any], target: str) -> None:
-    """FtplanError when ``target`` cannot build the plan: a chunked loss for a model Liger has no kernel for
+    """FtplanError when ``target`` cannot build the plan: an older stack's loss or a kept model output (knobs
+    that describe a run for estimate() only), or a chunked loss for a model Liger has no kernel for
     (``planner.handoff``); such a plan is re-planned with ``--for <target>`` (the standard loss)."""
+    from ..planner.options import check_buildable
+
+    check_buildable(k.get("loss_impl"), k.get("output_held"), target)
     if k["loss_impl"] != "chunked":
         return
     from ..planner.handoff import get_handoff

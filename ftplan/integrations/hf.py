@@ -17,17 +17,19 @@ from typing import Any
 
 from ..best import best_config, best_knobs
 from ..errors import FtplanError
+from ..planner.options import require_buildable
 from ..planner.types import Estimate, Plan, TrainConfig
 from ..profiles.models import get_model
 from .exports import HF_OPTIM, LIGER_FLCE_ONLY, amp_flags, load_dtype
 
 
 def config_of(obj: Any) -> TrainConfig:
-    """The TrainConfig inside a Plan, an Estimate, a best.json document or a TrainConfig."""
-    if isinstance(obj, TrainConfig):
-        return obj
-    if isinstance(obj, (Plan, Estimate)):
-        return obj.config
+    """The TrainConfig inside a Plan, an Estimate, a best.json document or a TrainConfig; an FtplanError for
+    one that describes a run these objects would not build (an older stack's loss, a kept model output)."""
+    if isinstance(obj, (TrainConfig, Plan, Estimate)):
+        cfg = obj if isinstance(obj, TrainConfig) else obj.config
+        require_buildable(cfg, "ftplan.integrations.hf (HF Trainer on the installed transformers)")
+        return cfg
     if isinstance(obj, dict) and isinstance(obj.get("knobs"), dict):
         return best_config(obj)[1]
     raise TypeError(f"expected a Plan, Estimate, TrainConfig or best.json dict, got {type(obj).__name__}")

@@ -97,3 +97,17 @@ def test_output_held_is_absent_from_plans_and_round_trips_when_set():
     assert make_config(spec, None, **held.knobs()).config == held
     with pytest.raises(FtplanError, match="output_held"):
         make_config(spec, None, output_held="sometimes")
+
+
+def test_the_hand_off_helpers_refuse_an_estimate_of_another_stack(tmp_path):
+    from ftplan.integrations import exports, hf
+
+    est = ftplan.estimate("8b", "rtx4090", calibrate=False, loss_impl="legacy_upcast")
+    with pytest.raises(FtplanError, match="ftplan.integrations.hf"):
+        hf.config_of(est)
+    with pytest.raises(FtplanError, match="output_held"):
+        hf.knobs(replace(est.config, loss_impl="standard", output_held=True))
+    doc = {"format": "ftplan-best/1", "model": "8b", "knobs": {**est.config.knobs(), "loss_impl": "legacy_shift"}}
+    with pytest.raises(FtplanError, match="legacy_shift.*axolotl"):
+        exports.axolotl(doc)
+    assert hf.config_of(ftplan.estimate("8b", "rtx4090", calibrate=False)).loss_impl == "standard"
