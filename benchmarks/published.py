@@ -183,6 +183,7 @@ def main() -> None:
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     ap.add_argument("--all", action="store_true", help="also list the excluded rows and why")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "published.json")
+    ap.add_argument("--write-band", action="store_true", help="write the single-GPU memory band the fit output shows")
     args = ap.parse_args()
     if not args.csv.exists():
         sys.exit(f"error: {args.csv} not found; pass --csv PATH to published_memory_dev.csv")
@@ -254,6 +255,35 @@ def main() -> None:
            "summary": f"{len(compared)} rows compared: {_line(errors, len(failed), total)}",
            "results": compared, "failed": failed, "excluded": excluded}
     save_results(args.out, doc, bool(compared))
+    if args.write_band and compared:
+        write_memory_band("single_gpu", compared, "benchmarks/published.py")
+
+
+MEMORY_BAND = ROOT / "ftplan" / "profiles" / "data" / "memory_band.json"
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))]
+
+
+def write_memory_band(kind: str, compared: list[dict], source: str, path: Path = MEMORY_BAND) -> None:
+    """Write ``kind``'s entry of ``ftplan/profiles/data/memory_band.json`` (the range every shown device figure
+    carries, ``planner.bands.memory_band``): the 10th and 90th percentiles of published/predicted over the
+    compared rows (each in the metric its source reported), their count, the median |error|, the date."""
+    ratios = [1.0 / (1.0 + c["error"]) for c in compared]
+    try:
+        band = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        band = {}
+    band[kind] = {"p10": _pct(ratios, 0.1), "p90": _pct(ratios, 0.9), "rows": len(ratios),
+                  "median_abs_error": statistics.median(abs(c["error"]) for c in compared),
+                  "source": f"{source} (published/predicted peak memory, each in its source's metric)",
+                  "date": dt.date.today().isoformat()}
+    atomic_write_text(path, json.dumps(band, indent=1, sort_keys=True) + "\n")
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    print(f"band {kind}: published/predicted {band[kind]['p10']:.2f}-{band[kind]['p90']:.2f} (10th-90th percentile, "
+          f"{len(ratios)} rows); wrote {shown}")
 
 
 def save_results(path: Path, doc: dict, any_compared: bool) -> None:

@@ -105,6 +105,7 @@ from published import (  # noqa: E402
     _targets,
     row_knobs,
     save_results,
+    write_memory_band,
 )
 
 import ftplan  # noqa: E402
@@ -571,6 +572,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--all", action="store_true", help="also list the excluded rows and why, and each row's largest terms")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "published_multi.json")
+    ap.add_argument("--write-band", action="store_true", help="write the multi-GPU memory band the fit output shows")
     args = ap.parse_args()
     sources = []
     rows: list[dict] = []
@@ -663,6 +665,8 @@ def main() -> None:
                               for c in over],
            "results": compared, "failed": failed, "excluded": excluded}
     save_results(args.out, doc, bool(compared))
+    if args.write_band and compared:
+        write_memory_band("multi_gpu", compared, "benchmarks/published_multi.py")
 
 
 if __name__ == "__main__":

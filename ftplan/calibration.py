@@ -385,8 +385,13 @@ def adjusted(est: Estimate, factors: Mapping[str, float], margin: float = 0.0,
             dollars = cost.dollars / speed if cost.dollars is not None else None
             cost = replace(cost, hours=cost.hours / speed, gpu_hours=cost.gpu_hours / speed, dollars=dollars)
         time, cost = bands.with_ranges(time, cost, bands.calibrated(spread, bands.kind_of(est.config.num_gpus)))
+    mem_range, basis = est.device_bytes_range, est.memory_basis
+    applied = sorted(k for k in ("allocated", "allocator_overhead", "cuda_context") if k in f)
+    if applied:  # the figure now rests on this machine's runs: the published range no longer describes it
+        mem_range, basis = None, f"calibrated: measured {', '.join(applied)} factors applied (ftplan autotune runs)"
     return replace(est, peak_allocated_bytes=alloc2, peak_reserved_bytes=reserved2, device_bytes=device2,
-                   breakdown=breakdown, overheads=overheads, fits=fits, time=time, cost=cost)
+                   breakdown=breakdown, overheads=overheads, fits=fits, time=time, cost=cost,
+                   device_bytes_range=mem_range, memory_basis=basis)
 
 
 def _without(cal: Calibration, why: Mapping[str, str]) -> Calibration:

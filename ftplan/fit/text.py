@@ -93,6 +93,11 @@ def breakdown_lines(est: Estimate) -> list[str]:
     if est.usable_bytes:
         usable = f"  of {gib(est.usable_bytes)} usable ({est.device_bytes / est.usable_bytes:.0%})"
     lines.append(f"  {'= device (nvidia-smi)':<44}{gib(est.device_bytes):>10}{usable}")
+    if est.device_bytes_range:
+        lo, hi = est.device_bytes_range
+        lines.append(f"  range {gib(lo)}-{gib(hi)} GiB: {est.memory_basis}")
+    else:
+        lines.append(f"  basis: {est.memory_basis}")
     if est.config.num_gpus > 1:
         lines.append("  (per GPU: every rank holds this)")
     lines += host_lines(est)

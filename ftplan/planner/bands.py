@@ -13,6 +13,12 @@ narrower than ``CALIBRATED_FLOOR`` either side: run-to-run variation of steady-s
 machine (data-loader stalls, clocks, other processes).
 
 Hours and dollars are tokens over tokens/s, so their range is the tokens/s range inverted.
+
+Memory (``memory_band``): the device figure's range is the spread of published/predicted peak memory over
+the published runs of ``benchmarks/published.py`` (one GPU) and ``benchmarks/published_multi.py`` (several),
+each in the metric its source reported, 10th and 90th percentiles (``profiles/data/memory_band.json``,
+written by ``--write-band``). Once a measured memory factor applies (``ftplan.calibration``), the figure rests
+on the user's own runs and no published range is given.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import NamedTuple
 from .types import CostEstimate, TimeEstimate
 
 BAND_FILE = Path(__file__).resolve().parents[1] / "profiles" / "data" / "speed_band.json"
+MEMORY_BAND_FILE = BAND_FILE.with_name("memory_band.json")
 CALIBRATED_FLOOR = 0.05
 # Without the benchmark's file (a damaged install): a wide range, said as such.
 FALLBACK = (0.5, 1.5)
@@ -54,6 +61,26 @@ def uncalibrated(kind: str = "single_gpu") -> Band:
     what = "single-GPU" if kind == "single_gpu" else "multi-GPU"
     return Band(lo, hi, f"10th-90th percentile of measured/predicted tokens/s over {n} published {what} runs "
                         "(benchmarks/published_speed.py)")
+
+
+@lru_cache(maxsize=4)
+def memory_band(kind: str = "single_gpu") -> Band | None:
+    """Published/predicted peak memory over the published runs of ``kind``, 10th-90th percentile, or None
+    without the benchmark's file (then the figure is said to be analytical, with no range)."""
+    try:
+        d = json.loads(MEMORY_BAND_FILE.read_text(encoding="utf-8"))[kind]
+        lo, hi, n, med = float(d["p10"]), float(d["p90"]), int(d["rows"]), float(d["median_abs_error"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    lo, hi = min(lo, 1.0), max(hi, 1.0)
+    what = "single-GPU" if kind == "single_gpu" else "multi-GPU"
+    script = "published.py" if kind == "single_gpu" else "published_multi.py"
+    return Band(lo, hi, f"analytical; 10th-90th percentile of published/predicted peak memory over {n} published "
+                        f"{what} runs, median |error| {med:.1%} (benchmarks/{script})")
+
+
+def memory_range(device_bytes: int, band: Band) -> tuple[int, int]:
+    return int(device_bytes * band.low), int(device_bytes * band.high)
 
 
 def calibrated(spread: tuple[float, float] | None, kind: str = "single_gpu") -> Band:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .bands import kind_of, uncalibrated, with_ranges
+from .bands import kind_of, memory_band, memory_range, uncalibrated, with_ranges
 from .cost import job_cost
 from .memory.phases import memory_model
 from .memory.precision import autocast_assumption, precision
@@ -32,6 +32,18 @@ def stack_assumptions(cfg: TrainConfig) -> tuple[str, ...]:
     if cfg.output_held:
         notes.append("the loop keeps the model's output (its logits) through backward and the optimizer step")
     return tuple(notes)
+
+
+def memory_basis(device_bytes: int, gpu: GPUSpec | None, num_gpus: int) -> tuple[tuple[int, int] | None, str]:
+    """The device figure's range and basis: the published runs' band on a GPU (``bands.memory_band``); on the
+    CPU the figure is the tensor-level live set, checked by CPU runs, with no published range."""
+    if gpu is not None and gpu.key == "cpu":
+        return None, ("analytical (the tensor-level live set on the CPU; CPU runs: benchmarks/accuracy_cpu.py, "
+                      "benchmarks/accuracy_multi.py)")
+    band = memory_band(kind_of(num_gpus))
+    if band is None:
+        return None, "analytical (no published memory band found)"
+    return memory_range(device_bytes, band), band.basis
 
 
 # key: (spec_id, method, quant, lora_rank, lora_targets, optimizer)
@@ -86,10 +98,11 @@ def build_estimate(spec: ModelSpec, cfg: TrainConfig, gpu: GPUSpec | None, token
     t = step_time(spec, cfg, gpu, optimizer_traffic_bytes(spec, cfg))
     cost = job_cost(t, gpu, cfg.num_gpus, tokens, epochs, price, spot_discount) if tokens else None
     t, cost = with_ranges(t, cost, uncalibrated(kind_of(cfg.num_gpus)))
+    mem_range, basis = memory_basis(mem.device_bytes, gpu, cfg.num_gpus)
     return Estimate(model=spec.name, gpu=gpu.key if gpu else None, config=cfg,
                     peak_allocated_bytes=mem.peak_allocated, peak_reserved_bytes=mem.peak_reserved,
                     device_bytes=mem.device_bytes, breakdown=mem.breakdown, peak_phase=mem.peak_phase,
                     phases=mem.phases, overheads=mem.overheads, usable_bytes=usable, fits=fits,
                     trainable_params=mem.trainable_params, total_params=mem.total_params, time=t, cost=cost,
                     warnings=warnings, assumptions=(autocast_assumption(cfg), *ASSUMPTIONS[1:], *stack_assumptions(cfg)),
-                    host_breakdown=host, host_ram_bytes=host_ram)
+                    host_breakdown=host, host_ram_bytes=host_ram, device_bytes_range=mem_range, memory_basis=basis)

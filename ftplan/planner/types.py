@@ -316,6 +316,10 @@ class Estimate:
     assumptions: tuple[str, ...] = field(default=())
     host_breakdown: Mapping[str, int] = field(default_factory=dict)  # host memory per node by term
     host_ram_bytes: int | None = None  # what the user said a node has (None: unknown)
+    # the device figure's range and what it rests on (``planner.bands.memory_band``; no range on the CPU or
+    # once calibrated: the figure then rests on measurements of this machine)
+    device_bytes_range: tuple[int, int] | None = None
+    memory_basis: str = "analytical"
 
     @property
     def host_bytes(self) -> int:
@@ -357,6 +361,8 @@ class Estimate:
             "host_breakdown": dict(self.host_breakdown),
             "host_ram_bytes": self.host_ram_bytes,
             "host_fits": self.host_fits,
+            "device_bytes_range": list(self.device_bytes_range) if self.device_bytes_range else None,
+            "memory_basis": self.memory_basis,
             "warnings": list(self.warnings),
             "assumptions": list(self.assumptions),
         }
