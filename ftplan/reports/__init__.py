@@ -43,12 +43,15 @@ def frames(report: Report) -> dict[str, Any]:
     rows = []
     for o in report.options:
         c = o.plan.config if o.plan else None
+        mem = o.plan.estimate.device_bytes_range if o.plan else None
         rows.append({"gpu": o.gpu, "gpu_name": o.gpu_name, "gpus": o.count, "fits": o.fits,
                      "method": c.method if c else None, "base_weights": c.quant if c else None,
                      "lora_rank": c.lora_rank if c and c.is_lora else None, "micro_batch": c.micro_batch if c else None,
                      "grad_accum": c.grad_accum if c else None, "checkpointing": c.gradient_checkpointing if c else None,
                      "optimizer": c.optimizer if c else None,
                      "memory_gib": o.plan.estimate.device_bytes / 2**30 if o.plan else None, "usable_gib": o.usable_bytes / 2**30,
+                     "memory_low_gib": mem[0] / 2**30 if mem else None, "memory_high_gib": mem[1] / 2**30 if mem else None,
+                     "memory_basis": o.plan.estimate.memory_basis if o.plan else None,
                      "tokens_per_s": o.tokens_per_s, "hours": o.hours, "gpu_hours": o.gpu_hours,
                      "price_per_gpu_hour": o.price_per_gpu_hour, "price_source": o.price_source, "price_date": o.price_date,
                      "cost_on_demand": o.cost, "cost_spot": o.spot_cost, "cost_per_million_tokens": o.per_million,

@@ -122,6 +122,8 @@ def _table(r: Report) -> str:
     rows = []
     for o in r.options:
         used = f"{o.plan.estimate.device_bytes / GIB:.1f} / {o.usable_bytes / GIB:.1f} GiB" if o.plan else f"- / {o.usable_bytes / GIB:.1f} GiB"
+        if o.plan and o.plan.estimate.device_bytes_range:
+            used += _range(o.plan.estimate.device_bytes_range, lambda b: f"{b / GIB:.1f} GiB")
         tags = []
         if r.cheapest is o:
             tags.append("cheapest")
@@ -195,7 +197,9 @@ def page(r: Report) -> str:
     data = {"model": r.model_name, "tokens": r.tokens, "epochs": r.epochs,
             "options": [{"gpu": o.gpu, "count": o.count, "fits": o.fits, "nvlink": o.nvlink, "hours": o.hours, "cost": o.cost,
                          "spot_cost": o.spot_cost, "per_million": o.per_million, "tokens_per_s": o.tokens_per_s,
-                         "device_bytes": o.plan.estimate.device_bytes if o.plan else None} for o in r.options]}
+                         "device_bytes": o.plan.estimate.device_bytes if o.plan else None,
+                         "device_bytes_range": list(o.plan.estimate.device_bytes_range)
+                         if o.plan and o.plan.estimate.device_bytes_range else None} for o in r.options]}
     return f"""<!DOCTYPE html>
 <html lang=en><head><meta charset=utf-8><title>Fine-tuning cost report: {_e(r.model_name)}</title>
 <style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>
@@ -207,7 +211,8 @@ Made by ftplan {_e(r.version)} on {_e(r.created)}.</p>
 <p>Each row is the best configuration ftplan finds for that GPU (or number of GPUs): whether it fits in the card's memory,
 how fast it trains, and what the whole job costs at the stated prices. A GPU-hour is one GPU rented for one hour.
 Under each time and cost, "likely ... to ..." is the range that eight in ten comparable published training runs fell in
-around ftplan's estimate; plan the budget on its upper end.</p>
+around ftplan's estimate; plan the budget on its upper end. Under the memory, the same for the peak memory that
+published runs measured against ftplan's estimate: an option whose upper end passes the usable memory may not fit.</p>
 {_table(r)}
 <h2>Charts</h2>
 {''.join(charts)}

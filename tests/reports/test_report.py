@@ -52,6 +52,9 @@ def test_figures_match_plan(page):
         assert o["cost"] == pytest.approx(best.estimate.cost.dollars)
         assert o["per_million"] == pytest.approx(best.estimate.cost.dollars / 150.0)
         assert f"${best.estimate.cost.dollars:,.2f}" in text  # the visible table says the same
+        lo, hi = best.estimate.device_bytes_range  # the memory's published range, in the data and the table
+        assert o["device_bytes_range"] == [lo, hi]
+        assert f"likely {lo / 2**30:.1f} GiB to {hi / 2**30:.1f} GiB" in text
     assert by_gpu["h100-sxm"]["spot_cost"] == pytest.approx(by_gpu["h100-sxm"]["hours"] * 1.20)  # file's spot price
     assert by_gpu["l40s"]["spot_cost"] == pytest.approx(by_gpu["l40s"]["cost"] * 0.5)  # discount
     assert not by_gpu["gtx1650"]["fits"]
@@ -72,7 +75,9 @@ def test_tables_export(page, tmp_path):
     out = reports.write_tables(r, tmp_path / "t.csv", tmp_path / "t.json")
     df = pd.read_csv(out[0])
     assert list(df["gpu"][:4]) == ["rtx4090", "l40s", "a100-80gb", "h100-sxm"]
-    assert json.loads(out[1].read_text())[0]["gpu"] == "rtx4090"
+    first = json.loads(out[1].read_text())[0]
+    assert first["gpu"] == "rtx4090" and first["memory_low_gib"] <= first["memory_gib"] <= first["memory_high_gib"]
+    assert "published/predicted peak memory" in first["memory_basis"]
 
 
 @pytest.mark.parametrize("args,needle", [
