@@ -46,30 +46,21 @@ ROWS = [
 def measure_fsdp1(model: str, kn: dict, steps: int = 2) -> dict:
     """Rank 0 of a 2-rank FSDP1 run (``measure.distributed.shard_fsdp1``) over the fake process group: each
     phase's peak and live set by term."""
-    import torch.distributed as dist
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    from ftplan.measure.distributed import shard_fsdp1
+    from ftplan.measure.distributed import build_fsdp1, fake_rank0
     from ftplan.measure.step import classify_params, run_steps
     from ftplan.measure.tracker import LiveStorageTracker
     from ftplan.planner.options import make_config
     from ftplan.profiles.models import get_model
-    from ftplan.stack.build import build_model
 
     spec = get_model(model)
     cfg = make_config(spec, None, num_gpus=2, sharding="fsdp", **kn).config
-    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
-    try:
-        m = build_model(model, spec, cfg, "cpu", synthetic=True, seed=0)
-        vocab = m.get_input_embeddings().weight.shape[0]
-        net = shard_fsdp1(m, cfg, "cpu")
+    with fake_rank0():
+        net, vocab = build_fsdp1(model, spec, cfg, "cpu")
         tracker = LiveStorageTracker()
         for tag, ts in classify_params(net).items():
             tracker.track(ts, tag, weight=tag != "buffers")
         with tracker, tracker.follow_fsdp1():
             records = run_steps(net, cfg, vocab, "cpu", steps, tracker, no_sync=net.no_sync)
-    finally:
-        dist.destroy_process_group()
     return {ph: {"peak_allocated_bytes": v["peak_allocated_bytes"], "breakdown": v["breakdown"]}
             for ph, v in records[-1].phases.items()}
 

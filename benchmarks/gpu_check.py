@@ -237,12 +237,10 @@ def stage_accuracy(ctx: Ctx, budget: Budget) -> dict:
 
 
 def stage_fsdp(ctx: Ctx, budget: Budget) -> dict:
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.testing._internal.distributed.fake_pg import FakeStore
 
     import ftplan
-    from ftplan.measure.distributed import _no_sync, shard_fsdp2
+    from ftplan.measure.distributed import _no_sync, fake_rank0, shard_fsdp2
     from ftplan.measure.profile import summarize
     from ftplan.measure.step import run_steps
     from ftplan.planner.options import make_config
@@ -255,32 +253,31 @@ def stage_fsdp(ctx: Ctx, budget: Budget) -> dict:
     spec = ftplan.get_model(model)
     cfg = make_config(spec, None, **kn).config
     est = ftplan.estimate(model, "cpu" if ctx.dry else ctx.gpu_key, calibrate=False, **kn)
-    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
     try:
-        mesh = init_device_mesh(ctx.device, (2,))
-        m = build_model(model, spec, cfg, ctx.device, synthetic=True)
-        m = shard_fsdp2(m, cfg, reshard_after_forward=True, mesh=mesh)
-        _free(ctx.device)
-        opt = make_optimizer(cfg.optimizer, [p for p in m.parameters() if p.requires_grad], ctx.device)
-        vocab = m.get_input_embeddings().weight.shape[0]
+        with fake_rank0():
+            mesh = init_device_mesh(ctx.device, (2,))
+            m = build_model(model, spec, cfg, ctx.device, synthetic=True)
+            m = shard_fsdp2(m, cfg, reshard_after_forward=True, mesh=mesh)
+            _free(ctx.device)
+            opt = make_optimizer(cfg.optimizer, [p for p in m.parameters() if p.requires_grad], ctx.device)
+            vocab = m.get_input_embeddings().weight.shape[0]
 
-        def no_sync():
-            return _no_sync(m, "fsdp")
+            def no_sync():
+                return _no_sync(m, "fsdp")
 
-        if ctx.device == "cpu":  # the CPU has no allocator counters: the live-storage tracker measures
-            from ftplan.measure.step import classify_params
-            from ftplan.measure.tracker import LiveStorageTracker
+            if ctx.device == "cpu":  # the CPU has no allocator counters: the live-storage tracker measures
+                from ftplan.measure.step import classify_params
+                from ftplan.measure.tracker import LiveStorageTracker
 
-            tracker = LiveStorageTracker()
-            for tag, ts in classify_params(m).items():
-                tracker.track(ts, tag, weight=tag != "buffers")
-            with tracker, tracker.follow_fsdp2():
-                records = run_steps(m, cfg, vocab, ctx.device, 3, tracker, no_sync=no_sync, optimizer=opt)
-        else:
-            records = run_steps(m, cfg, vocab, ctx.device, 3, None, no_sync=no_sync, optimizer=opt)
-        res = summarize(records)
+                tracker = LiveStorageTracker()
+                for tag, ts in classify_params(m).items():
+                    tracker.track(ts, tag, weight=tag != "buffers")
+                with tracker, tracker.follow_fsdp2():
+                    records = run_steps(m, cfg, vocab, ctx.device, 3, tracker, no_sync=no_sync, optimizer=opt)
+            else:
+                records = run_steps(m, cfg, vocab, ctx.device, 3, None, no_sync=no_sync, optimizer=opt)
+            res = summarize(records)
     finally:
-        dist.destroy_process_group()
         _free(ctx.device)
     meas = {k: res.get(k) for k in ("peak_allocated_bytes", "peak_reserved_bytes", "device_bytes", "peak_phase",
                                     "phase_peaks", "tokens_per_s")}
@@ -305,26 +302,19 @@ def _fsdp1_rank(model: str, spec, cfg, device: str) -> dict:
     """Rank 0 of a 2-rank FSDP1 run as HF Trainer wraps it (``ftplan.measure.distributed.shard_fsdp1``: a unit per
     decoder layer and per LoRA module, bf16 mixed precision, ``use_orig_params``, ``limit_all_gathers``), over the
     fake process group: allocated and reserved per phase."""
-    import torch.distributed as dist
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    from ftplan.measure.distributed import shard_fsdp1
+    from ftplan.measure.distributed import build_fsdp1, fake_rank0
     from ftplan.measure.profile import summarize
     from ftplan.measure.step import run_steps
-    from ftplan.stack.build import build_model
     from ftplan.stack.optim import make_optimizer
 
-    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
     try:
-        m = build_model(model, spec, cfg, device, synthetic=True)
-        vocab = m.get_input_embeddings().weight.shape[0]  # before wrapping: then a view of the flat shard
-        net = shard_fsdp1(m, cfg, device)
-        _free(device)
-        opt = make_optimizer(cfg.optimizer, [p for p in net.parameters() if p.requires_grad], device)
-        records = run_steps(net, cfg, vocab, device, 3, None, optimizer=opt, no_sync=net.no_sync)
-        res = summarize(records)
+        with fake_rank0():
+            net, vocab = build_fsdp1(model, spec, cfg, device)
+            _free(device)
+            opt = make_optimizer(cfg.optimizer, [p for p in net.parameters() if p.requires_grad], device)
+            records = run_steps(net, cfg, vocab, device, 3, None, optimizer=opt, no_sync=net.no_sync)
+            res = summarize(records)
     finally:
-        dist.destroy_process_group()
         _free(device)
     return {k: res.get(k) for k in ("peak_allocated_bytes", "peak_reserved_bytes", "device_bytes", "peak_phase",
                                     "phase_peaks")}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,30 @@ def shard_fsdp1(model, cfg, device: str = "cpu"):
     return FullyShardedDataParallel(model, auto_wrap_policy=policy, sharding_strategy=ShardingStrategy.FULL_SHARD,
                                     use_orig_params=True, limit_all_gathers=True, mixed_precision=mp,
                                     device_id=torch.device("cpu") if device == "cpu" else torch.cuda.current_device())
+
+
+def build_fsdp1(model: str, spec, cfg, device: str = "cpu", seed: int = 0) -> tuple[Any, int]:
+    """(the model built by ``stack.build.build_model`` and wrapped by ``shard_fsdp1``, its vocabulary), the
+    vocabulary read before wrapping (after it, the embedding's weight is a view of its flat shard)."""
+    from ..stack.build import build_model
+
+    m = build_model(model, spec, cfg, device, synthetic=True, seed=seed)
+    vocab = m.get_input_embeddings().weight.shape[0]
+    return shard_fsdp1(m, cfg, device), vocab
+
+
+@contextmanager
+def fake_rank0(world: int = 2) -> Iterator[None]:
+    """Run the block as rank 0 of ``world`` over PyTorch's fake process group: real allocations, no
+    communication, so one process stands for a rank of a sharded run (the group is destroyed after)."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def _rank_main(rank: int, world: int, init_file: str, model: str, knobs: dict, sharding: str, steps: int,

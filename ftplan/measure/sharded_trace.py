@@ -56,12 +56,11 @@ def trace_sharded(model: str, spec, cfg, steps: int, argv: list[str] | None) -> 
     import transformers
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.testing._internal.distributed.fake_pg import FakeStore
 
     from ..stack.build import attention_impl, base_dtype, load_hf_config, prepare_for_training, torch_dtype
     from ..stack.env import provenance
     from ..stack.optim import make_optimizer
-    from .distributed import shard_fsdp2
+    from .distributed import fake_rank0, shard_fsdp2
     from .fake import traced_params, unpacked_positions
     from .profile import summarize
     from .step import run_steps
@@ -70,8 +69,7 @@ def trace_sharded(model: str, spec, cfg, steps: int, argv: list[str] | None) -> 
     t0 = time.perf_counter()
     if dist.is_initialized():
         raise FtplanError("a process group is already initialised in this process; trace needs its own")
-    dist.init_process_group("fake", rank=0, world_size=cfg.num_gpus, store=FakeStore())
-    try:
+    with fake_rank0(cfg.num_gpus):
         mesh = init_device_mesh("cpu", (cfg.num_gpus,))
         hf_cfg = load_hf_config(model, spec, attention_impl(cfg.attention, "cpu"))
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -107,8 +105,6 @@ def trace_sharded(model: str, spec, cfg, steps: int, argv: list[str] | None) -> 
         with fake_mode, tracker, tracker.follow_fsdp2(), unpacked_positions():
             records = run_steps(m, cfg, vocab, "cpu", steps, tracker, make_batch=batch, optimizer=opt,
                                 no_sync=no_sync)
-    finally:
-        dist.destroy_process_group()
     out: dict[str, Any] = {"status": "ok", "model": spec.name, "device": "fake", "config": cfg.to_dict(),
                            "memory_source": (f"live-storage tracker under FakeTensorMode, rank 0 of {cfg.num_gpus} "
                                              "FSDP2 ranks over a fake process group (tensor level)"),

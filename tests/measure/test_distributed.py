@@ -87,12 +87,10 @@ def test_our_tracker_equals_pytorchs_fsdp_memory_tracker(wide):
     and the live-storage tracker see the same peak on an FSDP2 rank (real tensors, a fake process group of 2,
     two steps of full fine-tuning)."""
     import torch
-    import torch.distributed as dist
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from ftplan.measure.distributed import shard_fsdp2
+    from ftplan.measure.distributed import fake_rank0, shard_fsdp2
     from ftplan.measure.step import classify_params
     from ftplan.measure.tracker import LiveStorageTracker
     from ftplan.planner.options import make_config
@@ -101,8 +99,7 @@ def test_our_tracker_equals_pytorchs_fsdp_memory_tracker(wide):
     from ftplan.stack.optim import make_optimizer
 
     def peak(kind: str) -> int:
-        dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
-        try:
+        with fake_rank0():
             mesh = init_device_mesh("cpu", (2,))
             spec = get_model(wide)
             cfg = make_config(spec, None, num_gpus=2, sharding="fsdp", **KNOBS).config
@@ -130,8 +127,6 @@ def test_our_tracker_equals_pytorchs_fsdp_memory_tracker(wide):
             if kind == "pytorch":
                 return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
             return tracker.peak
-        finally:
-            dist.destroy_process_group()
 
     assert peak("ours") == peak("pytorch")
 
@@ -142,25 +137,19 @@ def test_fsdp1_wraps_as_hf_trainer_and_trains_a_step(wide, method):
     decoder layer and per trainable LoRA module, so no flat parameter mixes the fp32 adapters with the bf16
     base), a full fine-tune fp32 flat parameters; one tracked step runs and FSDP1's gathers come and go."""
     import torch
-    import torch.distributed as dist
     from torch.distributed.fsdp import FullyShardedDataParallel
-    from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from ftplan.measure.distributed import shard_fsdp1
+    from ftplan.measure.distributed import build_fsdp1, fake_rank0
     from ftplan.measure.step import run_steps
     from ftplan.measure.tracker import LiveStorageTracker
     from ftplan.planner.options import make_config
     from ftplan.profiles.models import get_model
-    from ftplan.stack.build import build_model
 
     spec = get_model(wide)
     kn = dict(KNOBS, method=method, gradient_checkpointing=method == "lora")
     cfg = make_config(spec, None, num_gpus=2, sharding="fsdp", **kn).config
-    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
-    try:
-        m = build_model(wide, spec, cfg, "cpu", synthetic=True, seed=0)
-        vocab = m.get_input_embeddings().weight.shape[0]
-        net = shard_fsdp1(m, cfg, "cpu")
+    with fake_rank0():
+        net, vocab = build_fsdp1(wide, spec, cfg, "cpu")
         units = [u for u in net.modules() if isinstance(u, FullyShardedDataParallel)]
         trainable_leaves = [u for u in units if isinstance(u.module, torch.nn.Linear) and u.module.weight.requires_grad]
         if method == "lora":
@@ -175,5 +164,3 @@ def test_fsdp1_wraps_as_hf_trainer_and_trains_a_step(wide, method):
             rec = run_steps(net, cfg, vocab, "cpu", 2, tracker, no_sync=net.no_sync)[-1]
         assert any(ph["breakdown"].get("fsdp_gathered", 0) > 0 for ph in rec.phases.values())
         assert not any(r.tag == "fsdp_gathered" for r in tracker._live.values())  # all resharded after the step
-    finally:
-        dist.destroy_process_group()

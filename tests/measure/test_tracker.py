@@ -107,13 +107,12 @@ def _one_tracked_step(net, follow: str):
 def test_follow_fsdp2_counts_gathered_parameters_only_while_unsharded():
     """A one-process FSDP2 unit over a fake process group of 2: after the forward the unit reshards, and
     the tracker no longer counts its gathered parameters (without following the resizes it would)."""
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-    from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
-    try:
+    from ftplan.measure.distributed import fake_rank0
+
+    with fake_rank0():
         mesh = init_device_mesh("cpu", (2,))
         lin = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False), torch.nn.Linear(64, 64, bias=False))
         fully_shard(lin[0], mesh=mesh)
@@ -123,8 +122,6 @@ def test_follow_fsdp2_counts_gathered_parameters_only_while_unsharded():
         assert rep.breakdown["fsdp_gathered"] == 64 * 64 * 4  # one 64 x 64 fp32 unit gathered at the peak
         # after the backward every non-root unit is resharded: the live set is shards, gradients, input
         assert gathered_now == 0  # both units resharded after the backward: their storages resized to 0
-    finally:
-        dist.destroy_process_group()
 
 
 def test_follow_fsdp1_counts_the_unsharded_flat_parameter_only_while_gathered():
@@ -132,12 +129,11 @@ def test_follow_fsdp1_counts_the_unsharded_flat_parameter_only_while_gathered():
     is allocated by a storage resize before its all-gather and freed by one after use; followed, the peak
     holds both 64 x 64 fp32 units gathered (the root's and the inner one's) and nothing stays gathered after
     the backward."""
-    import torch.distributed as dist
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
-    try:
+    from ftplan.measure.distributed import fake_rank0
+
+    with fake_rank0():
         lin = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False), torch.nn.Linear(64, 64, bias=False))
         lin[0] = FSDP(lin[0], device_id=torch.device("cpu"), use_orig_params=True)
         net = FSDP(lin, device_id=torch.device("cpu"), use_orig_params=True)
@@ -145,5 +141,3 @@ def test_follow_fsdp1_counts_the_unsharded_flat_parameter_only_while_gathered():
         assert before == 2 * 32 * 64 * 4  # two fp32 flat shards of 64 x 64 / 2
         assert rep.breakdown["fsdp_gathered"] == 2 * 64 * 64 * 4
         assert gathered_now == 0
-    finally:
-        dist.destroy_process_group()
