@@ -51,7 +51,7 @@ def run_train(config: str, data: Optional[str], output: Optional[str] = None, ma
     """Shared by ``ftplan train`` and ``ftplan autotune --then-train``."""
     from ..best import read_best
     from ..errors import FtplanError
-    from ..train.loop import TrainOptions, check_options, train
+    from ..train.loop import TrainOptions, train
 
     if data is None:
         raise FtplanError("--data is required to train (a JSONL file)")
@@ -59,8 +59,7 @@ def run_train(config: str, data: Optional[str], output: Optional[str] = None, ma
     out = Path(output) if output else Path(config).resolve().parent / "train"
     quiet = kw.pop("quiet", False)
     opts = TrainOptions(config=doc, data=data, output=out, max_steps=max_steps, **kw)
-    check_options(opts)  # before the training stack is imported
-    bar = _Bar(quiet)
+    bar = _Bar(quiet)  # train() checks every option before the training stack is imported
     try:
         res = train(opts, on_log=bar)
     finally:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..atomic import atomic_write_text
 from ..best import DEFAULT_LR, best_config, best_knobs
@@ -30,6 +30,9 @@ from ..errors import FtplanError
 from . import checkpoint as C
 from . import dist as D
 from .data import IGNORE, batches, length_grouped, pack, read_jsonl, tokenize
+
+if TYPE_CHECKING:
+    from ..tracking import TrackSpec
 
 
 @dataclass
@@ -61,10 +64,11 @@ class TrainOptions:
 MAX_LR = 1.0  # a peak learning rate above 1 is a typo (LoRA uses ~1e-4 to 1e-3, full fine-tuning ~1e-5)
 
 
-def check_options(opts: TrainOptions) -> None:
+def check_options(opts: TrainOptions) -> TrackSpec:
     """Every number of ``opts`` finite and in range, before anything heavy is imported: an FtplanError
     naming the option and what is valid (a NaN learning rate would train an all-NaN adapter; ``--keep 0``
-    would delete each checkpoint as it is written, so a resume would start over)."""
+    would delete each checkpoint as it is written, so a resume would start over). Returns the tracking
+    options (``ftplan.tracking.TrackSpec``)."""
     from ..units import real, whole
 
     for name, v in (("--max-steps", opts.max_steps), ("--save-every", opts.save_every), ("--keep", opts.keep),
@@ -85,7 +89,7 @@ def check_options(opts: TrainOptions) -> None:
     check_device_name(opts.device)
     from ..tracking import check as check_tracking
 
-    check_tracking(opts.report_to, opts.tracking_uri, opts.experiment)
+    track = check_tracking(opts.report_to, opts.tracking_uri, opts.experiment)
     read_jsonl(opts.data)  # every line checked now, not after the model is built
     if opts.eval_data:
         read_jsonl(opts.eval_data)
@@ -99,6 +103,7 @@ def check_options(opts: TrainOptions) -> None:
         from ..profiles.hf_config import require_weights_source
 
         require_weights_source(model, spec.hf_id, "weights and tokenizer")
+    return track
 
 
 @dataclass
@@ -189,7 +194,7 @@ def build(opts: TrainOptions):
 
 
 def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> TrainResult:
-    check_options(opts)
+    track = check_options(opts)  # before the training stack is imported
     import torch
 
     from ..stack.build import build_model
@@ -225,13 +230,11 @@ def train(opts: TrainOptions, on_log: Callable[[dict], None] | None = None) -> T
         D.teardown(d)
         raise FtplanError(f"{out} already holds checkpoints (latest {last.name}): add --resume to continue, "
                           "or choose another --output")
-    from ..tracking import check as check_tracking
     from .track import TrainTracking
 
     # the store is opened (an unreachable server said) before the model is built; the run starts after a resume
     try:
-        tracked = TrainTracking(check_tracking(opts.report_to, opts.tracking_uri, opts.experiment) if d.main else None,
-                                out, opts.config)
+        tracked = TrainTracking(track if d.main else None, out, opts.config)
     except FtplanError:
         D.teardown(d)
         raise
