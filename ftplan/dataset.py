@@ -186,12 +186,16 @@ def histogram(bins: list[tuple[int, int, int]], width: int = 40) -> list[str]:
     return [f"{a:>8,}-{b:<8,} {'#' * max(1 if c else 0, round(width * c / top)):<{width}} {c:,}" for a, b, c in bins]
 
 
-def advice(prof: DataProfile, max_positions: int, micro_batch: int = 4) -> dict[str, Any]:
-    """The recommendations of the module docstring, as figures."""
-    seq, cut = recommend_seq_len(prof, max_positions)
+def advice(prof: DataProfile, max_positions: int, micro_batch: int = 4, seq_len: int | None = None) -> dict[str, Any]:
+    """The recommendations of the module docstring, as figures; with ``seq_len`` (the user's), truncation,
+    padding and the packing advice at that length instead of the recommended one."""
+    rec, cut = recommend_seq_len(prof, max_positions)
+    seq = seq_len or rec
+    if seq != rec:
+        cut = sum(1 for x in prof.lengths if x > seq)
     shuffled = padding_waste(prof, seq, micro_batch)
     grouped = padding_waste(prof, seq, micro_batch, grouped=True)
-    return {"seq_len": seq, "truncated": cut, "covers": "p99" if seq < max_positions else "the model's limit",
+    return {"seq_len": seq, "truncated": cut, "covers": "p99" if rec < max_positions else "the model's limit",
             "padding_waste": shuffled, "grouped_padding_waste": grouped, "micro_batch_for_waste": micro_batch,
             "packing": shuffled > PACKING_WASTE}
 
@@ -205,13 +209,8 @@ def apply_data(model: str, path: str | Path, tokens: str | float | None = None, 
 
     spec = get_model(model)
     prof = profile_data(path, model, spec.hf_id)
-    adv = advice(prof, spec.max_positions, micro_batch or 4)
-    seq = seq_len or adv["seq_len"]
-    if seq != adv["seq_len"]:  # the user's length: truncation and waste at it
-        b = adv["micro_batch_for_waste"]
-        waste = padding_waste(prof, seq, b)
-        adv.update(seq_len=seq, truncated=sum(1 for x in prof.lengths if x > seq), padding_waste=waste,
-                   grouped_padding_waste=padding_waste(prof, seq, b, grouped=True), packing=waste > PACKING_WASTE)
+    adv = advice(prof, spec.max_positions, micro_batch or 4, seq_len)  # at the user's length when given
+    seq = adv["seq_len"]
     kept = sum(min(x, seq) for x in prof.lengths)
     processed = kept if adv["packing"] else kept / max(1e-9, 1.0 - adv["padding_waste"])
     bins = histogram_bins(prof)
