@@ -186,36 +186,41 @@ class LiveStorageTracker(TorchDispatchMode):
                 setattr(obj, name, fn)
 
     @contextmanager
+    def follow_resizes(self, targets: Iterable[tuple[Any, str]], tag: str) -> Iterator[None]:
+        """While the context lasts, each ``getattr(obj, name)`` of ``targets`` (a function whose first argument
+        is a tensor whose storage it resizes in place; absent ones are skipped) is followed by ``resized``: the
+        old allocation dies and the new size, if not 0, is born under ``tag``."""
+        saved = [(obj, name, getattr(obj, name)) for obj, name in targets if hasattr(obj, name)]
+
+        def following(fn):
+            def run(tensor: torch.Tensor, *a, **kw) -> None:
+                fn(tensor, *a, **kw)
+                self.resized(tensor, tag)
+            return run
+
+        for obj, name, fn in saved:
+            setattr(obj, name, following(fn))
+        try:
+            yield
+        finally:
+            for obj, name, fn in saved:
+                setattr(obj, name, fn)
+
+    @contextmanager
     def follow_fsdp2(self, tag: str = "fsdp_gathered") -> Iterator[None]:
         """Follow FSDP2's in-place storage resizes: it frees a unit's unsharded parameters by resizing their
         storage to 0 and re-allocates them the same way before the next all-gather
-        (``torch.distributed.fsdp._fully_shard._fsdp_param.free_storage``/``alloc_storage``). Without this the
-        tracker would keep counting every unit's gathered parameters after its reshard."""
+        (``torch.distributed.fsdp._fully_shard._fsdp_param.free_storage``/``alloc_storage``, imported by name in
+        ``_fsdp_param_group`` too). Without this the tracker would keep counting every unit's gathered
+        parameters after its reshard."""
         from torch.distributed.fsdp._fully_shard import _fsdp_param, _fsdp_param_group
 
-        orig_alloc, orig_free = _fsdp_param.alloc_storage, _fsdp_param.free_storage
-
-        def alloc(tensor: torch.Tensor) -> None:
-            orig_alloc(tensor)
-            self.resized(tensor, tag)
-
-        def free(tensor: torch.Tensor) -> None:
-            orig_free(tensor)
-            self.resized(tensor, tag)
-
-        patched = [(m, n) for m in (_fsdp_param, _fsdp_param_group) for n in ("alloc_storage", "free_storage")
-                   if hasattr(m, n)]
-        saved = {(m, n): getattr(m, n) for m, n in patched}
-        for m, n in patched:
-            setattr(m, n, alloc if n == "alloc_storage" else free)
+        resizes = [(m, n) for m in (_fsdp_param, _fsdp_param_group) for n in ("alloc_storage", "free_storage")]
         # what FSDP2's collectives allocate: the all-gather buffers, the reduce-scatter input and output
         gathers = [(_fsdp_param_group, "foreach_all_gather"), (_fsdp_param_group, "foreach_all_gather_copy_out")]
-        try:
-            with self.tag_calls(gathers, tag), self.tag_calls([(_fsdp_param_group, "foreach_reduce")], "fsdp_reduce"):
-                yield
-        finally:
-            for (m, n), f in saved.items():
-                setattr(m, n, f)
+        with self.follow_resizes(resizes, tag), self.tag_calls(gathers, tag), \
+                self.tag_calls([(_fsdp_param_group, "foreach_reduce")], "fsdp_reduce"):
+            yield
 
     @contextmanager
     def follow_fsdp1(self, tag: str = "fsdp_gathered") -> Iterator[None]:
@@ -227,23 +232,11 @@ class LiveStorageTracker(TorchDispatchMode):
         ``fsdp_reduce``."""
         from torch.distributed.fsdp import _flat_param, _runtime_utils
 
-        orig_alloc, orig_free = _flat_param._alloc_storage, _flat_param._free_storage
-
-        def alloc(tensor: torch.Tensor, size: torch.Size) -> None:
-            orig_alloc(tensor, size)
-            self.resized(tensor, tag)
-
-        def free(tensor: torch.Tensor) -> None:
-            orig_free(tensor)
-            self.resized(tensor, tag)
-
-        _flat_param._alloc_storage, _flat_param._free_storage = alloc, free
+        resizes = [(_flat_param, "_alloc_storage"), (_flat_param, "_free_storage")]
         gathers = [(_flat_param.FlatParamHandle, "unshard"), (_flat_param.FlatParamHandle, "pre_unshard")]
-        try:
-            with self.tag_calls(gathers, tag), self.tag_calls([(_runtime_utils, "_reduce_grad")], "fsdp_reduce"):
-                yield
-        finally:
-            _flat_param._alloc_storage, _flat_param._free_storage = orig_alloc, orig_free
+        with self.follow_resizes(resizes, tag), self.tag_calls(gathers, tag), \
+                self.tag_calls([(_runtime_utils, "_reduce_grad")], "fsdp_reduce"):
+            yield
 
     # -- the mode ---------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
