@@ -153,9 +153,14 @@ def row_knobs(r: dict) -> tuple[dict | None, str]:
     return knobs, ""
 
 
+def _pct(xs: list[float], q: float) -> float:
+    """The ``q`` quantile of ``xs``, the nearest rank (the benchmarks' one definition)."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))]
+
+
 def _p90(errs: list[float]) -> float:
-    errs = sorted(errs)
-    return errs[min(len(errs) - 1, int(round(0.9 * (len(errs) - 1))))]
+    return _pct(errs, 0.9)
 
 
 def _stats(errs: list[float]) -> dict:
@@ -260,11 +265,6 @@ def main() -> None:
 
 
 MEMORY_BAND = ROOT / "ftplan" / "profiles" / "data" / "memory_band.json"
-
-
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))]
 
 
 def write_memory_band(kind: str, compared: list[dict], source: str, path: Path = MEMORY_BAND) -> None:

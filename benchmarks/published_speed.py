@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from published import _first_int, _optimizer, _targets  # noqa: E402
+from published import _first_int, _optimizer, _pct, _targets  # noqa: E402
 
 import ftplan  # noqa: E402
 from ftplan.atomic import atomic_write_text  # noqa: E402
@@ -192,11 +192,6 @@ def read_rows() -> list[dict]:
 def _shared_kernels(r: dict) -> str:
     other = (r.get("other_memory_settings") or "").lower()
     return "torch.compile" if "compile=true" in other.replace(" ", "") or "compile: true" in other else ""
-
-
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))]
 
 
 # Probable reasons for rows over 30%, written after reading each source (never used by the model).
